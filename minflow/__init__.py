@@ -1,0 +1,50 @@
+"""minflow: conditional normalizing flows for imaging inverse problems, small enough to read.
+
+Direction convention: ``forward`` is x -> z (density), ``inverse`` is z -> x (sampling); both
+return ``(output, logdet)``.
+"""
+
+from .couplings import SCALES, Affine, Coupling, Injector, conditioner, conditioner_output, conv_net, mlp
+from .flow import ConditionalFlow, format_trace
+from .transforms import (
+    ActNorm,
+    InvConv1x1,
+    Sequential,
+    Split,
+    Squeeze,
+    StandardNormal,
+    Transform,
+    cond_for,
+    gaussian_log_prob,
+    leaves,
+)
+from .utils import get_device, pick, quick_mode, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCALES",
+    "ActNorm",
+    "Affine",
+    "ConditionalFlow",
+    "Coupling",
+    "Injector",
+    "InvConv1x1",
+    "Sequential",
+    "Split",
+    "Squeeze",
+    "StandardNormal",
+    "Transform",
+    "cond_for",
+    "conditioner",
+    "conditioner_output",
+    "conv_net",
+    "format_trace",
+    "gaussian_log_prob",
+    "get_device",
+    "leaves",
+    "mlp",
+    "pick",
+    "quick_mode",
+    "seed_everything",
+]

@@ -1,0 +1,64 @@
+"""Small helpers every chapter uses: the device, quick mode, seeds, input checks."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+QUICK_ENV = "MINFLOW_QUICK"
+
+
+def get_device() -> torch.device:
+    """`cuda` when a GPU is available, else `cpu`. Every chapter takes its device from here."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def quick_mode() -> bool:
+    """True when the environment variable MINFLOW_QUICK is set to 1/true/yes (the test run sets it)."""
+    value = os.environ.get(QUICK_ENV, "0").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{QUICK_ENV} must be 0 or 1, got {value!r}")
+
+
+def pick(full, quick):
+    """`quick` in quick mode, else `full`: e.g. `steps = pick(2000, 400)`."""
+    return quick if quick_mode() else full
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); returns a torch generator with that seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def check_tensor(x: torch.Tensor, name: str, ndim: tuple[int, ...], channels: int | None = None) -> None:
+    """Raise a clear error unless `x` is a tensor with one of the allowed ranks and `channels` in dim 1."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndim:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels in dim 1, got shape {tuple(x.shape)}")
+
+
+def check_cond(x: torch.Tensor, cond: torch.Tensor | None, channels: int) -> None:
+    """Check a condition against the input it conditions: present, same batch, device, dtype and size."""
+    if channels == 0:
+        return
+    if cond is None:
+        raise ValueError(f"this layer is conditional ({channels} condition channels) but cond is None")
+    if not isinstance(cond, torch.Tensor):
+        raise TypeError(f"cond must be a torch.Tensor, got {type(cond).__name__}")
+    if cond.device != x.device:
+        raise ValueError(f"cond is on {cond.device} but the input is on {x.device}; move both to one device")
+    if cond.dim() != x.dim() or cond.shape[0] != x.shape[0] or cond.shape[1] != channels or cond.shape[2:] != x.shape[2:]:
+        want = (x.shape[0], channels) + tuple(x.shape[2:])
+        raise ValueError(f"cond must have shape {want} for an input of shape {tuple(x.shape)}, got {tuple(cond.shape)}")
