@@ -30,11 +30,11 @@ test: $(STAMP)
 
 # Regenerate every chapters/NN_*.ipynb from its jupytext source (no outputs).
 notebooks: $(STAMP)
-	$(PY) -m minflow.notebooks sync
+	$(PY) tools/notebooks.py sync
 
 book: $(STAMP)
 	mkdir -p build
-	MINFLOW_QUICK=0 MPLBACKEND=Agg $(PY) -m minflow.notebooks book --out build
+	MINFLOW_QUICK=0 MPLBACKEND=Agg $(PY) tools/notebooks.py book --out build
 
 clean:
 	rm -rf build .pytest_cache
