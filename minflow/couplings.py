@@ -153,7 +153,7 @@ class ElementwiseLayer(Transform):
         b, n = raw.shape[0], self.bijection.n_params
         return raw.reshape(b, channels, n, *raw.shape[2:]).movedim(2, -1)
 
-    def _apply(self, x: Tensor, raw: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _elementwise(self, x: Tensor, raw: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self._params(raw, x.shape[1])
         y, ladj = (self.bijection.inverse if inverse else self.bijection.forward)(x, params)
         with torch.no_grad():
@@ -206,13 +206,13 @@ class Coupling(ElementwiseLayer):
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         self._check(x, "x")
         a, b = self._halves(x)
-        zb, logdet = self._apply(b, self._raw(a, cond), inverse=False)
+        zb, logdet = self._elementwise(b, self._raw(a, cond), inverse=False)
         return self._join(a, zb), logdet
 
     def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         self._check(z, "z")
         a, b = self._halves(z)
-        xb, logdet = self._apply(b, self._raw(a, cond), inverse=True)
+        xb, logdet = self._elementwise(b, self._raw(a, cond), inverse=True)
         return self._join(a, xb), logdet
 
 
@@ -241,11 +241,11 @@ class Injector(ElementwiseLayer):
 
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         self._check(x, "x")
-        return self._apply(x, self._raw(x, cond), inverse=False)
+        return self._elementwise(x, self._raw(x, cond), inverse=False)
 
     def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         self._check(z, "z")
-        return self._apply(z, self._raw(z, cond), inverse=True)
+        return self._elementwise(z, self._raw(z, cond), inverse=True)
 
 
 def conditioner_output(layer: ElementwiseLayer, x: Tensor, cond: Cond = None) -> Tensor:
