@@ -1,0 +1,413 @@
+"""The 2D toy of chapters 2, 3, 6 and 7: a conditional task, its flows, training, diagnostics.
+
+The task. The condition is y ~ N(0, I2); given y, x is uniform on a thin slanted parallelogram
+centred at y / 2:
+
+    x = A u + y / 2,   u ~ U[-1, 1]^2,   A = [[1, 0], [0.8, 0.15]],
+
+so E[x | y] = y / 2 and Cov[x | y] = A A^T / 3 (the same for every y). The flow learns p(x | y)
+from pairs (x, y) drawn with y in distribution; chapter 3 then asks it for samples at y far away.
+
+The models. `toy_flow` stacks ``steps`` blocks of [ActNorm, 2x2 invertible linear map,
+conditional coupling] whose element-wise bijection is picked by name from `COUPLINGS`
+("affine" is SRFlow's sigmoid(h + 2) + 1e-4 scale). It is registered as the checkpoint
+builder "toy", so shipped checkpoints load with ``load_pretrained("toy_affine_s0")``.
+
+Diagnostics. One measure of spread is used everywhere: `spread` = the root of the mean
+per-coordinate variance of a set of samples (for the true conditional, `true_spread()` ~ 0.53).
+`diagnose` reports it for one y together with the smallest scale s any coupling used in the
+sampling pass and the largest singular value of the sampling map's Jacobian; `sweep` does that
+along a ray y = r * direction.
+
+Train and ship a checkpoint (defaults: data/checkpoints, or $MINFLOW_DATA/checkpoints):
+
+    python -m minflow.toy --coupling affine --seed 0 --steps 2000 --name toy_affine_s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import register_builder, save_checkpoint
+from .couplings import Affine, Coupling
+from .flow import ConditionalFlow
+from .transforms import ActNorm, InvConv1x1
+
+# ----------------------------------------------------------------------------- the task
+
+A = torch.tensor([[1.0, 0.0], [0.8, 0.15]])
+"""The parallelogram's shape: x = A u + CENTER_GAIN * y with u uniform on [-1, 1]^2."""
+CENTER_GAIN = 0.5
+TRUE_NLL = math.log(4.0 * abs(float(torch.linalg.det(A))))
+"""The best achievable NLL in nats: the entropy of the uniform law, log(area) = log(0.6)."""
+
+OOD_DIRECTION = (1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0))
+"""The fixed direction of every out-of-distribution sweep: y = r * OOD_DIRECTION."""
+FAR_OOD_RADIUS = 100.0
+"""|y| of the "far OOD" condition of chapter 3's claims. Fixed before any shipped seed was trained
+(the pilot's y = (20, 20), |y| = 28, gave sample-std ratios of only ~5-40), same for every seed."""
+IN_DIST_Y = ((0.0, 0.0), (1.0, 0.0), (-1.0, 1.0), (0.5, -1.5), (-1.5, -0.5))
+"""A few in-distribution conditions (within ~1.6 standard deviations of the training mean)."""
+
+
+def sample_y(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n conditions y ~ N(0, I2), shape (n, 2), drawn on the CPU."""
+    return torch.randn(n, 2, generator=generator)
+
+
+def sample_x(y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One x ~ p(x | y) per row of y (any device), shape (n, 2); the noise is drawn on the CPU."""
+    u = 2.0 * torch.rand(y.shape[0], 2, generator=generator) - 1.0
+    return (u @ A.T).to(y) + CENTER_GAIN * y
+
+
+def sample_toy(n: int, generator: torch.Generator | None = None, device=None) -> tuple[Tensor, Tensor]:
+    """n training pairs (x, y), on `device`. The same generator seed gives the same pairs anywhere."""
+    y = sample_y(n, generator)
+    x = sample_x(y, generator)
+    return x.to(device), y.to(device)
+
+
+def true_mean(y: Tensor) -> Tensor:
+    """E[x | y] = y / 2, row by row."""
+    return CENTER_GAIN * y
+
+
+def true_cov(dtype=torch.float32) -> Tensor:
+    """Cov[x | y] = A A^T / 3 (the variance of U[-1, 1] is 1/3); it does not depend on y."""
+    a = A.to(dtype)
+    return a @ a.T / 3.0
+
+
+def true_spread() -> float:
+    """`spread` of the true conditional: sqrt(trace(Cov[x | y]) / 2) ~ 0.526."""
+    return math.sqrt(float(torch.trace(true_cov(torch.float64))) / 2.0)
+
+
+def corners(y: Sequence[float] | Tensor) -> Tensor:
+    """The 4 corners of the support of p(x | y) for one y, in order round the edge, shape (4, 2)."""
+    u = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    return u @ A.T + CENTER_GAIN * torch.as_tensor(y, dtype=torch.float32)
+
+
+def to_u(x: Tensor, y: Tensor) -> Tensor:
+    """The parallelogram coordinates u = A^{-1}(x - y/2): p(x | y) is uniform on |u|_inf <= 1."""
+    a_inv = torch.linalg.inv(A.double()).to(device=x.device, dtype=x.dtype)
+    return (x - CENTER_GAIN * y.to(x)) @ a_inv.T
+
+
+def inside_fraction(x: Tensor, y: Tensor, margin: float = 0.0) -> float:
+    """Fraction of the rows of x inside the support of p(x | y) grown by `margin` (|u|_inf <= 1 + margin).
+
+    y is one condition (shape (2,)) or one per row. Non-finite rows count as outside.
+    """
+    y = y.expand_as(x) if y.dim() == 1 else y
+    u = to_u(x, y)
+    ok = torch.isfinite(u).all(1) & (u.abs().amax(1) <= 1.0 + margin)
+    return ok.double().mean().item()
+
+
+# ----------------------------------------------------------------------------- the models
+
+
+def _spline(class_name: str) -> Callable[..., nn.Module]:
+    def make(**kw) -> nn.Module:
+        try:
+            from . import splines
+        except ImportError as err:
+            raise ImportError(f"this coupling needs minflow.splines.{class_name}, which is not available: {err}") from err
+        cls = getattr(splines, class_name, None)
+        if cls is None:
+            raise ImportError(f"minflow.splines has no {class_name}; this coupling needs it")
+        return cls(**kw)
+
+    return make
+
+
+COUPLINGS: dict[str, Callable[..., nn.Module]] = {
+    "affine": lambda **kw: Affine("sigmoid", **kw),  # SRFlow: s = sigmoid(h + 2) + 1e-4
+    "softclamp": lambda **kw: Affine("softclamp", **kw),  # log s = c * 2/pi * atan(h / c)
+    "tanh": lambda **kw: Affine("tanh", **kw),  # log s = c * tanh(h / c)
+    "reparam": lambda **kw: Affine("reparam", **kw),  # sampling multiplies by sigmoid(h + 2) + eps
+    "additive": lambda **kw: Affine("additive", **kw),  # s = 1
+    "spline": _spline("BoundedSpline"),  # the paper's: RQ spline on a box, identity outside, + shift
+    "spline_bounded": _spline("FullyBoundedSpline"),
+    "spline_full": _spline("RQSpline"),
+}
+"""Element-wise bijections of the toy couplings, by name: name -> factory(**kw)."""
+
+
+@register_builder("toy")
+def toy_flow(coupling: str = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
+    """The toy conditional flow: `steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
+
+    ``coupling`` names the element-wise bijection (`COUPLINGS`); extra keywords go to its factory
+    (e.g. ``eps`` or ``clamp`` for the affine ones). The conditioner of each coupling is an MLP
+    ([x_a, y] -> `depth` ReLU layers of `hidden` -> zero-initialised output).
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
+    layers = []
+    for _ in range(steps):
+        bijection = COUPLINGS[coupling](**kw)
+        layers += [ActNorm(2), InvConv1x1(2), Coupling(2, 2, bijection, kind="mlp", hidden=hidden, depth=depth)]
+    return ConditionalFlow(layers, event_shape=(2,))
+
+
+def flow_device(flow: nn.Module) -> torch.device:
+    return next(flow.parameters()).device
+
+
+def train_toy(
+    flow: ConditionalFlow,
+    steps: int,
+    batch: int = 512,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Fit `flow` to the toy by maximum likelihood (Adam); returns the loss (NLL in nats) per step.
+
+    Fresh pairs every step from a generator seeded with `seed`. Raises FloatingPointError at the
+    first non-finite loss rather than training on. Leaves the flow in eval mode.
+    """
+    device = flow_device(flow)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    flow.train()
+    bar = range(steps)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(bar, desc="training", unit="step")
+        except ImportError:  # tqdm is a course extra, not a core dependency
+            pass
+    history: list[float] = []
+    for step in bar:
+        x, y = sample_toy(batch, gen, device)
+        loss = -flow.log_prob(x, y).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower lr or check the model")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        if progress and hasattr(bar, "set_postfix") and (step % 50 == 0 or step == steps - 1):
+            bar.set_postfix(nll=f"{sum(history[-50:]) / len(history[-50:]):.3f}")
+    flow.eval()
+    return history
+
+
+@torch.no_grad()
+def validation_nll(flow: ConditionalFlow, n: int = 8192, seed: int = 12345) -> float:
+    """Mean NLL (nats) on n fresh in-distribution pairs; compare with TRUE_NLL = log(0.6) ~ -0.51."""
+    x, y = sample_toy(n, torch.Generator().manual_seed(seed), flow_device(flow))
+    return -flow.log_prob(x, y).mean().item()
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def spread(x: Tensor) -> float:
+    """The course's one measure of sample spread: sqrt(mean over coordinates of the variance).
+
+    Computed in float64 over the finite rows only (count the others with `diagnose`'s
+    ``nonfinite``); nan when fewer than two rows are finite.
+    """
+    x = x.detach().double()
+    x = x[torch.isfinite(x).all(1)]
+    if x.shape[0] < 2:
+        return float("nan")
+    return x.var(0, unbiased=True).mean().sqrt().item()
+
+
+def as_cond(y, n: int, flow: nn.Module) -> Tensor:
+    """One condition y (shape (2,), a tuple, or (1, 2)) repeated n times on the flow's device."""
+    p = next(flow.parameters())
+    y = torch.as_tensor(y, dtype=p.dtype).reshape(1, 2)
+    return y.to(p.device).expand(n, 2).contiguous()
+
+
+def latent(n: int, temperature: float = 1.0, generator: torch.Generator | None = None, flow: nn.Module | None = None) -> Tensor:
+    """n latents z ~ N(0, T^2 I2), drawn on the CPU (same numbers on every device), moved to the flow's."""
+    z = temperature * torch.randn(n, 2, generator=generator)
+    if flow is not None:
+        p = next(flow.parameters())
+        z = z.to(device=p.device, dtype=p.dtype)
+    return z
+
+
+def sample_at(flow: ConditionalFlow, y, n: int = 2000, temperature: float = 1.0, generator=None) -> Tensor:
+    """n samples of x | y at a temperature (latents from `latent`, so reproducible across devices)."""
+    with torch.no_grad():
+        return flow.sample(as_cond(y, n, flow), z=latent(n, temperature, generator, flow))
+
+
+def jacobian_sv(flow: ConditionalFlow, y, z: Tensor) -> Tensor:
+    """Largest singular value of the sampling map's Jacobian dx/dz at each row of z, shape (n,).
+
+    The flow treats rows independently (in eval mode), so one Jacobian of the batch-summed output
+    gives every per-sample 2x2 Jacobian at once (two backward passes for any n).
+    """
+    cond = as_cond(y, z.shape[0], flow)
+
+    def summed(v: Tensor) -> Tensor:
+        return flow.sample(cond, z=v).sum(0)
+
+    with torch.enable_grad():
+        jac = torch.autograd.functional.jacobian(summed, z.detach())  # (2, n, 2)
+    jac = jac.permute(1, 0, 2)  # (n, 2 out, 2 in)
+    finite = torch.isfinite(jac).flatten(1).all(1)
+    out = torch.full((z.shape[0],), float("inf"), dtype=torch.float64)
+    if finite.any():
+        out[finite.cpu()] = torch.linalg.matrix_norm(jac[finite].double(), ord=2).cpu()
+    return out
+
+
+def min_scale(rows: list[dict]) -> float:
+    """The smallest forward slope s any coupling used in a traced sampling pass."""
+    scales = [r["min_scale"] for r in rows if r["min_scale"] is not None]
+    return min(scales) if scales else float("nan")
+
+
+def jump(rows: list[dict]) -> dict:
+    """The layer of a traced sampling pass whose output variance grew most over its input's.
+
+    Returns that trace row with ``factor`` (output / input variance) added. Rows are in sampling
+    order, the first being the latent, so the input of row k is row k - 1.
+    """
+    best, best_factor = None, -math.inf
+    for prev, row in zip(rows[:-1], rows[1:]):
+        factor = row["variance"] / max(prev["variance"], 1e-300)
+        if factor > best_factor:
+            best, best_factor = row, factor
+    return {**best, "factor": best_factor}
+
+
+def diagnose(
+    flow: ConditionalFlow,
+    y,
+    n: int = 2000,
+    temperature: float = 1.0,
+    n_jac: int = 16,
+    seed: int = 0,
+    keep: bool = False,
+) -> dict:
+    """Everything chapter 3 reports about sampling at one condition y.
+
+    Keys: ``y`` (tuple), ``radius`` (|y|), ``spread`` (`spread` of n samples), ``nonfinite`` (rows
+    with an inf/NaN), ``max_abs`` (largest finite |x|), ``min_scale`` (smallest s anywhere in the
+    inverse), ``max_sv`` (largest singular value of dx/dz over the first `n_jac` latents),
+    ``jump`` (see `jump`), ``rows`` (the trace) and ``samples`` (CPU tensor). The latents come
+    from a generator seeded with `seed`, so every model and every y sees the same z.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = latent(n, temperature, gen, flow)
+    cond = as_cond(y, n, flow)
+    x, rows = flow.trace(cond, z=z, keep=keep)
+    finite = torch.isfinite(x).all(1)
+    yt = tuple(float(v) for v in torch.as_tensor(y, dtype=torch.float64).reshape(2))
+    sv = jacobian_sv(flow, y, z[:n_jac]) if n_jac > 0 else torch.empty(0)
+    return {
+        "y": yt,
+        "radius": math.hypot(*yt),
+        "spread": spread(x),
+        "nonfinite": int((~finite).sum().item()),
+        "max_abs": x[finite].abs().max().item() if finite.any() else float("nan"),
+        "min_scale": min_scale(rows),
+        "max_sv": sv.max().item() if sv.numel() else float("nan"),
+        "jump": jump(rows),
+        "rows": rows,
+        "samples": x.detach().cpu(),
+    }
+
+
+def sweep(
+    flow: ConditionalFlow,
+    radii: Sequence[float],
+    direction: Sequence[float] = OOD_DIRECTION,
+    progress: bool = False,
+    **kw,
+) -> list[dict]:
+    """`diagnose` at y = r * direction for each r in radii (direction normalised to unit length)."""
+    d = torch.as_tensor(direction, dtype=torch.float64)
+    d = d / d.norm()
+    it = radii
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            it = tqdm(radii, desc="sweep", unit="y")
+        except ImportError:
+            pass
+    return [diagnose(flow, tuple((r * d).tolist()), **kw) for r in it]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="python -m minflow.toy", description="Train a toy conditional flow and save a checkpoint.")
+    p.add_argument("--coupling", default="affine", choices=sorted(COUPLINGS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2000, help="training iterations")
+    p.add_argument("--name", default=None, help="checkpoint name (default toy_<coupling>_s<seed>)")
+    p.add_argument("--root", type=Path, default=None, help="data folder (default $MINFLOW_DATA or the repository's data/)")
+    p.add_argument("--flow-steps", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    name = args.name or f"toy_{args.coupling}_s{args.seed}"
+
+    from .utils import seed_everything
+
+    seed_everything(args.seed)  # the model's initial weights
+    config = {"coupling": args.coupling, "steps": args.flow_steps, "hidden": args.hidden, "depth": args.depth}
+    flow = toy_flow(**config)
+    start = time.time()
+    history = train_toy(flow, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    wall = time.time() - start
+    gen = torch.Generator().manual_seed(7)
+    x0 = sample_at(flow, (0.0, 0.0), 4000, generator=gen)
+    tail = history[-100:]
+    metrics = {
+        "train_nll_last100": sum(tail) / len(tail),
+        "val_nll": validation_nll(flow),
+        "true_nll": TRUE_NLL,
+        "spread_y0": spread(x0),
+        "true_spread": true_spread(),
+        "inside_frac_y0": inside_fraction(x0, torch.zeros(2)),
+    }
+    record = {
+        "command": "python -m minflow.toy " + " ".join(argv),
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "threads": torch.get_num_threads(),
+        "wall_time_s": round(wall, 1),
+        "metrics": {k: round(v, 5) for k, v in metrics.items()},
+    }
+    path = save_checkpoint(flow, name, builder="toy", config=config, record=record, root=args.root)
+    print(f"saved {path} in {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return path
+
+
+if __name__ == "__main__":
+    main()
