@@ -1,0 +1,210 @@
+"""The small SRFlow (minflow.sr), its training command (minflow.train) and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minflow.checkpoints import available, load_pretrained, load_state
+from minflow.couplings import Affine, Coupling
+from minflow.sr import SRFlow, make_bijection, super_resolve
+from minflow.transforms import Split
+
+TINY = dict(levels=3, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8)
+
+
+def tiny(**kw) -> SRFlow:
+    """A small float64 model with ActNorm initialised and every zero-initialised layer perturbed,
+    so that no coupling, injector or prior is the identity."""
+    torch.manual_seed(0)
+    model = SRFlow(**(TINY | kw)).double()
+    hr = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    model(hr, F.avg_pool2d(hr, model.factor))  # data-dependent ActNorm init
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def pair(b: int, h: int, w: int, factor: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    hr = torch.rand(b, 3, h * factor, w * factor, dtype=torch.float64)
+    return hr, F.avg_pool2d(hr, factor)
+
+
+@pytest.mark.parametrize("prior", ["srflow", "conditional"])
+def test_round_trip_float64(prior):
+    model = tiny(prior=prior)
+    hr, lr = pair(2, 6, 10)
+    feats = model.condition(lr)
+    x, dropped, logdet = hr, [], torch.zeros(2, dtype=torch.float64)
+    for layer in model.layers:
+        if isinstance(layer, Split):
+            dropped.append(x[:, layer.keep :])
+        x, ld = layer(x, feats)
+        logdet = logdet + ld
+    assert torch.allclose(logdet, model(hr, lr)[1])
+    inv_logdet = torch.zeros_like(logdet)
+    for layer in reversed(model.layers):
+        kw = {"z2": dropped.pop()} if isinstance(layer, Split) else {}
+        x, ld = layer.inverse(x, feats, **kw)
+        inv_logdet = inv_logdet + ld
+    assert (x - hr).abs().max() < 1e-10
+    assert torch.allclose(inv_logdet, -logdet)
+    assert torch.isfinite(model.log_prob(hr, lr)).all()
+    splits = [layer for layer in model.layers if isinstance(layer, Split)]
+    assert len(splits) == 2 and all(s.cond_channels == (8 if prior == "conditional" else 0) for s in splits)
+
+
+def test_logdet_matches_autograd_jacobian():
+    """One level (no split) is a bijection of R^48: its logdet is log|det J| of the whole map."""
+    model = tiny(levels=1, factor=2, steps=2)
+    hr, lr = pair(1, 2, 2, factor=2)
+    z, logdet = model(hr, lr)
+    jac = torch.autograd.functional.jacobian(lambda x: model(x.view_as(hr), lr)[0].flatten(), hr.flatten())
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], logdet[0], atol=1e-8)
+
+
+@pytest.mark.parametrize("h, w", [(2, 2), (4, 6), (10, 4)])
+def test_shapes(h, w):
+    model = tiny()
+    hr, lr = pair(3, h, w)
+    z, logdet = model(hr, lr)
+    assert z.shape == (3, 48, h // 2, w // 2) and logdet.shape == (3,)
+    assert model.latent_shape(model.condition(lr), 5) == (5, 48, h // 2, w // 2)
+    bpd = model.nll_bpd(hr, lr, torch.Generator().manual_seed(0))
+    assert bpd.shape == (3,) and torch.isfinite(bpd).all()
+    assert model.sample(lr, temperature=0.5).shape == hr.shape
+
+
+def test_super_resolve_any_size_and_unclamped():
+    model = tiny()
+    lr = torch.rand(3, 5, 7, dtype=torch.float64)  # odd: padded to 6 x 8, cropped back
+    x = super_resolve(model, lr, temperature=1.0, num_samples=3, chunk=2, generator=torch.Generator().manual_seed(1))
+    assert x.shape == (3, 3, 20, 28)
+    y = super_resolve(model, lr, temperature=1.0, num_samples=3, chunk=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x, y)
+    assert x.min() < 0 or x.max() > 1  # nothing clamped
+    assert super_resolve(model, torch.rand(2, 3, 4, 4), num_samples=2).shape == (2, 2, 3, 16, 16)
+
+
+def test_clear_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"LR must be a \(3, h, w\)"):
+        super_resolve(model, torch.rand(1, 4, 4))
+    with pytest.raises(ValueError, match="non-finite"):
+        super_resolve(model, torch.full((3, 4, 4), math.nan))
+    with pytest.raises(ValueError, match="4x the LR size"):
+        model.log_prob(pair(1, 4, 4)[0], torch.rand(1, 3, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        model.sample(torch.rand(1, 3, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown coupling"):
+        SRFlow(coupling="nope")
+    with pytest.raises(ValueError, match="power of 2"):
+        SRFlow(factor=3)
+    with pytest.raises(FileNotFoundError, match="no checkpoint named"):
+        load_pretrained("no_such_checkpoint")
+
+
+def test_coupling_choice():
+    model = SRFlow(**(TINY | {"coupling": "softclamp"}))
+    scales = {m.bijection.scale_name for m in model.modules() if isinstance(m, Coupling)}
+    assert scales == {"softclamp"}
+    sig = make_bijection("affine")
+    assert isinstance(sig, Affine) and sig.scale_name == "sigmoid" and sig.eps == 1e-4
+    splines = pytest.importorskip("minflow.splines")
+    if hasattr(splines, "BoundedSpline"):
+        assert torch.isfinite(tiny(coupling="spline").log_prob(*pair(1, 2, 2))).all()
+
+
+def test_metrics():
+    from minflow.train import psnr, ssim
+
+    x = torch.rand(3, 32, 32)
+    assert psnr(x, x) == math.inf and ssim(x, x) == pytest.approx(1.0)
+    assert psnr(x, x + 0.1) == pytest.approx(20.0, abs=1e-3)
+    assert ssim(x, torch.rand(3, 32, 32)) < 0.2
+
+
+# ----------------------------------------------------------------------------- the command
+
+ARGS = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2",
+        "--crop", "32", "--val-size", "64", "--val-samples", "1", "--save-every", "2", "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+def run(tmp_path, name, *extra):
+    from minflow.train import main
+
+    return main(["--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+
+
+def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
+    run(tmp_path, "a", "--steps", "4")
+    run(tmp_path, "b", "--steps", "2", "--early", "1")
+    metrics = run(tmp_path, "b", "--steps", "4")
+    assert "resuming b from step 2" in capsys.readouterr().out
+    assert set(available(tmp_path)) == {"a", "b", "b_early"}
+    (sa, ma), (sb, mb) = load_state("a", tmp_path), load_state("b", tmp_path)
+    assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", tmp_path)[1]["steps"] == 1
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
+    assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "bicubic_psnr" in metrics
+    assert mb["command"].startswith("python -m minflow.train --name b") and mb["seed"] == 0
+    model = load_pretrained("b", root=tmp_path)
+    assert model.config["levels"] == 2
+    with pytest.raises(SystemExit, match="other settings"):
+        run(tmp_path, "b", "--steps", "6", "--batch", "3")
+
+
+def test_nonfinite_guard(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
+    calls = []
+
+    def nan_after_two(self, hr, lr, generator=None):
+        calls.append(1)
+        out = self.bits_per_dim(hr, lr)
+        return out * math.nan if len(calls) > 2 else out
+
+    monkeypatch.setattr(SRFlow, "nll_bpd", nan_after_two)
+    with pytest.raises(SystemExit, match="non-finite loss at step 3.*last good state \\(step 2\\)"):
+        run(tmp_path, "bad", "--steps", "5")
+    assert available(tmp_path) == []  # no checkpoint shipped
+    assert torch.load(tmp_path / "runs" / "bad" / "state.pt", weights_only=True)["step"] == 2
+
+
+# ----------------------------------------------------------------------------- shipped checkpoint
+
+
+@pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
+def test_shipped_checkpoint_reproduces_validation_bpd(tmp_path):
+    from minflow.train import validation_bpd, validation_pairs
+
+    model = load_pretrained("sr_affine")
+    manifest = model.manifest
+    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == "srflow"
+    assert manifest["metrics"]["val_bpd"] == pytest.approx(
+        sum(r["bpd"] for r in manifest["metrics"]["per_image"].values()) / len(manifest["metrics"]["per_image"])
+    )
+    for name, hr, lr in validation_pairs(model, manifest["metrics"]["val_size"]):
+        got = validation_bpd(model, hr, lr, manifest["metrics"]["eval_seed"])
+        assert got == pytest.approx(manifest["metrics"]["per_image"][name]["bpd"], abs=2e-3)
+    # a corrupted copy is refused with a clear message
+    (tmp_path / "checkpoints").mkdir()
+    for ext in ("pt", "json"):
+        shutil.copy(f"{manifest_dir()}/sr_affine.{ext}", tmp_path / "checkpoints")
+    with open(tmp_path / "checkpoints" / "sr_affine.pt", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(RuntimeError, match="corrupt"):
+        load_state("sr_affine", tmp_path)
+    assert json.loads((tmp_path / "checkpoints" / "sr_affine.json").read_text())["name"] == "sr_affine"
+
+
+def manifest_dir():
+    from minflow.checkpoints import data_dir
+
+    return data_dir() / "checkpoints"
