@@ -54,6 +54,11 @@ OOD_DIRECTION = (1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0))
 FAR_OOD_RADIUS = 100.0
 """|y| of the "far OOD" condition of chapter 3's claims. Fixed before any shipped seed was trained
 (the pilot's y = (20, 20), |y| = 28, gave sample-std ratios of only ~5-40), same for every seed."""
+RING_DIRECTIONS = 16
+"""Far OOD as a ring: `ring` looks at |y| = FAR_OOD_RADIUS in this many evenly spaced directions.
+Added after the shipped seeds showed that along the one fixed OOD_DIRECTION only some of them
+explode (a ReLU conditioner is linear far along a ray, so h runs to +inf or -inf depending on the
+direction); fixed before any ring was computed, the same for every seed (chapter 3, section 3)."""
 IN_DIST_Y = ((0.0, 0.0), (1.0, 0.0), (-1.0, 1.0), (0.5, -1.5), (-1.5, -0.5))
 """A few in-distribution conditions (within ~1.6 standard deviations of the training mean)."""
 
@@ -350,6 +355,21 @@ def sweep(
         except ImportError:
             pass
     return [diagnose(flow, tuple((r * d).tolist()), **kw) for r in it]
+
+
+def ring_directions(n: int = RING_DIRECTIONS) -> list[tuple[float, float]]:
+    """n unit vectors at angles 0, 360/n, ... degrees (the first is (1, 0))."""
+    return [(math.cos(2 * math.pi * k / n), math.sin(2 * math.pi * k / n)) for k in range(n)]
+
+
+def ring(flow: ConditionalFlow, radius: float = FAR_OOD_RADIUS, n_directions: int = RING_DIRECTIONS, **kw) -> list[dict]:
+    """`diagnose` at y = radius * d for each of the `ring_directions`; keywords go to `diagnose`."""
+    return [diagnose(flow, (radius * a, radius * b), **kw) for a, b in ring_directions(n_directions)]
+
+
+def worst(results: list[dict]) -> dict:
+    """The entry of a `ring` (or `sweep`) with the largest sample spread: the far-OOD condition."""
+    return max(results, key=lambda r: r["spread"] if math.isfinite(r["spread"]) else math.inf)
 
 
 # ----------------------------------------------------------------------------- the command

@@ -240,3 +240,13 @@ def test_jump_finds_the_largest_growth():
     rows = [{"variance": v, "name": n} for v, n in [(1.0, "latent"), (2.0, "A"), (2000.0, "B"), (1000.0, "C")]]
     j = toy.jump(rows)
     assert j["name"] == "B" and j["factor"] == pytest.approx(1000.0)
+
+
+def test_ring_and_worst():
+    dirs = toy.ring_directions(4)
+    assert dirs[0] == (1.0, 0.0) and all(abs(math.hypot(*d) - 1) < 1e-12 for d in dirs)
+    flow = small_flow()
+    out = toy.ring(flow, radius=3.0, n_directions=4, n=100, n_jac=0)
+    assert [round(o["radius"], 9) for o in out] == [3.0] * 4
+    w = toy.worst(out)
+    assert w["spread"] == max(o["spread"] for o in out)
