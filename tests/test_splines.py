@@ -1,0 +1,432 @@
+"""RQ splines: the raw function, the three bijections, and the splines inside couplings/injectors.
+
+Round trips and logdets against autograd's Jacobian (float64 to 1e-10 / 1e-8, float32 looser),
+the identity outside the box, continuity and monotonicity, exact identity at params 0, no NaN
+for extreme inputs (values or gradients), the bounded displacement of sampling, and errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import jacobian_logdet, randomize_zero_layers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import minflow as mf
+from minflow.splines import (
+    BoundedSpline,
+    FullyBoundedSpline,
+    RQSpline,
+    cumulative_sizes,
+    rational_quadratic_spline,
+    rq_knots,
+    softplus_derivatives,
+)
+
+TOL = {torch.float64: (1e-10, 1e-8), torch.float32: (1e-4, 1e-4)}
+TINY = {torch.float64: 1e-310, torch.float32: 1e-40}  # subnormal in each dtype
+
+BIJECTIONS = {
+    "bounded": BoundedSpline,
+    "bounded-wide": lambda: BoundedSpline(bound=2.0, min_bin=1e-2, min_derivative=1e-2),
+    "fully-bounded": FullyBoundedSpline,
+    "rq": RQSpline,
+    "rq-3": lambda: RQSpline(bins=3, bound=1.0),
+}
+
+
+def box(bij) -> float:
+    return bij.bound
+
+
+def random_knots(shape, k, dtype, generator=None, x_box=(-1.0, 2.0), y_box=(-1.0, 2.0)):
+    """Random increasing knots on the given boxes and arbitrary positive derivatives (ends too).
+    The map is a bijection of the real line when both boxes are the same."""
+
+    def axis(lo, hi):
+        inc = torch.rand(*shape, k, generator=generator, dtype=dtype) + 0.05
+        c = torch.nn.functional.pad(inc.cumsum(-1), (1, 0))
+        return lo + (hi - lo) * c / c[..., -1:]
+
+    d = torch.rand(*shape, k + 1, generator=generator, dtype=dtype) * 3 + 0.05
+    return axis(*x_box), axis(*y_box), d
+
+
+def params_for(bij, shape, dtype, std=1.0, generator=None):
+    return torch.randn(*shape, bij.n_params, generator=generator, dtype=dtype) * std
+
+
+def elementwise_check(fn, x, ladj, ld_tol):
+    """fn is elementwise: its Jacobian is diagonal, with log|diag| = ladj and log|det| = sum(ladj)."""
+    jac = torch.autograd.functional.jacobian(fn, x)
+    diag = torch.diagonal(jac)
+    assert torch.equal(jac - torch.diag(diag), torch.zeros_like(jac))
+    assert torch.allclose(diag.abs().log(), ladj, atol=ld_tol, rtol=0)
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], ladj.sum(), atol=ld_tol * x.numel() ** 0.5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the raw function
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_raw_round_trip_and_logdet(dtype):
+    g = torch.Generator().manual_seed(0)
+    rt_tol, ld_tol = TOL[dtype]
+    kx, ky, d = random_knots((60,), 5, dtype, g)
+    x = torch.rand(60, generator=g, dtype=dtype) * 5 - 2  # [-2, 3]: inside [-1, 2] and outside
+    y, ladj = rational_quadratic_spline(x, kx, ky, d)
+    xb, inv_ladj = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    inside = (x >= -1) & (x <= 2)
+    assert inside.any() and (~inside).any()
+    assert torch.allclose(xb, x, atol=rt_tol, rtol=0)
+    assert torch.allclose(inv_ladj, -ladj, atol=ld_tol, rtol=0)
+    elementwise_check(lambda v: rational_quadratic_spline(v, kx, ky, d)[0], x, ladj, ld_tol)
+    elementwise_check(lambda v: rational_quadratic_spline(v, kx, ky, d, inverse=True)[0], y, inv_ladj, ld_tol)
+
+
+def test_raw_identity_outside_and_continuity_at_knots():
+    g = torch.Generator().manual_seed(1)
+    kx, ky, d = random_knots((1,), 6, torch.float64, g, x_box=(-1.0, 1.0), y_box=(-1.0, 1.0))
+    d[..., 0] = d[..., -1] = 1.0  # boundary slopes 1: continuous with the identity outside
+    out = torch.tensor([-1e30, -5.0, -1 - 1e-9, 1 + 1e-9, 7.0, 1e30], dtype=torch.float64)
+    for inverse in (False, True):
+        y, ladj = rational_quadratic_spline(out, *(t.expand(6, 7) for t in (kx, ky, d)), inverse=inverse)
+        assert torch.equal(y, out) and torch.equal(ladj, torch.zeros_like(ladj))
+    # every knot and both box edges, approached from both sides
+    eps = 1e-11
+    at = kx[0]
+    left, right = at - eps, at + eps
+    knots = [t.expand(7, 7) for t in (kx, ky, d)]
+    yl, _ = rational_quadratic_spline(left, *knots)
+    yr, _ = rational_quadratic_spline(right, *knots)
+    y0, _ = rational_quadratic_spline(at, *knots)
+    assert torch.allclose(yl, y0, atol=1e-9, rtol=0) and torch.allclose(yr, y0, atol=1e-9, rtol=0)
+    assert torch.allclose(y0, ky[0], atol=1e-14, rtol=0)  # knots map onto knots
+
+
+def test_raw_uses_each_axis_box():
+    """Forward: spline on the knots_x interval; inverse: spline on the knots_y interval."""
+    g = torch.Generator().manual_seed(11)
+    kx, ky, d = random_knots((200,), 4, torch.float64, g, x_box=(-1.0, 2.0), y_box=(-3.0, 0.5))
+    v = torch.linspace(-4, 3, 200, dtype=torch.float64)
+    y, ladj = rational_quadratic_spline(v, kx, ky, d)
+    assert torch.equal(y == v, (v < -1) | (v > 2)) and torch.equal(ladj == 0, y == v)
+    x, ladj = rational_quadratic_spline(v, kx, ky, d, inverse=True)
+    assert torch.equal(x == v, (v < -3) | (v > 0.5))
+    inside = (v >= -3) & (v <= 0.5)
+    assert ((x[inside] >= -1) & (x[inside] <= 2)).all()
+
+
+def test_raw_monotone():
+    g = torch.Generator().manual_seed(2)
+    kx, ky, d = random_knots((1,), 8, torch.float64, g, y_box=(-3.0, 0.5))
+    x = torch.linspace(-3, 4, 4001, dtype=torch.float64)
+    y, _ = rational_quadratic_spline(x, *(t.expand(4001, 9) for t in (kx, ky, d)))
+    inside = (x >= -1) & (x <= 2)
+    assert (y[inside].diff() > 0).all() and (y[~inside] == x[~inside]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_raw_extreme_inputs(dtype):
+    g = torch.Generator().manual_seed(3)
+    kx, ky, d = random_knots((1,), 4, dtype, g, x_box=(-1.0, 1.0), y_box=(-1.0, 1.0))
+    big = 3e38 if dtype == torch.float32 else 1e300
+    special = [0.0, -0.0, TINY[dtype], -TINY[dtype], 1e30, -1e30, big, -big, 1e-30]
+    x = torch.cat([torch.tensor(special, dtype=dtype), kx[0]])  # knots exactly, ends included
+    n = x.numel()
+    for inverse in (False, True):
+        knots = [t.expand(n, 5).clone().requires_grad_() for t in (kx, ky, d)]
+        xg = x.clone().requires_grad_()
+        y, ladj = rational_quadratic_spline(xg, *knots, inverse=inverse)
+        assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
+        grads = torch.autograd.grad(y.sum() + ladj.sum(), [xg, *knots])
+        assert all(torch.isfinite(gr).all() for gr in grads)
+        assert torch.equal(y[4:8], x[4:8]) and (ladj[4:8] == 0).all()  # far outside: the identity
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=0, max_size=3),
+    k=st.integers(1, 10),
+    spread=st.floats(0.1, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_raw(shape, k, spread, seed):
+    """Random shapes, bin counts and knots: the spline inverts, its logdets negate, it is monotone."""
+    g = torch.Generator().manual_seed(seed)
+    kx, ky, d = random_knots(tuple(shape), k, torch.float64, g)
+    x = (torch.rand(tuple(shape), generator=g, dtype=torch.float64) - 0.3) * spread
+    y, ladj = rational_quadratic_spline(x, kx, ky, d)
+    xb, inv = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    assert y.shape == x.shape == ladj.shape
+    assert torch.allclose(xb, x, atol=1e-10, rtol=0)
+    assert torch.allclose(inv, -ladj, atol=1e-9, rtol=0)
+    assert torch.isfinite(ladj).all()
+
+
+def test_raw_shape_errors():
+    x = torch.zeros(3, 4)
+    kx, ky, d = random_knots((3, 4), 5, torch.float32)
+    with pytest.raises(ValueError, match=r"knots_x must have shape x.shape \+ \(K\+1,\)"):
+        rational_quadratic_spline(x, kx[0], ky, d)
+    with pytest.raises(ValueError, match="derivatives must have shape"):
+        rational_quadratic_spline(x, kx, ky, d[..., None])
+    with pytest.raises(ValueError, match="same number of knots"):
+        rational_quadratic_spline(x, kx, ky, d[..., :-1])
+    with pytest.raises(ValueError, match="at least 2 knots"):
+        rational_quadratic_spline(x, kx[..., :1], ky[..., :1], d[..., :1])
+    with pytest.raises(ValueError, match="K values and derivatives K-1"):
+        rq_knots(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="min_bin"):
+        cumulative_sizes(torch.zeros(3, 4), min_bin=0.3)
+    with pytest.raises(ValueError, match="min_derivative"):
+        softplus_derivatives(torch.zeros(3), min_derivative=0.0)
+
+
+# ----------------------------------------------------------------------------- the bijections
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_bijection_round_trip_and_logdet(name, dtype):
+    g = torch.Generator().manual_seed(4)
+    bij = BIJECTIONS[name]()
+    rt_tol, ld_tol = TOL[dtype]
+    std = 1.0 if dtype == torch.float64 else 0.5  # float32: keep slopes moderate (conditioning)
+    x = torch.randn(50, generator=g, dtype=dtype) * box(bij) * 1.5
+    p = params_for(bij, (50,), dtype, std, g)
+    y, ladj = bij(x, p)
+    xb, inv = bij.inverse(y, p)
+    assert torch.allclose(xb, x, atol=rt_tol, rtol=0), (xb - x).abs().max()
+    assert torch.allclose(inv, -ladj, atol=ld_tol, rtol=0)
+    elementwise_check(lambda v: bij(v, p)[0], x, ladj, ld_tol)
+    elementwise_check(lambda v: bij.inverse(v, p)[0], y, inv, ld_tol)
+
+
+def test_rq_spline_matches_raw_function_on_its_knots():
+    g = torch.Generator().manual_seed(5)
+    for bij in (RQSpline(), RQSpline(bins=2, bound=0.5), RQSpline(bins=5, min_bin=1e-2)):
+        x = torch.randn(4, 30, generator=g, dtype=torch.float64) * bij.bound
+        p = params_for(bij, (4, 30), torch.float64, 1.5, g)
+        y, ladj = bij(x, p)
+        y2, ladj2 = rational_quadratic_spline(x, *bij.knots(p))
+        assert torch.allclose(y, y2, atol=1e-12, rtol=0) and torch.allclose(ladj, ladj2, atol=1e-10, rtol=0)
+        xb, inv = bij.inverse(y, p)
+        xb2, inv2 = rational_quadratic_spline(y, *bij.knots(p), inverse=True)
+        assert torch.allclose(xb, xb2, atol=1e-10, rtol=0) and torch.allclose(inv, inv2, atol=1e-9, rtol=0)
+        kx, ky, d = bij.knots(p)
+        assert (kx[..., 0] == -bij.bound).all() and (kx[..., -1] == bij.bound).all()
+        assert (kx.diff() >= 2 * bij.bound * bij.min_bin * (1 - 1e-9)).all()  # the floor on bin sizes
+        assert (d[..., [0, -1]] == 1).all() and (d > bij.min_derivative).all()
+
+
+def test_bounded_spline_is_the_papers_parameterisation():
+    """Interior knot at sigmoid(a)(1 - 2m) + m of the box, derivative exp(d)(1 - m) + m."""
+    bij = BoundedSpline()
+    a, h, d = 0.7, -1.3, 0.4
+    m, B = 1e-3, 0.5
+    fx, fy = torch.sigmoid(torch.tensor(a)) * (1 - 2 * m) + m, torch.sigmoid(torch.tensor(h)) * (1 - 2 * m) + m
+    kx, ky = (-B + 2 * B * fx).double(), (-B + 2 * B * fy).double()
+    deriv = math.exp(d) * (1 - m) + m
+    knots = (
+        torch.tensor([[-B, kx, B]], dtype=torch.float64),
+        torch.tensor([[-B, ky, B]], dtype=torch.float64),
+        torch.tensor([[1.0, deriv, 1.0]], dtype=torch.float64),
+    )
+    x = torch.linspace(-1, 1, 41, dtype=torch.float64)
+    p = torch.tensor([a, h, d, 0.25], dtype=torch.float64).expand(41, 4)
+    y, ladj = bij(x, p)
+    y2, ladj2 = rational_quadratic_spline(x, *(k.expand(41, 3) for k in knots))
+    assert torch.allclose(y, y2 + 0.25, atol=1e-6) and torch.allclose(ladj, ladj2, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_bijection_exact_identity_at_zero_params(name, dtype):
+    bij = BIJECTIONS[name]()
+    B = box(bij)
+    x = torch.cat([torch.linspace(-2 * B, 2 * B, 401, dtype=dtype), torch.tensor([1e30, -1e30, TINY[dtype], 0.0])])
+    p = torch.zeros(x.numel(), bij.n_params, dtype=dtype)
+    for fn in (bij, bij.inverse):
+        y, ladj = fn(x, p)
+        assert torch.equal(y, x)
+        assert ladj.abs().max() <= 4 * torch.finfo(dtype).eps  # log of 1 up to rounding in the slope
+
+
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_bijection_identity_outside_slope_one_and_continuity(name):
+    g = torch.Generator().manual_seed(6)
+    bij = BIJECTIONS[name]()
+    B = box(bij)
+    n = 64
+    p = params_for(bij, (n,), torch.float64, 1.0, g)
+    shift = p[:, 3] if isinstance(bij, BoundedSpline) else torch.zeros(n, dtype=torch.float64)
+    if isinstance(bij, FullyBoundedSpline):
+        shift = bij.max_shift * torch.tanh(shift / bij.max_shift)
+    far = torch.rand(n, generator=g, dtype=torch.float64) * 10 + B
+    x = torch.cat([far, -far, torch.full((n,), B), torch.full((n,), -B)]).requires_grad_()
+    pp = p.repeat(4, 1)
+    y, ladj = bij(x, pp)
+    (slope,) = torch.autograd.grad(y.sum(), x)
+    outside = slice(0, 2 * n)
+    assert torch.equal(y[outside], x[outside] + shift.repeat(2)) and (ladj[outside] == 0).all()
+    assert (slope[outside] == 1).all()
+    assert torch.allclose(slope[2 * n :], torch.ones(2 * n, dtype=torch.float64), atol=1e-12)  # at the edges
+    assert torch.allclose(y[2 * n :], x[2 * n :] + shift.repeat(2), atol=1e-14, rtol=0)
+    # continuity across the edges, and across the (unknown) interior knots via a fine grid
+    eps = 1e-10
+    for edge in (B, -B):
+        e = torch.full((n,), edge, dtype=torch.float64)
+        yin, _ = bij(e - eps * math.copysign(1, edge), p)
+        yout, _ = bij(e + eps * math.copysign(1, edge), p)
+        assert torch.allclose(yin, yout, atol=1e-9, rtol=0)
+    grid = torch.linspace(-1.5 * B, 1.5 * B, 3001, dtype=torch.float64)
+    yg, _ = bij(grid, p[:1].expand(3001, -1))
+    assert (yg.diff() > 0).all()  # monotone, and no jumps larger than the largest slope allows
+    assert yg.diff().max() < 3 * B / 3000 * 2000
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_bijection_extreme_inputs(name, dtype):
+    g = torch.Generator().manual_seed(7)
+    bij = BIJECTIONS[name]()
+    B = box(bij)
+    special = torch.tensor([0.0, -0.0, TINY[dtype], -TINY[dtype], 1e30, -1e30, B, -B, 1e-30], dtype=dtype)
+    n = special.numel()
+    p = params_for(bij, (n,), dtype, 1.0, g)
+    if isinstance(bij, BoundedSpline):  # also exactly on the interior knots (x and y axes)
+        c = bij.bound * (1 - 2 * bij.min_bin)
+        special = torch.cat([special, c * torch.tanh(0.5 * p[:, 0]), c * torch.tanh(0.5 * p[:, 1]) + p[:, 3]])
+        p = p.repeat(3, 1)
+    else:
+        kx, ky, _ = bij.knots(p[:1])
+        special = torch.cat([special, kx[0], ky[0]])
+        p = torch.cat([p, p[:1].expand(2 * kx.shape[-1], -1)])
+    for fn in (bij, bij.inverse):
+        x = special.clone().requires_grad_()
+        pg = p.clone().requires_grad_()
+        y, ladj = fn(x, pg)
+        assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
+        gx, gp = torch.autograd.grad(y.sum() + ladj.sum(), [x, pg])
+        assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
+
+
+@pytest.mark.parametrize("cls", [BoundedSpline, FullyBoundedSpline])
+def test_sampling_displacement_is_bounded(cls):
+    """x = RQS^{-1}(z - t) stays within the box width of z - t, whatever z and the params."""
+    g = torch.Generator().manual_seed(8)
+    bij = cls()
+    B = bij.bound
+    z = torch.cat([torch.randn(500, generator=g, dtype=torch.float64) * 3, torch.tensor([1e30, -1e30, 0.5, -0.5])])
+    p = params_for(bij, (z.numel(),), torch.float64, 3.0, g)
+    x, _ = bij.inverse(z, p)
+    t = p[:, 3] if cls is BoundedSpline else bij.max_shift * torch.tanh(p[:, 3] / bij.max_shift)
+    assert ((x - (z - t)).abs() <= 2 * B).all()
+
+
+def test_fully_bounded_spline_survives_huge_params():
+    """Bounded d and t: finite outputs, gradients and displacement for any raw params (the paper's
+    version overflows exp(d) here, the failure the pilot saw on inputs far outside [0, 1])."""
+    bij = FullyBoundedSpline()
+    z = torch.tensor([0.0, 0.3, -0.4, 1e30, 5.0], dtype=torch.float32).repeat(4)
+    p = torch.tensor([[1e30, -1e30, 1e30, 1e30], [-1e30, 1e30, -1e30, -1e30], [50.0, -50.0, 200.0, 1e6],
+                      [0.0, 0.0, -200.0, -1e6]], dtype=torch.float32).repeat_interleave(5, 0).requires_grad_()
+    for fn in (bij, bij.inverse):
+        out, ladj = fn(z, p)
+        assert torch.isfinite(out).all() and torch.isfinite(ladj).all()
+        assert ((out - z).abs() <= bij.max_shift + 2 * bij.bound + 1e-5).all()
+        (gp,) = torch.autograd.grad(out.sum() + ladj.sum(), p)
+        assert torch.isfinite(gp).all()
+    paper, _ = BoundedSpline()(z, p.detach())
+    assert not torch.isfinite(paper).all()  # exp(d) overflows: why the fully bounded variant exists
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(sorted(BIJECTIONS)),
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    std=st.floats(0.0, 4.0),
+    spread=st.floats(0.1, 5.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_bijections(name, shape, std, spread, seed):
+    """Random shapes and raw parameters: round trip, logdet negation, monotone in x."""
+    g = torch.Generator().manual_seed(seed)
+    bij = BIJECTIONS[name]()
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * spread
+    p = params_for(bij, shape, torch.float64, std, g)
+    y, ladj = bij(x, p)
+    xb, inv = bij.inverse(y, p)
+    assert y.shape == ladj.shape == x.shape and torch.isfinite(ladj).all()
+    assert torch.allclose(xb, x, atol=1e-9 * max(1.0, spread), rtol=0)
+    assert torch.allclose(inv, -ladj, atol=1e-8, rtol=0)
+    y2, _ = bij(x + 1e-3, p)
+    assert (y2 > y).all()
+
+
+def test_bijection_errors():
+    with pytest.raises(ValueError, match=r"x.shape \+ \(4,\)"):
+        BoundedSpline()(torch.zeros(3), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"x.shape \+ \(23,\)"):
+        RQSpline()(torch.zeros(3), torch.zeros(3, 24))
+    with pytest.raises(ValueError, match="min_bin"):
+        RQSpline(bins=8, min_bin=0.2)
+    with pytest.raises(ValueError, match="bins >= 2"):
+        RQSpline(bins=1)
+    with pytest.raises(ValueError, match="bound > 0"):
+        BoundedSpline(bound=0.0)
+    with pytest.raises(ValueError, match="positive"):
+        FullyBoundedSpline(max_shift=0.0)
+
+
+# ----------------------------------------------------------------------------- inside couplings and injectors
+
+
+def layer_cases():
+    out = {}
+    for name in ("bounded", "fully-bounded", "rq-3"):
+        out[f"coupling-mlp-{name}"] = ("vec", lambda n=name: mf.Coupling(4, 3, BIJECTIONS[n](), kind="mlp", hidden=16, depth=2))
+        out[f"injector-mlp-{name}"] = ("vec", lambda n=name: mf.Injector(4, 3, BIJECTIONS[n](), kind="mlp", hidden=16, depth=2))
+        out[f"coupling-conv-{name}"] = ("img", lambda n=name: mf.Coupling(4, 3, BIJECTIONS[n](), kind="conv", hidden=8))
+        out[f"injector-conv-{name}"] = ("img", lambda n=name: mf.Injector(4, 3, BIJECTIONS[n](), kind="conv", hidden=8))
+    return out
+
+
+LAYERS = layer_cases()
+
+
+@pytest.mark.filterwarnings("error")  # e.g. a searchsorted warning about non-contiguous inputs
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_spline_layers_round_trip_and_logdet(name, dtype):
+    torch.manual_seed(9)
+    kind, build = LAYERS[name]
+    layer = randomize_zero_layers(build(), std=0.3).to(dtype)
+    shape = (3, 4) if kind == "vec" else (2, 4, 3, 3)
+    x = torch.randn(*shape, dtype=dtype)
+    cond = torch.randn(shape[0], 3, *shape[2:], dtype=dtype)
+    rt_tol, ld_tol = TOL[dtype]
+    z, logdet = layer(x, cond)
+    assert not torch.equal(z, x)  # the random conditioner does something
+    xb, inv = layer.inverse(z, cond)
+    assert torch.allclose(xb, x, atol=rt_tol, rtol=0) and torch.allclose(inv, -logdet, atol=ld_tol * 10, rtol=0)
+    layer64 = layer.to(torch.float64)
+    expected = jacobian_logdet(lambda v, c: layer64(v, c)[0], x.double(), cond.double())
+    assert torch.allclose(logdet.double(), expected, atol=ld_tol * 10, rtol=0), (logdet, expected)
+    inv_expected = jacobian_logdet(lambda v, c: layer64.inverse(v, c)[0], z.double(), cond.double())
+    assert torch.allclose(inv.double(), inv_expected, atol=ld_tol * 10, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["bounded", "fully-bounded", "rq"])
+def test_spline_layers_start_as_exact_identity(name):
+    torch.manual_seed(10)
+    layer = mf.Coupling(4, 3, BIJECTIONS[name](), kind="conv", hidden=8)
+    x, cond = torch.randn(2, 4, 5, 5) * 3, torch.randn(2, 3, 5, 5)
+    z, logdet = layer(x, cond)
+    assert torch.equal(z, x) and logdet.abs().max() < 1e-5
+    xb, _ = layer.inverse(x, cond)
+    assert torch.equal(xb, x)
