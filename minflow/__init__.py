@@ -19,6 +19,9 @@ from .transforms import (
     leaves,
 )
 from .utils import get_device, pick, quick_mode, seed_everything
+from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
+from .checkpoints import available, load_pretrained
+from . import checkpoints, data, ood, splines, sr, toy  # noqa: E402  (sr and toy register their builders)
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,18 @@ __all__ = [
     "SCALES",
     "ActNorm",
     "Affine",
+    "BoundedSpline",
+    "FullyBoundedSpline",
+    "RQSpline",
+    "available",
+    "load_pretrained",
+    "rational_quadratic_spline",
+    "checkpoints",
+    "data",
+    "ood",
+    "splines",
+    "sr",
+    "toy",
     "ConditionalFlow",
     "Coupling",
     "Injector",
