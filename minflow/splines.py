@@ -47,7 +47,8 @@ def _rq_bin(u: Tensor, x0, w: Tensor, y0, h: Tensor, d0, d1: Tensor, inverse: bo
     C = (d0 - s)(1 - xi) - (d1 - s) xi, the formula above rearranged so that C = 0 and h = w
     give y = u bit for bit. Inverse: with r = (y - y0) / h, xi is the root in [0, 1] of
     a xi^2 + b xi + c = 0, a = s - d0 + r q, b = d0 - r q, c = -s r, q = d0 + d1 - 2s, taken as
-    -2c / (b + sqrt(D)) when b >= 0 and (sqrt(D) - b) / 2a when b < 0: no cancellation either way.
+    -2c / (b + sqrt(D)) when b >= 0 and (sqrt(D) - b) / 2a when b < 0 (no cancellation either
+    way), and x = y + (x0 - y0) + w (xi - r) + r (w - h): again exactly y for the identity.
     Returns (output, log|d output / d u|).
     """
     s = h / w
@@ -217,6 +218,17 @@ class BoundedSpline(nn.Module):
         c = self.bound * (1 - 2 * self.min_bin)
         deriv = torch.expm1(d).mul(1 - self.min_derivative).add(1)
         return c * torch.tanh(0.5 * a), c * torch.tanh(0.5 * h), deriv, t
+
+    def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(knots_x, knots_y, derivatives) of shape x.shape + (3,), for plots and checks:
+        forward(x) = rational_quadratic_spline(x, *knots) + shift."""
+        kx, ky, deriv, _ = self._knot(params)
+        B, one = torch.full_like(kx, self.bound), torch.ones_like(kx)
+        return torch.stack([-B, kx, B], -1), torch.stack([-B, ky, B], -1), torch.stack([one, deriv, one], -1)
+
+    def shift(self, params: Tensor) -> Tensor:
+        """The shift t actually applied (the raw t here; bounded in `FullyBoundedSpline`)."""
+        return self._knot(params)[3]
 
     def _spline(self, x: Tensor, k_in: Tensor, k_out: Tensor, deriv: Tensor, inverse: bool):
         """Two-bin RQS on the box. The right bin is the left one mirrored through the origin,

@@ -262,6 +262,10 @@ def test_bounded_spline_is_the_papers_parameterisation():
     y, ladj = bij(x, p)
     y2, ladj2 = rational_quadratic_spline(x, *(k.expand(41, 3) for k in knots))
     assert torch.allclose(y, y2 + 0.25, atol=1e-6) and torch.allclose(ladj, ladj2, atol=1e-5)
+    for b in (bij, FullyBoundedSpline()):  # knots() and shift() describe the same map
+        y, ladj = b(x, p)
+        y3, ladj3 = rational_quadratic_spline(x, *b.knots(p))
+        assert torch.allclose(y, y3 + b.shift(p), atol=1e-15) and torch.allclose(ladj, ladj3, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
