@@ -242,11 +242,17 @@ def test_jump_finds_the_largest_growth():
     assert j["name"] == "B" and j["factor"] == pytest.approx(1000.0)
 
 
-def test_ring_and_worst():
+def test_ring_matches_diagnose_and_worst():
     dirs = toy.ring_directions(4)
-    assert dirs[0] == (1.0, 0.0) and all(abs(math.hypot(*d) - 1) < 1e-12 for d in dirs)
+    assert torch.allclose(dirs, torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64), atol=1e-12)
     flow = small_flow()
-    out = toy.ring(flow, radius=3.0, n_directions=4, n=100, n_jac=0)
-    assert [round(o["radius"], 9) for o in out] == [3.0] * 4
+    out = toy.ring(flow, radius=3.0, n_directions=4, n=100, chunk=250)  # chunks of 2 directions
+    assert [o["angle"] for o in out] == [0.0, 90.0, 180.0, 270.0]
+    for o in out:  # the batched scan gives what one diagnose per direction gives
+        d = toy.diagnose(flow, o["y"], n=100, n_jac=0)
+        assert o["radius"] == pytest.approx(d["radius"])
+        assert o["spread"] == pytest.approx(d["spread"], rel=1e-9)
+        assert o["min_scale"] == pytest.approx(d["min_scale"], rel=1e-9)
+        assert o["max_abs"] == pytest.approx(d["max_abs"], rel=1e-9)
     w = toy.worst(out)
     assert w["spread"] == max(o["spread"] for o in out)
