@@ -1,0 +1,156 @@
+"""minflow.metrics: PSNR / SSIM, LR consistency, diversity and the artifact criterion on hand-made images."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minflow import metrics
+from minflow.data import bicubic_down, bicubic_up
+from minflow.metrics import artifact_mask, artifact_report, diversity, lr_psnr, psnr, ssim
+
+
+def image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_psnr_known_values():
+    x = torch.zeros(3, 8, 8)
+    assert psnr(x, x) == math.inf
+    assert psnr(x, x + 0.1) == pytest.approx(20.0)  # MSE 0.01
+    assert psnr(x, x + 0.01) == pytest.approx(40.0)
+    y = x.clone()
+    y[:, 0, :] = 1.0  # the border row differs: shaving it leaves identical images
+    assert psnr(x, y) < 20 and psnr(x, y, shave=1) == math.inf
+
+
+def test_psnr_of_non_finite_is_nan_not_inf():
+    x = image()
+    y = x.clone()
+    y[0, 3, 3] = math.nan
+    assert math.isnan(psnr(x, y))
+    y[0, 3, 3] = math.inf
+    assert psnr(x, y) == -math.inf  # never a perfect score
+
+
+def test_ssim_identical_is_one_and_noise_lowers_it():
+    x = image(size=40)
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    noisy = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert ssim(x, noisy) < ssim(x, (x + noisy) / 2) < 1
+    batch = torch.stack([x, x])
+    assert ssim(batch, batch, shave=4) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_of_constant_shift_is_luminance_term():
+    x = torch.full((1, 20, 20), 0.4)
+    # flat images: only the luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) is left
+    c1 = 0.01**2
+    expect = (2 * 0.4 * 0.6 + c1) / (0.4**2 + 0.6**2 + c1)
+    assert ssim(x, x + 0.2) == pytest.approx(expect, rel=1e-5)
+
+
+def test_lr_psnr_consistent_sample_scores_high():
+    hr = image(size=64)
+    lr = bicubic_down(hr, 4)
+    assert lr_psnr(hr, lr, 4) == math.inf  # the ground truth explains its LR exactly
+    assert lr_psnr(torch.stack([hr, hr]), lr, 4) == math.inf  # samples share one LR
+    up = bicubic_up(lr, 4)
+    assert 10 < lr_psnr(up, lr, 4) < math.inf
+    assert lr_psnr(torch.zeros_like(hr), lr, 4) < lr_psnr(up, lr, 4)
+    with pytest.raises(ValueError, match="2x the size"):
+        lr_psnr(hr, lr, 2)
+
+
+def test_lr_psnr_clamps_the_sample():
+    hr = image(size=32)
+    lr = bicubic_down(hr, 4)
+    wild = hr.clone()
+    wild[wild > 0.99] = 1e6  # out-of-range values are clamped before downscaling
+    assert lr_psnr(wild, lr, 4) > 30
+
+
+def test_diversity():
+    x = image()
+    assert diversity(torch.stack([x, x, x])) == 0.0
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    assert diversity(torch.stack([a, b])) == pytest.approx(1 / math.sqrt(2))  # unbiased std of {0, 1}
+    g = torch.Generator().manual_seed(0)
+    many = 0.3 * torch.randn(200, 3, 16, 16, generator=g)
+    assert diversity(many) == pytest.approx(0.3, rel=0.02)
+    batched = torch.stack([many[:10], 2 * many[10:20]])
+    d = diversity(batched)
+    assert d.shape == (2,) and d[1] == pytest.approx(2 * diversity(many[10:20]))
+    with pytest.raises(ValueError):
+        diversity(x[None])  # one sample has no diversity
+
+
+def test_artifact_mask_edges():
+    x = torch.full((3, 1, 8), 0.5)
+    x[0, 0, 0] = 1.5  # exactly on the bound: not an artifact
+    x[1, 0, 1] = -0.5  # exactly on the bound: not an artifact
+    x[2, 0, 2] = 1.5 + 1e-6
+    x[0, 0, 3] = -0.5 - 1e-6
+    x[1, 0, 4] = math.nan
+    x[2, 0, 5] = math.inf
+    x[0, 0, 6] = -math.inf
+    mask = artifact_mask(x)
+    assert mask.shape == (1, 8) and mask.dtype == torch.bool
+    assert mask[0].tolist() == [False, False, True, True, True, True, True, False]
+
+
+def test_artifact_mask_any_channel_and_shapes():
+    x = torch.zeros(2, 5, 3, 4, 6)  # (B, N, C, H, W)
+    x[1, 2, 1, 3, 5] = 2.0  # one channel of one pixel
+    mask = artifact_mask(x)
+    assert mask.shape == (2, 5, 4, 6) and mask.sum() == 1 and mask[1, 2, 3, 5]
+    assert artifact_mask(x[0, 0]).shape == (4, 6)
+    with pytest.raises(ValueError):
+        artifact_mask(torch.zeros(4, 6))
+
+
+def test_artifact_report_per_sample_and_summary():
+    x = torch.full((4, 3, 10, 10), 0.5)
+    x[1, 0, 0, 0] = 1.9  # an ordinary tail: artifact pixel, no explosion
+    x[2, :, 5, 5] = 5e3  # too large: explosion
+    x[3, 1, 2, 2] = math.nan  # non-finite: explosion, max_abs over the finite values
+    x[3, 1, 2, 3] = -math.inf
+    rep = artifact_report(x, min_scale=2e-4)
+    assert rep["fraction"].tolist() == pytest.approx([0, 0.01, 0.01, 0.02])
+    assert rep["max_abs"].tolist() == pytest.approx([0.5, 1.9, 5e3, 0.5])
+    assert rep["nonfinite"].tolist() == [0, 0, 0, 2]
+    assert rep["explosion"].tolist() == [False, False, True, True]
+    s = rep["summary"]
+    assert s["samples"] == 4 and s["nonfinite"] == 2 and s["max_abs"] == pytest.approx(5e3)
+    assert s["with_artifacts"] == 0.75 and s["explosions"] == 0.5 and s["min_scale"] == 2e-4
+    assert s["artifact_fraction"] == pytest.approx(0.01)
+
+
+def test_artifact_report_threshold_and_all_nan():
+    x = torch.zeros(3, 3, 2, 2)
+    x[0, 0, 0, 0] = metrics.EXPLOSION  # exactly 1e3: not an explosion (the flag is max |x| > 1e3)
+    x[1, 0, 0, 0] = -1001.0
+    x[2] = math.nan
+    rep = artifact_report(x)
+    assert rep["explosion"].tolist() == [False, True, True]
+    assert math.isnan(rep["max_abs"][2]) and rep["nonfinite"][2] == 12 and rep["fraction"][2] == 1.0
+    assert rep["summary"]["max_abs"] == pytest.approx(1001.0) and rep["summary"]["min_scale"] is None
+    one = artifact_report(torch.zeros(3, 4, 4))  # a single image: per-sample values are scalars
+    assert one["fraction"].shape == () and one["summary"]["samples"] == 1
+
+
+def test_min_scale_from_trace_rows():
+    rows = [{"min_scale": None}, {"min_scale": 0.3}, {"min_scale": 2e-3}]
+    assert metrics.min_scale(rows) == 2e-3
+    with pytest.raises(ValueError):
+        metrics.min_scale([{"min_scale": None}])
+
+
+def test_psnr_and_ssim_match_train_module():
+    from minflow import train
+
+    x, y = image(1, 24), image(2, 24)
+    assert metrics.psnr(x, y, 2) == train.psnr(x, y, 2)
+    assert metrics.ssim(x, y, 2) == train.ssim(x, y, 2)
