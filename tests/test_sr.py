@@ -90,6 +90,9 @@ def test_super_resolve_any_size_and_unclamped():
     assert torch.equal(x, y)
     assert x.min() < 0 or x.max() > 1  # nothing clamped
     assert super_resolve(model, torch.rand(2, 3, 4, 4), num_samples=2).shape == (2, 2, 3, 16, 16)
+    out, rows = model.trace(torch.rand(2, 3, 4, 4, dtype=torch.float64), temperature=0.9)
+    assert out.shape == (2, 3, 16, 16) and len(rows) == len(model.layers) + 1
+    assert all(0 < r["min_scale"] <= 1 + 1e-4 for r in rows if r["name"] in ("Injector", "Coupling"))
 
 
 def test_clear_errors():
