@@ -107,7 +107,7 @@ hist_error = (hist - p_centres).abs().max().item()
 print(f"largest gap between histogram and formula: {hist_error:.4f}")
 
 assert abs(integral - 1) < 1e-3, integral
-assert abs(integral_naive - 1) > 0.2, integral_naive
+assert abs(integral_naive - 0.614) < 0.005, integral_naive  # about 0.6: not a density
 assert hist_error < 0.03, hist_error
 
 # %%
@@ -120,7 +120,7 @@ axes[0].axvline(0, color=COLORS["data"], lw=0.8)
 axes[1].stairs(hist, edges, fill=True, color=COLORS["data"], alpha=0.35, label="histogram of x = f⁻¹(z), z ~ N(0, 1)")
 axes[1].plot(g, p_x.cpu(), color=COLORS["affine"], label="p_Z(f(x)) |f'(x)|")
 axes[1].plot(g, p_naive.cpu(), color=COLORS["other"], ls="--", label="p_Z(f(x)) (no Jacobian)")
-axes[1].set(xlabel="x", ylabel="density", title="Change of variables in 1D", xlim=(-2, 2))
+axes[1].set(xlabel="x", ylabel="density", title="Change of variables in 1D", xlim=(-2, 2), ylim=(0, 0.8))
 axes[1].legend(loc="upper right", fontsize=9)
 plt.tight_layout()
 plt.show()
@@ -205,7 +205,7 @@ plt.show()
 
 D_image = 3 * 64 * 64
 print(f"a 64x64 RGB image has D = {D_image}: a dense Jacobian has {D_image**2:.1e} entries and an LU")
-print(f"costs ~{D_image**3 / 3:.1e} flops per image; a triangular one needs only its {D_image} diagonal entries.")
+print(f"costs ~{2 * D_image**3 / 3:.1e} flops per image; a triangular one needs only its {D_image} diagonal entries.")
 
 # %% [markdown]
 # That is the design rule for flows: build `f` from layers whose Jacobians are triangular (or
@@ -347,8 +347,10 @@ im = ax.imshow(J[0].cpu(), cmap="RdBu_r", vmin=-lim, vmax=lim)
 ax.axhline(n_a - 0.5, color=COLORS["data"], lw=1)
 ax.axvline(n_a - 0.5, color=COLORS["data"], lw=1)
 for (i, j), label in {(0, 0): "I", (0, 1): "0", (1, 1): "diag(s)", (1, 0): "∂z_b/∂x_a"}.items():
-    ax.text(j * n_a + (n_a - 1) / 2, i * n_a + (n_a - 1) / 2, label, ha="center", va="center", fontsize=11)
-ax.set(xlabel="input coordinate", ylabel="output coordinate", title="Jacobian of one affine coupling")
+    ax.text(j * n_a + (n_a - 1) / 2, i * n_a + (n_a - 1) / 2, label, ha="center", va="center", fontsize=11,
+            bbox=dict(facecolor="white", alpha=0.85, edgecolor="none"))
+ax.set(xticks=range(D), yticks=range(D), xlabel="input coordinate j", ylabel="output coordinate i",
+       title="Jacobian of one affine coupling")
 fig.colorbar(im, ax=ax, label="∂z_i / ∂x_j")
 plt.show()
 
@@ -488,7 +490,9 @@ plt.show()
 # Left to right: the data, the density the flow assigns, samples drawn by the inverse map, and the
 # data mapped forward into the latent space, where they should look like a standard Gaussian (the
 # circles are radii 1, 2, 3). A few steps of "shift and squash half the coordinates" bend the two
-# moons into a blob.
+# moons into a blob. Look for a thin bridge of density (and of samples) joining the two moons: the
+# flow is a continuous bijection of a single Gaussian blob, so it can make the gap very unlikely but
+# never cut the blob in two.
 
 # %% [markdown]
 # ## What's next
@@ -543,7 +547,8 @@ print("additive coupling: correct")
 #
 # Prove that if `f` is invertible with forward log-determinant `log|det J_f(x)|`, then the inverse
 # map at `z = f(x)` has log-determinant `-log|det J_f(x)|`. Then check it numerically on the trained
-# two-moons flow: `flow(x)` returns `(z, logdet)` and `flow.inverse(z)` returns `(x, logdet)`.
+# two-moons flow: `flow(x)` returns `(z, logdet)` and `flow.inverse(z)` returns `(x, logdet)`. Push
+# `x_test` forward, then back, and keep the results as `logdet_fwd`, `x_rec` and `logdet_inv`.
 
 # %% [markdown] tags=["solution"]
 # *Solution.* Differentiate `f⁻¹(f(x)) = x` with the chain rule: `J_{f⁻¹}(f(x)) J_f(x) = I`.
@@ -566,8 +571,8 @@ assert torch.allclose(x_rec, x_test, atol=1e-4)
 # ### Exercise 3: an unbounded scale
 #
 # RealNVP and Glow (without a clamp) use `s = exp(h)` instead of SRFlow's `sigmoid(h + 2) + eps`.
-# Train the same flow with `mf.Affine("exp")` for the same number of steps and compare the held-out
-# log-likelihood and the training curves. Then evaluate its density on the grid of section 4: is it
+# Train the same flow with `mf.Affine("exp")` for the same number of steps (`make_flow` and `train`
+# are above) and compare the held-out log-likelihood (call it `ll_exp`) and the training curves. Then evaluate its density on the grid of section 4: is it
 # finite everywhere? Why can `exp` misbehave far from the data, where `sigmoid` cannot?
 
 # %% tags=["solution"]
@@ -591,8 +596,10 @@ plt.show()
 # On the data both train to a similar likelihood. Away from the data they differ: the ReLU
 # network's `h` grows linearly with the distance from the data, and `exp(h)` then grows
 # exponentially, compounding over six couplings, so the forward map can overflow to `inf` and
-# `log_prob` becomes `inf - inf = nan`. The sigmoid scale is bounded, `s ≤ 1 + eps`, so the
-# *forward* map can never blow up. Its weak side is the other direction, `1 / s ≤ 10^4`: sampling.
+# `log_prob` becomes `inf - inf = nan`. The sigmoid scale is bounded, `s ≤ 1 + eps`: no coupling
+# can stretch the *forward* map, which grows at most linearly with the distance from the data, and
+# its density stays finite (the integral of section 4 checked it on the whole box). Its weak side is
+# the other direction, `1 / s ≤ 10^4`: sampling.
 
 # %% tags=["check"]
 assert math.isfinite(ll_exp) and ll_exp > ll_gauss + 0.5
@@ -602,8 +609,8 @@ assert math.isfinite(ll_exp) and ll_exp > ll_gauss + 0.5
 #
 # Write down, without running code, how many trainable parameters the two-moons flow has: an
 # `ActNorm(2)`, an `InvConv1x1(2)` and a `Coupling` whose conditioner maps 1 number through two
-# hidden layers of width 64 to `2 × 1` numbers, repeated `N_STEPS_FLOW` times. Then check your
-# count against PyTorch's.
+# hidden layers of width 64 to `2 × 1` numbers, repeated `N_STEPS_FLOW` times. Write it as
+# `count_by_hand`, then check it against PyTorch's count.
 
 # %% tags=["solution"]
 actnorm_params = 2 + 2  # bias and log-scale per coordinate
