@@ -165,7 +165,7 @@ for s in SEEDS:
 n_pre = sum(pre[s]["spread"] / in_spread[s] > 10 for s in SEEDS)
 n_16 = sum(toy.worst(ring16[s])["spread"] / in_spread[s] > 10 for s in SEEDS)
 print(f"models with a > 10x spread: {n_pre} of 5 at the fixed point, {n_16} of 5 on the 16-direction ring")
-assert n_pre < len(SEEDS) and n_16 < len(SEEDS)  # the reason the claims below use a wider search
+assert n_pre == 1 and n_16 < len(SEEDS)  # the reason the claims below use a wider search
 
 # %% [markdown]
 # ### 3b. Scanning the whole circle
@@ -249,7 +249,7 @@ print("far OOD: every model > 10x, median > 100x, median smallest s < 0.01, jump
 
 # %%
 RADII = mf.pick([0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000], [1, 3, 10, 30, 100, 300, 1000])
-N_SWEEP, DIRS_SWEEP = mf.pick((500, 360), (100, 90))
+N_SWEEP, DIRS_SWEEP = mf.pick((300, 180), (100, 90))
 sweep = {s: [] for s in SEEDS}
 for s, m in tqdm(models.items(), desc="sweep over |y|"):
     for R in RADII:

@@ -17,7 +17,8 @@ Diagnostics. One measure of spread is used everywhere: `spread` = the root of th
 per-coordinate variance of a set of samples (for the true conditional, `true_spread()` ~ 0.53).
 `diagnose` reports it for one y together with the smallest scale s any coupling used in the
 sampling pass and the largest singular value of the sampling map's Jacobian; `sweep` does that
-along a ray y = r * direction.
+along a ray y = r * direction, and `ring` scans a whole circle of conditions in a few batches
+(`worst` picks its most exploded direction: chapter 3's "far OOD").
 
 Train and ship a checkpoint (defaults: data/checkpoints, or $MINFLOW_DATA/checkpoints):
 
