@@ -38,7 +38,8 @@ def sync(paths: list[Path] | None = None) -> list[Path]:
         nb = jupytext.read(src)
         nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
         nb.metadata.pop("jupytext", None)
-        for cell in nb.cells:
+        for index, cell in enumerate(nb.cells):
+            cell.id = f"c{index:03d}"  # deterministic ids: re-syncing an unchanged source changes nothing
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         out = src.with_suffix(".ipynb")
