@@ -2,13 +2,15 @@
 #   make lab    create the environment if missing, then open JupyterLab on chapters/
 #   make test   unit + property tests, every chapter under nbval in quick mode, pairing check
 #   make book   execute every chapter (full mode) into HTML under build/
+#   make students  regenerate students/ (chapters with solutions replaced by stubs)
+#   make slides    the book, whose run also writes a reveal.js deck per chapter to build/slides/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.minflow-installed
 PYTEST_ARGS ?=
 
-.PHONY: env lab test book notebooks clean
+.PHONY: env lab test book notebooks students slides clean
 
 env: $(STAMP)
 
@@ -31,6 +33,14 @@ test: $(STAMP)
 # Regenerate every chapters/NN_*.ipynb from its jupytext source (no outputs).
 notebooks: $(STAMP)
 	$(PY) tools/notebooks.py sync
+	$(PY) tools/notebooks.py student
+
+# Student versions only (students/NN_*.ipynb: solutions replaced by stubs with a hint).
+students: $(STAMP)
+	$(PY) tools/notebooks.py student
+
+# The book also writes a reveal.js deck per chapter (executed, so with its figures).
+slides: book
 
 book: $(STAMP)
 	mkdir -p build

@@ -2,7 +2,8 @@
 
     python tools/notebooks.py sync            # chapters/NN_*.py -> NN_*.ipynb (no outputs)
     python tools/notebooks.py check           # exit 1 if a pair's cells differ
-    python tools/notebooks.py book --out build  # execute every chapter, write HTML + index
+    python tools/notebooks.py book --out build  # execute every chapter: HTML, index, slide decks
+    python tools/notebooks.py student         # students/NN_*.ipynb: solutions replaced by stubs
 
 The .py files (jupytext percent format) are the sources; the .ipynb files are generated.
 Pairs are compared by cell type and source, never by file times.
@@ -11,6 +12,7 @@ Pairs are compared by cell type and source, never by file times.
 from __future__ import annotations
 
 import argparse
+import ast
 import html
 import sys
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
+STUDENTS = ROOT / "students"
 
 
 def sources() -> list[Path]:
@@ -29,22 +32,80 @@ def cells(nb) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source.strip()) for c in nb.cells]
 
 
-def sync(paths: list[Path] | None = None) -> list[Path]:
-    """Write the .ipynb of every source (outputs empty); returns the notebooks written."""
+def notebook(src: Path):
+    """The notebook of a chapter source: outputs empty, deterministic cell ids, slide metadata."""
     import jupytext
+
+    nb = jupytext.read(src)
+    nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    nb.metadata.pop("jupytext", None)
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"c{index:03d}"  # deterministic ids: re-syncing an unchanged source changes nothing
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        # slides: the title and every "## " section start a new slide; other cells follow on it
+        starts = cell.cell_type == "markdown" and cell.source.lstrip().startswith(("# ", "## "))
+        cell.metadata["slideshow"] = {"slide_type": "slide" if starts else "-"}
+    return nb
+
+
+def sync(paths: list[Path] | None = None) -> list[Path]:
+    """Write the .ipynb of every source; returns the notebooks written."""
+    import nbformat
 
     written = []
     for src in paths or sources():
-        nb = jupytext.read(src)
-        nb.metadata.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
-        nb.metadata.pop("jupytext", None)
-        for index, cell in enumerate(nb.cells):
-            cell.id = f"c{index:03d}"  # deterministic ids: re-syncing an unchanged source changes nothing
-            if cell.cell_type == "code":
-                cell.outputs, cell.execution_count = [], None
         out = src.with_suffix(".ipynb")
-        jupytext.write(nb, out, fmt="ipynb")
+        nbformat.write(notebook(src), out)
         written.append(out)
+    return written
+
+
+def _names(source: str, kind: type) -> set[str]:
+    """Names a cell assigns (kind=ast.Store) or reads (kind=ast.Load)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, kind)}
+
+
+def stub(solution: str, check: str, hint: str | None) -> str:
+    """What a student sees instead of a solution: the names the check needs, and a hint."""
+    needed = sorted(_names(solution, ast.Store) & _names(check, ast.Load))
+    lines = ["# Your solution here."]
+    lines.append(f"# Hint: {hint}" if hint else "# Hint: re-read the exercise above; the check cell below tests your answer.")
+    lines += [f"{name} = ...  # define this; the check below uses it" for name in needed]
+    return "\n".join(lines)
+
+
+def student_version(nb):
+    """A copy of a chapter with every `solution` cell replaced by a stub (checks stay)."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    for i, cell in enumerate(nb.cells):
+        if "solution" in cell.metadata.get("tags", []):
+            # a solution may span several cells; the check is the first cell after them
+            after = (c for c in nb.cells[i + 1 :] if "solution" not in c.metadata.get("tags", []))
+            check = next(after, None)
+            check = check.source if check is not None else ""
+            cell.source = stub(cell.source, check, cell.metadata.get("hint"))
+            cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "solution"] + ["exercise"]
+    return nb
+
+
+def students(out: Path = STUDENTS) -> list[Path]:
+    """Write the student version of every chapter notebook into `out`."""
+    import nbformat
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in sources():
+        nb = student_version(notebook(src))
+        path = out / f"{src.stem}.ipynb"
+        nbformat.write(nb, path)
+        written.append(path)
     return written
 
 
@@ -67,12 +128,13 @@ def mismatches() -> list[str]:
 
 
 def book(out: Path, timeout: int = 3600) -> None:
-    """Execute every chapter (in the caller's environment, full mode unless MINFLOW_QUICK=1) to HTML."""
+    """Execute every chapter (full mode unless MINFLOW_QUICK=1): HTML pages, an index, slide decks."""
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter, SlidesExporter
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "slides").mkdir(exist_ok=True)
     rows = []
     for src in sources():
         nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
@@ -81,6 +143,8 @@ def book(out: Path, timeout: int = 3600) -> None:
         seconds = time.time() - start
         body, _ = HTMLExporter().from_notebook_node(nb)
         (out / f"{src.stem}.html").write_text(body)
+        deck, _ = SlidesExporter().from_notebook_node(nb)  # reveal.js; one slide per "## " section
+        (out / "slides" / f"{src.stem}.slides.html").write_text(deck)
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), src.stem)
         rows.append((src.stem, title, seconds))
         print(f"{src.stem}: {seconds:.0f} s", flush=True)
@@ -98,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check")
     b = sub.add_parser("book")
     b.add_argument("--out", type=Path, default=ROOT / "build")
+    st = sub.add_parser("student")
+    st.add_argument("--out", type=Path, default=STUDENTS)
     args = parser.parse_args(argv)
     if args.cmd == "sync":
         for p in sync():
@@ -106,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = mismatches()
         print("\n".join(problems) or "all chapter pairs in step")
         return 1 if problems else 0
+    elif args.cmd == "student":
+        for p in students(args.out):
+            print(f"wrote {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     else:
         book(args.out)
     return 0
