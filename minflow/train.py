@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import save_checkpoint
 from .data import TRAIN_PHOTOS, VAL_PHOTOS, bicubic_down, bicubic_up, center_crop, load_photos, mod_crop, random_crops
+from .metrics import psnr, ssim
 from .sr import SRFlow, super_resolve
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
@@ -39,37 +39,6 @@ class TrainError(RuntimeError):
 
 class NonFiniteLoss(TrainError):
     """Raised when a training step produces a non-finite loss or gradient."""
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def psnr(x: Tensor, y: Tensor, shave: int = 0) -> float:
-    """Peak signal-to-noise ratio for peak 1: 10 log10(1 / MSE), over all channels, border shaved."""
-    if shave:
-        x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
-    mse = F.mse_loss(x.double(), y.double()).item()
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
-
-
-def ssim(x: Tensor, y: Tensor, shave: int = 0, sigma: float = 1.5, radius: int = 5) -> float:
-    """Mean SSIM (Wang et al. 2004) with an 11x11 Gaussian window (sigma 1.5), per channel, data range 1:
-
-    SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
-    C1 = 0.01^2, C2 = 0.03^2, local moments from the window; averaged over 'valid' positions.
-    """
-    if shave:
-        x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
-    x, y = x.double().reshape(-1, 1, *x.shape[-2:]), y.double().reshape(-1, 1, *y.shape[-2:])
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    g = g / g.sum()
-    win = (g[:, None] * g[None, :])[None, None]
-    mx, my = F.conv2d(x, win), F.conv2d(y, win)
-    sxx, syy, sxy = F.conv2d(x * x, win) - mx**2, F.conv2d(y * y, win) - my**2, F.conv2d(x * y, win) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.mean().item()
 
 
 def validation_pairs(model: SRFlow, size: int = 0) -> list[tuple[str, Tensor, Tensor]]:
