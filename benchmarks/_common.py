@@ -1,0 +1,67 @@
+"""Shared timing helpers for the benchmark scripts: side-by-side, interleaved, torch's own timer.
+
+Every script times its candidates in *rounds*: in each round every candidate is measured once
+with `torch.utils.benchmark.Timer.blocked_autorange`, one after the other, so a change in machine
+load during the run hits all of them alike. A ratio is computed within each round and the
+median over rounds is reported, with the spread (min..max) so a noisy run shows as one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.utils.benchmark as benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    """One line: CPU model, cores, torch version and threads, load average."""
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "load average ?"
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s), {load}")
+
+
+def measure(fns: dict[str, Callable[[], object]], rounds: int, min_run_time: float, threads: int) -> dict[str, list[float]]:
+    """{name: [median seconds per call, one per round]}, candidates interleaved within each round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up (allocator, lazy inits, compilation) outside the timing
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+            times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return times
+
+
+def ratio(times: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
+    """(median, min, max) over rounds of times[num] / times[den], paired round by round."""
+    r = [a / b for a, b in zip(times[num], times[den])]
+    return statistics.median(r), min(r), max(r)
+
+
+def ms(times: dict[str, list[float]], name: str) -> float:
+    return statistics.median(times[name]) * 1e3
+
+
+def fmt_ratio(r: tuple[float, float, float]) -> str:
+    return f"{r[0]:6.2f}x ({r[1]:.2f}-{r[2]:.2f})"

@@ -1,0 +1,138 @@
+"""minflow's rational-quadratic spline against zuko's, and against the memory floor.
+
+    .venv/bin/python benchmarks/bench_spline.py                   # 1e5 and 1e6 elements, ~2 min
+    .venv/bin/python benchmarks/bench_spline.py --sizes 1e5,1e6,1e7 --threads 2
+
+Both libraries start from the same *unnormalised* parameters, (N, 3K - 1) values = K widths,
+K heights, K - 1 interior derivatives per element (float32, CPU, K = 8 bins on [-3, 3]), and do
+the same work: raw values -> knots -> bin search -> the rational quadratic and its log-slope.
+
+- minflow, RQSpline:  ``RQSpline(bins)(x, params)`` / ``.inverse`` (finds the bin among the
+  unnormalised cumulative sizes, transforms only the two knots it needs);
+- minflow, raw + knots: ``rational_quadratic_spline(x, *rq_knots(w, h, d))`` (builds the
+  (N, K+1) knot tensors, then the raw function);
+- zuko: ``MonotonicRQSTransform(w, h, d, bound)`` then ``.call_and_ladj(x)`` forward and
+  ``.inv(y)`` inverse. zuko's inverse returns no log-determinant while minflow's does, so the
+  inverse ratio is, if anything, in zuko's favour.
+- floor: reading every input once (``params.sum() + x.sum()``): no spline can be faster.
+
+The two libraries map raw values to knots differently (zuko: soft-clamped softmax and exp;
+minflow: floored softmax and softplus), so the script checks fairness at the knot level: zuko's
+own knots fed to minflow's `rational_quadratic_spline` must give zuko's outputs, both ways, in
+float64 (to 1e-9) and float32 (to 1e-3: steep bins
+(min_bin 1e-3, slopes up to ~1e3) amplify float32 rounding in the log-slope), and `RQSpline` must equal the raw function on
+`rq_knots`. The figures are throughput ratios (zuko time / minflow time, > 1: minflow faster),
+the median over interleaved rounds with their min-max spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import fmt_ratio, machine, measure, ms, ratio
+
+from minflow.splines import RQSpline, rational_quadratic_spline, rq_knots
+
+TARGET, STRETCH = 5.0, 5.0  # >= 5x zuko's throughput; stretch: within 5x of the memory floor
+
+
+def inputs(n: int, bins: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=dtype) * 2.0  # ~87% inside [-3, 3], the rest outside
+    params = torch.randn(n, 3 * bins - 1, generator=g, dtype=dtype)
+    return x, params
+
+
+def check_agreement(bins: int, bound: float, n: int = 100_000) -> None:
+    """Same knots -> same numbers; raise if not. Prints the largest differences."""
+    from zuko.transforms import MonotonicRQSTransform
+
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
+        x, params = inputs(n, bins, dtype, seed=1)
+        w, h, d = params.split([bins, bins, bins - 1], -1)
+        z = MonotonicRQSTransform(w, h, d, bound=bound)
+        knots = (z.horizontal, z.vertical, z.derivatives)
+        y_z, l_z = z.call_and_ladj(x)
+        y_m, l_m = rational_quadratic_spline(x, *knots)
+        xi_z = z.inv(x)
+        xi_m, li_m = rational_quadratic_spline(x, *knots, inverse=True)
+        _, l_back = z.call_and_ladj(xi_z)
+        errs = {
+            "forward y": (y_m - y_z).abs().max().item(),
+            "forward logdet": (l_m - l_z).abs().max().item(),
+            "inverse x": (xi_m - xi_z).abs().max().item(),
+            "inverse logdet": (li_m + l_back).abs().max().item(),
+        }
+        bij = RQSpline(bins, bound)
+        for inverse in (False, True):
+            a = (bij.inverse if inverse else bij)(x, params)
+            b = rational_quadratic_spline(x, *bij.knots(params), inverse=inverse)
+            errs[f"RQSpline vs raw ({'inverse' if inverse else 'forward'})"] = max(
+                (a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
+        worst = max(errs.values())
+        print(f"  agreement {str(dtype)[6:]:8s} max |diff| {worst:.1e} (tolerance {tol:.0e}): "
+              + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+        if not worst <= tol:
+            raise SystemExit(f"minflow and zuko disagree in {dtype}: {errs}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="1e5,1e6", help="comma-separated element counts (1e7 takes minutes on zuko)")
+    p.add_argument("--bins", type=int, default=8)
+    p.add_argument("--bound", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per size")
+    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds per blocked_autorange")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from zuko.transforms import MonotonicRQSTransform
+    import zuko
+
+    print(f"machine: {machine()}")
+    print(f"zuko {zuko.__version__}, {args.bins} bins on [-{args.bound}, {args.bound}], float32, CPU")
+    check_agreement(args.bins, args.bound)
+
+    bij, K, B = RQSpline(args.bins, args.bound), args.bins, args.bound
+    rows = []
+    for size in [int(float(s)) for s in args.sizes.split(",")]:
+        t0 = time.perf_counter()
+        x, params = inputs(size, K, torch.float32)
+        w, h, d = params.split([K, K, K - 1], -1)
+        fns = {
+            "floor": lambda: params.sum() + x.sum(),
+            "fwd rq": lambda: bij(x, params),
+            "fwd raw": lambda: rational_quadratic_spline(x, *rq_knots(w, h, d, B)),
+            "fwd zuko": lambda: MonotonicRQSTransform(w, h, d, bound=B).call_and_ladj(x),
+            "inv rq": lambda: bij.inverse(x, params),
+            "inv raw": lambda: rational_quadratic_spline(x, *rq_knots(w, h, d, B), inverse=True),
+            "inv zuko": lambda: MonotonicRQSTransform(w, h, d, bound=B).inv(x),
+        }
+        with torch.no_grad():
+            times = measure(fns, args.rounds, args.min_run_time, args.threads)
+        rows.append((size, times))
+        print(f"\n{size:.0e} elements ({time.perf_counter() - t0:.0f} s): median ms per call")
+        print("  " + "  ".join(f"{k} {ms(times, k):.2f}" for k in fns))
+        for direction in ("fwd", "inv"):
+            for impl in ("rq", "raw"):
+                print(f"  {direction} {'RQSpline      ' if impl == 'rq' else 'raw + rq_knots'}: "
+                      f"{fmt_ratio(ratio(times, f'{direction} zuko', f'{direction} {impl}'))} zuko's throughput, "
+                      f"{fmt_ratio(ratio(times, f'{direction} {impl}', 'floor'))} the memory floor")
+
+    print(f"\nsummary (throughput vs zuko, target >= {TARGET:g}x; time / memory floor, stretch <= {STRETCH:g}x)")
+    print(f"{'elements':>9} {'direction':>9} {'minflow path':>15} {'vs zuko':>8} {'/ floor':>8}  minflow ms  zuko ms  floor ms")
+    for size, times in rows:
+        for direction in ("fwd", "inv"):
+            for impl in ("rq", "raw"):
+                vz = ratio(times, f"{direction} zuko", f"{direction} {impl}")[0]
+                vf = ratio(times, f"{direction} {impl}", "floor")[0]
+                print(f"{size:9.0e} {direction:>9} {'RQSpline' if impl == 'rq' else 'raw + rq_knots':>15} {vz:7.2f}x "
+                      f"{vf:7.1f}x  {ms(times, f'{direction} {impl}'):10.2f} {ms(times, f'{direction} zuko'):8.2f} "
+                      f"{ms(times, 'floor'):9.3f}")
+
+
+if __name__ == "__main__":
+    main()
