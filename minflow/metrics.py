@@ -95,7 +95,7 @@ def artifact_mask(x: Tensor) -> Tensor:
     return bad.any(dim=-3)
 
 
-def artifact_report(x: Tensor, min_scale: float | None = None) -> dict:
+def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
     """Per-sample artifact figures of raw samples x (..., C, H, W), and a summary over all samples.
 
     Per sample (tensors of shape x.shape[:-3]):
@@ -105,8 +105,9 @@ def artifact_report(x: Tensor, min_scale: float | None = None) -> dict:
       ``explosion`` True if nonfinite > 0 or max_abs > `EXPLOSION` (1e3).
     ``summary``: samples, mean artifact fraction, share of samples with any artifact pixel, share
     exploding, max |x| and non-finite count over all samples, and `min_scale` (the smallest scale
-    s the sampling pass used, e.g. from `ConditionalFlow.trace`) when given: the design asks every
-    artifact report to carry it.
+    s the sampling pass used, from `min_scale` of trace rows or `min_scale_used(model)`) when given:
+    the design asks every artifact report to carry it. A per-sample tensor is also kept as
+    ``min_scale`` beside the other per-sample entries; the summary holds its minimum.
     """
     mask = artifact_mask(x)
     finite = torch.isfinite(x)
@@ -116,6 +117,11 @@ def artifact_report(x: Tensor, min_scale: float | None = None) -> dict:
     explosion = (nonfinite > 0) | (max_abs > EXPLOSION)  # nan > 1e3 is False, but then nonfinite > 0
     fraction = mask.flatten(-2).double().mean(-1)
     n = max(fraction.numel(), 1)
+    per_scale = None
+    if isinstance(min_scale, Tensor):
+        per_scale = min_scale.detach().double().cpu().reshape(fraction.shape)
+        known = per_scale[~torch.isnan(per_scale)]
+        min_scale = known.min().item() if known.numel() else math.nan
     summary = {
         "samples": fraction.numel(),
         "artifact_fraction": fraction.sum().item() / n,
@@ -125,12 +131,31 @@ def artifact_report(x: Tensor, min_scale: float | None = None) -> dict:
         "nonfinite": int(nonfinite.sum()),
         "min_scale": min_scale,
     }
-    return {"fraction": fraction, "max_abs": max_abs, "nonfinite": nonfinite, "explosion": explosion, "summary": summary}
+    report = {"fraction": fraction, "max_abs": max_abs, "nonfinite": nonfinite, "explosion": explosion, "summary": summary}
+    if per_scale is not None:
+        report["min_scale"] = per_scale
+    return report
+
+
+def min_scale_used(model: torch.nn.Module) -> Tensor:
+    """Per sample, the smallest scale s any layer of `model` used in its last pass, shape (batch,).
+
+    Reads ``last_min_scale`` of every coupling and injector (set on each call, either direction),
+    so call it right after `model.sample(...)`: the cheap alternative to a full trace. A layer
+    reached by non-finite values reports nan for that sample; nan is ignored (the earlier layer
+    that broke the sample reported its scale), and a sample with nothing but nan gets nan.
+    """
+    scales = [m.last_min_scale for m in model.modules() if getattr(m, "last_min_scale", None) is not None]
+    if not scales:
+        raise ValueError("no layer of this model has recorded a scale yet: run a pass first")
+    s = torch.stack([v.detach() for v in scales])
+    low = torch.where(torch.isnan(s), torch.full_like(s, math.inf), s).amin(0)
+    return torch.where(torch.isinf(low), torch.full_like(low, math.nan), low)
 
 
 def min_scale(rows: list[dict]) -> float:
-    """The smallest scale s any coupling or injector used, from `ConditionalFlow.trace` rows."""
-    scales = [r["min_scale"] for r in rows if r.get("min_scale") is not None]
+    """The smallest scale s any coupling or injector used, from `ConditionalFlow.trace` rows (nan ignored)."""
+    scales = [r["min_scale"] for r in rows if r.get("min_scale") is not None and not math.isnan(r["min_scale"])]
     if not scales:
         raise ValueError("no layer in these trace rows reports a scale")
     return min(scales)
