@@ -1,0 +1,256 @@
+"""Low-light enhancement (minflow.lowlight): synthetic darkening, the LOL loader, the small LLFlow."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import randomize_zero_layers
+from minflow import lowlight
+from minflow.checkpoints import load_pretrained, load_state
+from minflow.couplings import Affine, Coupling, Injector
+from minflow.lowlight import MEAN, LLFlow, LowLightPairs, darken, encoder_inputs, enhance, equalize, load_lol
+from minflow.splines import BoundedSpline
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lol_tiny"
+TINY = dict(levels=3, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kw) -> LLFlow:
+    """A float64 model, ActNorm initialised, with every zero-initialised layer perturbed."""
+    torch.manual_seed(0)
+    model = LLFlow(**(TINY | kw)).double()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    model(x, 0.2 * x)  # data-dependent ActNorm init
+    randomize_zero_layers(model, 0.05)
+    return model.eval()
+
+
+def pair(b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(b, 3, h, w, dtype=torch.float64)
+    return x, darken(x, torch.Generator().manual_seed(0))[0]
+
+
+# ----------------------------------------------------------------------------- darkening
+
+
+def test_darken_ranges_and_determinism():
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y, p = darken(x, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == x.dtype and 0 <= y.min() and y.max() <= 1
+    assert torch.equal(y, torch.round(y * 255) / 255)  # 8-bit capture
+    assert y.mean() < 0.25 * x.mean()
+    for name, (lo, hi) in lowlight.DARKEN_RANGES.items():
+        assert p[name].shape == (64,) and lo <= p[name].min() and p[name].max() <= hi, name
+    logs = p["gains"].log()
+    assert torch.allclose(logs.sum(1), torch.zeros(64, dtype=logs.dtype), atol=1e-12)
+    assert torch.allclose(logs.abs().amax(1), p["cast"])
+    again, q = darken(x, torch.Generator().manual_seed(1))
+    assert torch.equal(y, again) and all(torch.equal(p[k], q[k]) for k in p)
+    assert not torch.equal(y, darken(x, torch.Generator().manual_seed(2))[0])
+    one, r = darken(x[0], torch.Generator().manual_seed(3), exposure=0.02)
+    assert one.shape == (3, 16, 16) and r["exposure"].item() == pytest.approx(0.02) and r["gains"].shape == (3,)
+
+
+def test_darken_follows_its_formula():
+    """Without noise, cast and quantisation it is exactly x ** gamma * exposure."""
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64)
+    y, p = darken(x, torch.Generator().manual_seed(0), quantize=False, cast=0, photon=1e-12, read=0)
+    expect = x ** p["gamma"].view(4, 1, 1, 1) * p["exposure"].view(4, 1, 1, 1)
+    assert (y - expect).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="unknown darkening parameter"):
+        darken(x, brightness=0.5)
+    with pytest.raises(ValueError, match="exposure range"):
+        darken(x, exposure=(0.5, 0.1))
+
+
+def test_pair_streams():
+    images = [torch.rand(3, 40, 50, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    normal, dark = next(iter(LowLightPairs(images, 16, 5, seed=0)))
+    assert normal.shape == dark.shape == (5, 3, 16, 16) and dark.mean() < normal.mean()
+    assert torch.equal(next(iter(LowLightPairs(images, 16, 5, seed=0)))[1], dark)
+    halves = [0.5 * im for im in images]
+    normal, dark = next(iter(LowLightPairs(images, 16, 5, seed=0, dark=halves)))
+    assert torch.equal(dark, 0.5 * normal)  # real pairs: one crop for both
+    with pytest.raises(ValueError, match="unknown darkening"):
+        LowLightPairs(images, 16, 5, exposre=0.1)
+
+
+# ----------------------------------------------------------------------------- LOL
+
+
+def test_lol_reads_the_fixture():
+    normal, dark = load_lol(FIXTURE, "our485")
+    assert len(normal) == len(dark) == 2 and len(load_lol(FIXTURE, "eval15")[0]) == 1
+    assert len(load_lol(FIXTURE, "our485", limit=1)[1]) == 1
+    for x, y in zip(normal, dark):
+        assert x.shape == y.shape == (3, 32, 48) and 0 <= y.min() and y.max() <= 1 and y.mean() < x.mean()
+    assert sum(f.stat().st_size for f in FIXTURE.rglob("*") if f.is_file()) < 100_000
+
+
+def test_lol_errors_explain_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"download=True.*BMVC2018website"):
+        load_lol(tmp_path, "eval15")
+    with pytest.raises(ValueError, match="our485"):
+        load_lol(FIXTURE, "test")
+    shutil.copytree(FIXTURE, tmp_path / "LOLdataset")  # as the archive unpacks
+    assert len(load_lol(tmp_path, "our485")[0]) == 2
+    (tmp_path / "LOLdataset" / "our485" / "low" / "2.png").unlink()
+    with pytest.raises(FileNotFoundError, match="same"):
+        load_lol(tmp_path, "our485")
+
+
+# ----------------------------------------------------------------------------- encoder inputs
+
+
+def test_equalize_and_encoder_inputs():
+    ramp = torch.randperm(256).double().view(1, 1, 16, 16) / 255  # every level once
+    eq = equalize(ramp.expand(2, 3, 16, 16))
+    assert torch.allclose(eq, ramp.expand(2, 3, 16, 16))  # already uniform: unchanged
+    dark = 0.1 * ramp
+    assert torch.allclose(equalize(dark.round(decimals=2)).amax(), torch.tensor(1.0, dtype=torch.float64))
+    assert equalize(torch.full((1, 3, 4, 4), 0.3)).abs().max() == 0  # flat: no division by zero
+    y = pair(2, 8, 8)[1]
+    inputs = encoder_inputs(y)
+    assert inputs.shape == (2, 9, 8, 8) and torch.isfinite(inputs).all()
+    assert -1 <= inputs[:, :3].min() and inputs[:, :3].max() <= 0  # scaled log intensity
+    assert torch.allclose(inputs[:, 3:6].sum(1)[y.sum(1) > 0.05], torch.ones(1, dtype=torch.float64), atol=1e-2)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_round_trip_float64(coupling):
+    model = tiny(coupling=coupling)
+    x, y = pair(2, 16, 24)
+    feats = model.condition(y)
+    z, logdet = x, torch.zeros(2, dtype=torch.float64)
+    for layer in model.layers:
+        z, ld = layer(z, feats)
+        logdet = logdet + ld
+    assert torch.allclose(logdet, model(x, y)[1]) and z.abs().max() > 0
+    back, inv = z, torch.zeros_like(logdet)
+    for layer in reversed(model.layers):
+        back, ld = layer.inverse(back, feats)
+        inv = inv + ld
+    assert (back - x).abs().max() < 1e-10 and torch.allclose(inv, -logdet)
+    assert torch.isfinite(model.log_prob(x, y)).all()
+    elementwise = [m for m in model.modules() if isinstance(m, (Coupling, Injector))]
+    want = BoundedSpline if coupling == "spline" else Affine
+    assert len(elementwise) == 6 and all(isinstance(m.bijection, want) for m in elementwise)
+
+
+def test_logdet_matches_autograd_jacobian():
+    model = tiny(levels=1, steps=2)
+    x, y = pair(1, 2, 2)
+    jac = torch.autograd.functional.jacobian(lambda v: model(v.view_as(x), y)[0].flatten(), x.flatten())
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], model(x, y)[1][0], atol=1e-8)
+
+
+@pytest.mark.parametrize("h, w", [(8, 8), (16, 24), (24, 8)])
+def test_shapes(h, w):
+    model = tiny()
+    x, y = pair(3, h, w)
+    z, logdet = model(x, y)
+    feats = model.condition(y)
+    assert z.shape == (3, 192, h // 8, w // 8) == feats[MEAN].shape and logdet.shape == (3,)
+    assert {k for k in feats if k != MEAN} == {(h // 2, w // 2), (h // 4, w // 4), (h // 8, w // 8)}
+    assert model.latent_shape(feats, 5) == (5, 192, h // 8, w // 8)
+    assert model.colour_map(y).shape == (3, 3, h, w)
+    bpd = model.nll_bpd(x, y, torch.Generator().manual_seed(0))
+    assert bpd.shape == (3,) and torch.isfinite(bpd).all()
+
+
+def test_temperature_zero_is_the_inverse_of_the_prior_mean():
+    model = tiny()
+    y = pair(2, 16, 16)[1]
+    feats = model.condition(y)
+    out = model.sample(y, temperature=0.0)
+    z = feats[MEAN]
+    for layer in reversed(model.layers[:-1]):  # all but PriorMean
+        z = layer.inverse(z, feats)[0]
+    assert torch.allclose(out, z, atol=1e-12)
+    assert model(out, y)[0].abs().max() < 1e-9  # and back: z - mu = 0
+    noisy = model.sample(y, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(noisy, out)
+    odd = enhance(model, y[0, :, :13, :11])  # padded to 16 x 16, cropped back
+    assert odd.shape == (1, 3, 13, 11) and torch.isfinite(odd).all()
+    assert torch.allclose(enhance(model, y)[:, 0], out)
+    _, rows = model.trace(y, temperature=0.0)
+    assert rows[0]["max_abs"] == 0 and rows[1]["name"] == "PriorMean" and len(rows) == len(model.layers) + 1
+
+
+def test_clear_errors():
+    model = tiny()
+    x, y = pair(1, 16, 16)
+    with pytest.raises(ValueError, match="one shape"):
+        model.log_prob(x, y[..., :8])
+    with pytest.raises(ValueError, match="one shape"):
+        model.log_prob(x, None)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model.sample(y[..., :12])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model.sample(y[:, :2])
+    with pytest.raises(ValueError, match="non-finite"):
+        model.sample(torch.full_like(y, math.nan))
+    with pytest.raises(ValueError, match=r"dark image must be a \(3, H, W\)"):
+        enhance(model, y[0, :2])
+    with pytest.raises(ValueError, match="non-finite"):
+        enhance(model, torch.full_like(y[0], math.inf))
+    with pytest.raises(ValueError, match="unknown coupling"):
+        LLFlow(coupling="nope")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = LLFlow(**TINY)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = darken(x, torch.Generator().manual_seed(1))[0]
+    optim = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for step in range(15):
+        loss = model.nll_bpd(x, y, torch.Generator().manual_seed(step)).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert all(map(math.isfinite, losses)) and sum(losses[-3:]) / 3 < losses[0] - 0.5
+
+
+ARGS = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16",
+        "--val-size", "32", "--save-every", "2", "--threads", "1"]  # fmt: skip
+
+
+def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
+    run = lambda name, *extra: lowlight.main(["train", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+    run("a", "--steps", "3", "--coupling", "spline")
+    run("b", "--steps", "2", "--coupling", "spline")
+    metrics = run("b", "--steps", "3", "--coupling", "spline")
+    assert "resuming b from step 2" in capsys.readouterr().out
+    (sa, _), (sb, mb) = load_state("a", tmp_path), load_state("b", tmp_path)
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
+    assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "histeq_psnr" in metrics
+    assert mb["command"].startswith("python -m minflow.lowlight train --name b") and mb["builder"] == "llflow"
+    model = load_pretrained("b", root=tmp_path)
+    assert isinstance(model, LLFlow) and model.config["coupling"] == "spline" and model.config["levels"] == 2
+    with pytest.raises(SystemExit, match="other settings"):
+        run("b", "--steps", "4", "--batch", "3", "--coupling", "spline")
+    with pytest.raises(SystemExit, match="usage"):
+        lowlight.main([])
