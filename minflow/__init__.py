@@ -21,7 +21,7 @@ from .transforms import (
 from .utils import get_device, pick, quick_mode, seed_everything
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .checkpoints import available, load_pretrained
-from . import checkpoints, data, ood, splines, sr, toy  # noqa: E402  (sr and toy register their builders)
+from . import checkpoints, data, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "splines",
     "sr",
     "toy",
+    "lowlight",
     "ConditionalFlow",
     "Coupling",
     "Injector",
