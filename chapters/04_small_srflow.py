@@ -299,7 +299,8 @@ for name, v in val.items():
     for (img, title), top, bottom in zip(panels, axes[0], axes[1]):
         show(top, img, title)
         zoom = img[:, ZOOM[0].start // FACTOR : ZOOM[0].stop // FACTOR, ZOOM[1].start // FACTOR : ZOOM[1].stop // FACTOR] if img is v["lr"] else img[:, ZOOM[0], ZOOM[1]]
-        show(bottom, zoom, "zoom")
+        show(bottom, zoom, "")
+    axes[1, 0].set_ylabel("zoom, 96x96 HR px")
     fig.suptitle(f"{name}: 4x super-resolution by the small SRFlow")
     plt.tight_layout()
     plt.show()

@@ -17,7 +17,7 @@
 # We measure its samples with the criterion of Hong, Park and Chun (ICCV 2023) and, beside it,
 # the numbers that tell an *explosion* from ordinary sample tails; we sweep the temperature; we
 # show that the problem appears during training; and we follow one exploding pixel backwards
-# through the flow to the layer whose scale s collapsed to its floor.
+# through the sampling pass to the layer whose scale s collapsed.
 
 # %% tags=["colab"]
 # On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
@@ -62,8 +62,8 @@ print(f"device={device}, quick={QUICK}")
 # %% [markdown]
 # ## 1. Protocol, fixed before looking
 #
-# - **Models:** the shipped `sr_affine` (1800 training steps) and its snapshot at step 400,
-#   `sr_affine_early`, made by the same command.
+# - **Models:** the shipped `sr_affine` (1800 training steps) and `sr_affine_early`, a snapshot
+#   that the same training run saved a few hundred steps in (the step is printed below).
 # - **Inputs:** every input of `data.ood_sets(factor=4, lr_size=64)`: LR images of 64x64, so every
 #   sample is 256x256, as in chapter 4. Four groups: *reference* (the validation photos with the
 #   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs a
@@ -286,7 +286,7 @@ print_groups(groups07, "per set, T = 0.7")
 # %% [markdown]
 # **In distribution:** nothing explodes at T = 0.7: no non-finite value, max |x| far below 10³,
 # and the smallest scale used stays far above the floor. A handful of pixels may still fall outside
-# [−0.5, 1.5]: section 8 looks at the largest such speck.
+# [−0.5, 1.5]: section 9 looks at the largest such specks.
 #
 # **The OOD degradations** do explode, but not all of them. The two the pilot study named as
 # triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
@@ -335,7 +335,7 @@ for kind in kinds:
     axes[0].plot(TEMPS, rate, marker="o", ms=4, lw=1.2, alpha=0.8, label=kind)
 axes[0].plot(TEMPS, [sweep_groups[T]["reference"]["explosions"] for T in TEMPS], color=COLORS["data"], lw=3, marker="s", label="reference photos")
 axes[0].set(title="share of samples exploding (final model)", xlabel="temperature T", ylabel="exploded samples")
-axes[0].legend(fontsize=8, ncol=2)
+axes[0].legend(fontsize=8, ncol=2, loc="center left")
 for group, color in (("reference", COLORS["data"]), ("degradation", COLORS["affine"])):
     axes[1].plot(TEMPS, [max(sweep_groups[T][group]["artifact_fraction"], 1e-7) for T in TEMPS], marker="o", color=color, label=group)
 axes[1].set(yscale="log", title="mean artifact-pixel fraction (paper's criterion)", xlabel="temperature T", ylabel="fraction of pixels (floor 1e-7)")
@@ -364,8 +364,7 @@ assert rates[-1] > 0.4, "at T = 1 a large share of the degraded inputs' samples 
 # %% [markdown]
 # ## 7. Artifacts emerge with training
 #
-# The same inputs, the same latents, T = 0.9, for the snapshot at step 400 and the final model
-# at step 1800.
+# The same inputs, the same latents, T = 0.9, for the early snapshot and the final model.
 
 # %%
 early_main = run_all(early, list(inputs), T_MAIN, desc="early, T=0.9")
@@ -405,15 +404,14 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# At step 400 the model is blurrier, but it keeps its scales away from the floor almost everywhere;
-# by step 1800 it has learned to use small scales, and with them, OOD inputs can push a scale to
-# the floor. The few inputs on which the snapshot already explodes are listed below; in our run
-# the worst is *contrast x4* of coffee (large flat saturated areas with hard edges). Training did
-# not create the weakness from nothing; it made it common.
+# Early in training the model is blurrier, but it keeps its scales away from the floor almost
+# everywhere; by step 1800 it has learned to use small scales, and with them, OOD inputs can push
+# a scale to the floor. If the snapshot explodes anywhere, it is on a few inputs only (listed
+# below). Training does not create the weakness in one step; it makes it common.
 
 # %%
-print("inputs on which the step-400 snapshot explodes at least once:",
-      {k[1]: f"{r['summary']['explosions']:.0%}" for k, r in early_main.items() if r["summary"]["explosions"] > 0})
+print(f"inputs on which the step-{early.manifest['steps']} snapshot explodes at least once:",
+      {k[1]: f"{r['summary']['explosions']:.0%}" for k, r in early_main.items() if r["summary"]["explosions"] > 0} or "none")
 #
 # ## 8. Inside an explosion: one pixel, layer by layer
 #
@@ -503,9 +501,9 @@ print(f"smallest s at the pixel: nearest {s_bad:.1e}, reference {s_ok:.1e}")
 assert s_bad < 1e-3 < 0.01 < s_ok, "the exploding path should pass a scale near the floor, the clean one should not"
 
 # %% [markdown]
-# Both passes start from the same latent numbers and agree through the last level. Then, at one
-# layer, the degraded input's scale at this position drops far below anything the clean input
-# uses, and the value jumps by 1/s. In our run this first jump came from an *injector* of the
+# Both passes start from the same latent numbers and agree through the coarsest level, where
+# sampling begins. Then, at one layer, the degraded input's scale at this position drops far below
+# anything the clean input uses, and the value jumps by 1/s. In our run this first jump came from an *injector* of the
 # second level (s ≈ 3·10⁻³): a scale set by the condition alone. From there on the couplings,
 # whose scales read the now-huge values of the other half of the channels, sit at the floor
 # 10⁻⁴, one after another, each multiplying by 10⁴, until the value overflows to inf. The clean
@@ -668,7 +666,7 @@ if device.type == "cpu":  # the speck described above is the CPU generator's; a 
 #   ones (noise, blur, JPEG) sometimes. Some odd inputs are harmless; which ones depends on the model.
 # - Temperature is a dial, not a cure: lower T helps in distribution, but strongly OOD inputs
 #   explode even at T = 0.
-# - The weakness grows with training: the step-400 snapshot hardly ever explodes.
+# - The weakness grows with training: the early snapshot hardly ever explodes.
 # - Each explosion runs through a layer whose scale s, set by the condition, sits at its floor
 #   10⁻⁴; the clean twin of the same input passes the same layer with s around 0.1 or more.
 # - In distribution at T = 0.7 there is no explosion, but a few pixels may leave [−2, 3]: a mild
