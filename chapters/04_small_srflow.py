@@ -221,11 +221,12 @@ STEPS = mf.pick(60, 20)
 model = sr.SRFlow(factor=FACTOR, levels=LEVELS, steps=K, width=WIDTH, cond_channels=COND).to(device)
 optim = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.99))
 stream = iter(data.CropDataset(train_photos, CROP, batch_size=16, factor=FACTOR, seed=0))
+noise_gen = torch.Generator(device).manual_seed(0)  # dequantisation noise, drawn where the model lives
 history = []
 model.train()
 for step in (bar := tqdm(range(STEPS), desc="training", unit="step")):
     hr, lr = (t.to(device) for t in next(stream))
-    loss = model.nll_bpd(hr, lr, gen).mean()
+    loss = model.nll_bpd(hr, lr, noise_gen).mean()
     optim.zero_grad()
     loss.backward()
     optim.step()

@@ -650,7 +650,7 @@ print(f"coffee crop, T = 0.7, 3 x 8 more samples (seeds 1-3): max|x| {[round(v, 
 # %%
 assert rep_c["summary"]["nonfinite"] == 0 and rep_c["summary"]["max_abs"] < 1e3, "china at T = 0.7 should not explode"
 assert smap.min() < 0.1 < 0.5 < smap.median(), "one spot of china asks for a much smaller injector scale than the rest"
-assert math.isnan(near) or near > 0.8, "china's artifact pixels should sit where the injector scale is smallest"
+assert math.isnan(near) or near > 0.5, "most of china's artifact pixels should sit where the injector scale is smallest"
 assert rep_s["summary"]["nonfinite"] == 0 and rep_s["summary"]["max_abs"] < 1e3, "coffee at T = 0.7 should not explode"
 if device.type == "cpu":  # the speck described above is the CPU generator's; a GPU draws other samples
     assert min(inj) > 0.3 and max(h for _, h, _ in stds) > 5, "at coffee's speck the injectors' scales are not small, a split prior's std is large"
