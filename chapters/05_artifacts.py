@@ -412,7 +412,8 @@ plt.show()
 # %%
 print(f"inputs on which the step-{early.manifest['steps']} snapshot explodes at least once:",
       {k[1]: f"{r['summary']['explosions']:.0%}" for k, r in early_main.items() if r["summary"]["explosions"] > 0} or "none")
-#
+
+# %% [markdown]
 # ## 8. Inside an explosion: one pixel, layer by layer
 #
 # Take the pilot's clearest trigger, coffee downscaled without antialiasing, and its clean twin, the
@@ -503,13 +504,13 @@ assert s_bad < 1e-3 < 0.01 < s_ok, "the exploding path should pass a scale near 
 # %% [markdown]
 # Both passes start from the same latent numbers and agree through the coarsest level, where
 # sampling begins. Then, at one layer, the degraded input's scale at this position drops far below
-# anything the clean input uses, and the value jumps by 1/s. In our run this first jump came from an *injector* of the
-# second level (s ≈ 3·10⁻³): a scale set by the condition alone. From there on the couplings,
-# whose scales read the now-huge values of the other half of the channels, sit at the floor
-# 10⁻⁴, one after another, each multiplying by 10⁴, until the value overflows to inf. The clean
-# pass never comes near that: its values stay within a few units all the way, and its smallest
-# scale at this pixel is well above 0.1. The condition starts the explosion; the couplings,
-# fed values they never saw in training, finish it.
+# anything the clean input uses, and the value jumps by 1/s. In our run this first jump came from
+# an *injector* of the second level (s ≈ 3·10⁻³): a scale set by the condition alone. From there
+# on the couplings, whose scales read the now-huge values of the other half of the channels, sit
+# at the floor 10⁻⁴, one after another, each multiplying by 10⁴, until the value overflows to inf.
+# The clean pass never comes near that: its values stay within a few units all the way, and its
+# smallest scale at this pixel is well above 0.1. The condition starts the explosion; the
+# couplings, fed values they never saw in training, finish it.
 #
 # ## 9. Two in-distribution outliers, explained
 #
@@ -600,9 +601,8 @@ plt.show()
 #
 # **(b) coffee, chapter 4's crop.** In chapter 4 one of the 8 samples of the coffee crop (seed 0,
 # T = 0.7, drawn on a CPU; a GPU draws other random numbers) reached |x| ≈ 3.8, above the
-# "max |x| < 3" one might hope for in distribution. We follow
-# its worst pixel with the tools of section 8, adding the standard deviation that each split's
-# prior gives the half it draws.
+# "max |x| < 3" one might hope for in distribution. We follow its worst pixel with the tools of
+# section 8, adding the standard deviation that each split's prior gives the half it draws.
 
 # %%
 coffee_in = inputs[("reference", "coffee")]
@@ -631,18 +631,18 @@ for i, here, median in stds:
 
 # %% [markdown]
 # On a CPU the worst pixel is that speck, and there the condition is innocent: the injectors'
-# scales at that pixel are all above 0.5. The
-# speck comes from the *sample*: the prior of the second split, which reads only the kept half of
-# the latent, gives the dropped half a standard deviation of about 12 at this position (the median
-# is near 1); the draw lands large, and the couplings that read it answer with scales near 0.2,
-# which amplify it a little further. It is a tail event of the model's own distribution: bounded
-# (a speck of about a dozen pixels in a 4 x 5 patch, |x| ≈ 4), and rare, as 24 further samples
-# at other seeds show (below).
+# scales at that pixel are all above 0.5. The speck comes from the *sample*: the prior of the
+# second split, which reads only the kept half of the latent, gives the dropped half a standard
+# deviation of about 12 at this position (the median is near 1), so even an ordinary draw lands
+# far out, and the couplings that read it answer with scales near 0.2, which amplify it further. It is a
+# tail event of the model's own distribution: bounded (a speck of about a dozen pixels in a 4 x 5
+# patch, |x| ≈ 4), and rare, as 24 further samples at other seeds show (below).
 
 # %%
 others = [sample_report(final, coffee_in.lr, 0.7, n=8, seed=seed)[1]["summary"]["max_abs"] for seed in (1, 2, 3)]
 print(f"coffee crop, T = 0.7, 3 x 8 more samples (seeds 1-3): max|x| {[round(v, 2) for v in others]}")
-#
+
+# %% [markdown]
 # Both outliers are far from an explosion (max |x| < 10, nothing non-finite, s ≥ 0.04), and
 # neither sits at the image border. The claim we can defend for in-distribution photos at
 # T = 0.7 is therefore "no explosion", not "every pixel within [−2, 3]".
@@ -667,8 +667,9 @@ if device.type == "cpu":  # the speck described above is the CPU generator's; a 
 # - Temperature is a dial, not a cure: lower T helps in distribution, but strongly OOD inputs
 #   explode even at T = 0.
 # - The weakness grows with training: the early snapshot hardly ever explodes.
-# - Each explosion runs through a layer whose scale s, set by the condition, sits at its floor
-#   10⁻⁴; the clean twin of the same input passes the same layer with s around 0.1 or more.
+# - The explosion we followed starts where a scale set by the condition alone (an injector's) is
+#   tiny, and is finished by couplings whose scales, fed huge values, sit at the floor 10⁻⁴; the
+#   clean twin of the same input passes the same layers with s above 0.1.
 # - In distribution at T = 0.7 there is no explosion, but a few pixels may leave [−2, 3]: a mild
 #   condition-driven amplification (china: 1/s ≈ 25 on a thin bright line) or a tail of the split
 #   prior (coffee).
