@@ -138,7 +138,7 @@ class ElementwiseLayer(Transform):
     """Shared machinery: apply a bijection to part of x with parameters from a network.
 
     After each call, ``last_min_scale`` holds, per sample, the smallest slope of the *forward*
-    element-wise map that was used (for affine: the smallest s). The sampling direction
+    element-wise map that was used (for affine: the smallest s), ignoring elements already NaN. The sampling direction
     multiplies by up to 1 / last_min_scale; `ConditionalFlow.trace` reports it.
     """
 
@@ -156,9 +156,10 @@ class ElementwiseLayer(Transform):
     def _elementwise(self, x: Tensor, raw: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self._params(raw, x.shape[1])
         y, ladj = (self.bijection.inverse if inverse else self.bijection.forward)(x, params)
-        with torch.no_grad():
-            fwd_slope = ladj if not inverse else -ladj
-            self.last_min_scale = fwd_slope.flatten(1).min(1).values.exp()
+        with torch.no_grad():  # smallest slope over the elements that are not NaN (all NaN -> NaN)
+            log_slope = (ladj if not inverse else -ladj).flatten(1)
+            low = torch.where(torch.isnan(log_slope), torch.full_like(log_slope, math.inf), log_slope).amin(1)
+            self.last_min_scale = torch.where(low == math.inf, torch.full_like(low, math.nan), low).exp()
         return y, ladj.flatten(1).sum(1)
 
     def _check(self, x: Tensor, name: str) -> None:

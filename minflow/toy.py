@@ -285,7 +285,7 @@ def jacobian_sv(flow: ConditionalFlow, y, z: Tensor) -> Tensor:
 
 def min_scale(rows: list[dict]) -> float:
     """The smallest forward slope s any coupling used in a traced sampling pass."""
-    scales = [r["min_scale"] for r in rows if r["min_scale"] is not None]
+    scales = [r["min_scale"] for r in rows if r["min_scale"] is not None and not math.isnan(r["min_scale"])]
     return min(scales) if scales else float("nan")
 
 

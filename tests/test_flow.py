@@ -189,3 +189,20 @@ def test_checkpoint_round_trip_and_checksum(tmp_path):
         checkpoints.load_pretrained("t", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint named 'u'"):
         checkpoints.load_pretrained("u", root=tmp_path)
+
+
+def test_smallest_scale_ignores_nan_elements():
+    """A NaN reaching some elements of a layer must not hide the small scale the others used."""
+    layer = mf.Injector(1, 1, kind="conv", hidden=2)
+    with torch.no_grad():
+        layer.net[-1].bias.copy_(torch.tensor([0.0, -30.0]))  # t = 0, h = -30: s = eps wherever finite
+    cond = torch.zeros(2, 1, 8, 8)
+    cond[0, 0, 0, 0] = float("nan")  # spoils a corner of sample 0 only
+    cond[1] = float("nan")  # spoils all of sample 1
+    layer.inverse(torch.ones(2, 1, 8, 8), cond)
+    assert layer.last_min_scale[0].item() == pytest.approx(1e-4, rel=1e-3)
+    assert math.isnan(layer.last_min_scale[1].item())
+    from minflow.flow import _nanmin
+
+    assert _nanmin(torch.tensor([float("nan"), 0.1, 0.3])) == pytest.approx(0.1)
+    assert math.isnan(_nanmin(torch.tensor([float("nan")])))

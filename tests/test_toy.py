@@ -194,8 +194,13 @@ def test_shipped_checkpoints_load_and_are_recorded(name):
     assert man["builder"] == "toy" and man["command"].startswith("python -m minflow.toy")
     assert {"seed", "steps", "wall_time_s", "metrics"} <= set(man)
     assert json.dumps(man)  # plain JSON
-    # in distribution it has learned the task (held-out NLL close to the optimum log 0.6)
-    assert toy.validation_nll(flow, n=2048) < toy.TRUE_NLL + 0.4
+    # it reproduces the held-out NLL its manifest records (same fixed validation set)
+    nll = toy.validation_nll(flow)
+    assert nll == pytest.approx(man["metrics"]["val_nll"], abs=2e-3)
+    # the affine and spline models the chapters' claims rest on have learned the task (close to
+    # the optimum log 0.6); the remedies of chapter 7 are compared there, not bounded here
+    if man["config"]["coupling"] in ("affine", "spline", "spline_bounded", "spline_full"):
+        assert nll < toy.TRUE_NLL + 0.4
 
 
 # ----------------------------------------------------------------------------- diagnostics
