@@ -4,6 +4,11 @@ Every script times its candidates in *rounds*: in each round every candidate is 
 with `torch.utils.benchmark.Timer.blocked_autorange`, one after the other, so a change in machine
 load during the run hits all of them alike. A ratio is computed within each round and the
 median over rounds is reported, with the spread (min..max) so a noisy run shows as one.
+
+Clock: by default the CPU time of this process (``--clock cpu``), not wall time: on a machine
+shared with other jobs, wall time also counts the time spent waiting for a free core, which
+says nothing about the code. With several threads, CPU time sums them (work, not latency); use
+``--clock wall`` on an idle machine for latency.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +29,8 @@ if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without in
     sys.path.insert(0, str(ROOT))
 
 
-def machine() -> str:
-    """One line: CPU model, cores, torch version and threads, load average."""
+def machine(clock: str = "cpu") -> str:
+    """One line: CPU model, cores, torch version and threads, load average, clock."""
     cpu = platform.processor() or "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,17 +44,29 @@ def machine() -> str:
     except OSError:
         load = "load average ?"
     return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), {load}")
+            f"{torch.get_num_threads()} thread(s), {load}, clock: {clock}")
 
 
-def measure(fns: dict[str, Callable[[], object]], rounds: int, min_run_time: float, threads: int) -> dict[str, list[float]]:
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def add_timing_args(parser, rounds: int, min_run_time: float) -> None:
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
+    parser.add_argument("--min-run-time", type=float, default=min_run_time, help="seconds per blocked_autorange")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: this process's CPU time (robust to other jobs); wall: elapsed time")
+
+
+def measure(fns: dict[str, Callable[[], object]], rounds: int, min_run_time: float, threads: int,
+            clock: str = "cpu") -> dict[str, list[float]]:
     """{name: [median seconds per call, one per round]}, candidates interleaved within each round."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up (allocator, lazy inits, compilation) outside the timing
         fn()
     for _ in range(rounds):
         for name, fn in fns.items():
-            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, timer=CLOCKS[clock])
             times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
     return times
 

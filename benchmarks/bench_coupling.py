@@ -23,11 +23,12 @@ median over interleaved rounds with their min-max spread.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
 
-from _common import fmt_ratio, machine, measure, ms, ratio
+from _common import add_timing_args, fmt_ratio, machine, measure, ms, ratio
 
 import minflow.splines as splines
 from minflow.couplings import Affine, Coupling, Injector
@@ -94,19 +95,26 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     return {"train": train, "sample": sample}
 
 
+def with_compile(fn, enabled: bool):
+    def run():
+        splines.set_compile(enabled)
+        fn()
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per blocked_autorange")
+    add_timing_args(p, rounds=5, min_run_time=0.5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--hr", type=int, default=64, help="HR crop size")
     p.add_argument("--only", choices=["layer", "flow"], help="run one part only")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled spline (minflow.splines.set_compile)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}")
-    compiled = getattr(splines, "compile_enabled", lambda: False)()
-    print(f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; spline compile: {compiled}")
+    print(f"machine: {machine(args.clock)}")
+    print(f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; the spline eager (default) "
+          f"{'only' if args.no_compile else 'and compiled (set_compile(True), compilation excluded)'}")
+    kinds = ["spline", "affine"] + ([] if args.no_compile else ["compiled"])
     results = []
     parts = []
     if args.only in (None, "layer"):
@@ -116,19 +124,27 @@ def main() -> None:
     if args.only in (None, "flow"):
         parts += [(f"SRFlow ({args.hr}x{args.hr} HR)", lambda k: flow_fns(k, args.batch, args.hr))]
     for name, make in parts:
-        spline, affine = make("spline"), make("affine")
-        fns = {f"{kind} {what}": fn for what in ("train", "sample") for kind, fn in
-               (("spline", spline[what]), ("affine", affine[what]))}
-        times = measure(fns, args.rounds, args.min_run_time, args.threads)
-        print(f"\n{name}: median ms  " + "  ".join(f"{k} {ms(times, k):.1f}" for k in fns))
+        made = {kind: make("affine" if kind == "affine" else "spline") for kind in kinds}
+        fns = {f"{kind} {what}": with_compile(made[kind][what], kind == "compiled")
+               for what in ("train", "sample") for kind in kinds}
+        if not args.no_compile:
+            t0 = time.perf_counter()
+            for what in ("train", "sample"):
+                fns[f"compiled {what}"]()
+            print(f"\n{name}: compiling the spline took {time.perf_counter() - t0:.0f} s (excluded below)")
+        times = measure(fns, args.rounds, args.min_run_time, args.threads, args.clock)
+        print(f"{name}: median ms  " + "  ".join(f"{k} {ms(times, k):.1f}" for k in fns))
         for what in ("train", "sample"):
-            r = ratio(times, f"spline {what}", f"affine {what}")
-            results.append((name, what, r, ms(times, f"spline {what}"), ms(times, f"affine {what}")))
-            print(f"  {what:6s} spline / affine {fmt_ratio(r)}  (target <= {TARGET})")
+            for kind in [k for k in kinds if k != "affine"]:
+                r = ratio(times, f"{kind} {what}", f"affine {what}")
+                label = "spline" if kind == "spline" else "spline compiled"
+                results.append((name, what, label, r, ms(times, f"{kind} {what}"), ms(times, f"affine {what}")))
+                print(f"  {what:6s} {label:15s} / affine {fmt_ratio(r)}  (target <= {TARGET})")
+    splines.set_compile(False)
     print(f"\nsummary (time spline / affine, target <= {TARGET}x)")
-    print(f"{'':32s} {'step':>6} {'ratio':>7} {'spline ms':>10} {'affine ms':>10}  target")
-    for name, what, r, ts, ta in results:
-        print(f"{name:32s} {what:>6} {r[0]:6.2f}x {ts:10.1f} {ta:10.1f}  {'met' if r[0] <= TARGET else 'NOT met'}")
+    print(f"{'':32s} {'step':>6} {'spline':>16} {'ratio':>7} {'spline ms':>10} {'affine ms':>10}  target")
+    for name, what, label, r, ts, ta in results:
+        print(f"{name:32s} {what:>6} {label:>16} {r[0]:6.2f}x {ts:10.1f} {ta:10.1f}  {'met' if r[0] <= TARGET else 'NOT met'}")
 
 
 if __name__ == "__main__":
