@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minflow as mf
+import minflow.splines as splines
 from minflow.splines import (
     BoundedSpline,
     FullyBoundedSpline,
@@ -467,3 +468,94 @@ def test_spline_layers_start_as_exact_identity(name):
     assert torch.equal(z, x) and logdet.abs().max() < 1e-5
     xb, _ = layer.inverse(x, cond)
     assert torch.equal(xb, x)
+
+
+# ----------------------------------------------------------------------------- the torch.compile path
+
+
+COMPILED_CASES = {
+    "bounded": BoundedSpline,
+    "fully-bounded": FullyBoundedSpline,
+    "rq": RQSpline,
+    "rq-3-planes": lambda: RQSpline(bins=3, bound=1.0),  # params laid out as a conv conditioner does
+}
+
+
+def _eager_and_compiled(fn, *inputs):
+    """fn's outputs and the gradients of their sum w.r.t. every input, eagerly and compiled."""
+    out = []
+    for enabled in (False, True):
+        splines.set_compile(enabled)
+        try:
+            leaves = [v.detach().clone().requires_grad_() for v in inputs]
+            values = fn(*leaves)
+            grads = torch.autograd.grad(sum(v.sum() for v in values), leaves)
+            failed = enabled and not splines.compile_enabled()
+        finally:
+            splines.set_compile(False)
+        if failed:
+            pytest.skip(f"torch.compile is not available here: {splines._COMPILE['failed']}")
+        out.append((values, grads))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(COMPILED_CASES) + ["raw"])
+def test_compiled_matches_eager_float64(name):
+    """set_compile(True) gives the eager numbers and gradients (float64, both directions, inside and
+    outside the box, on the knots), and params 0 still give exactly the identity."""
+    g = torch.Generator().manual_seed(14)
+    for inverse in (False, True):
+        if name == "raw":
+            kx, ky, d = random_knots((6, 11), 4, torch.float64, g)
+            x = torch.rand(6, 11, generator=g, dtype=torch.float64) * 5 - 2  # [-2, 3]: the box is [-1, 2]
+            x[:, 0], x[:, 1] = kx[:, 0, 1], kx[:, 1, 2]  # on interior knots
+
+            def fn(x, kx, ky, d, inverse=inverse):
+                return rational_quadratic_spline(x, kx, ky, d, inverse=inverse)
+
+            args = (x, kx, ky, d)
+        else:
+            bij = COMPILED_CASES[name]()
+            p = params_for(bij, (6, 11), torch.float64, 1.0, g)
+            if name.endswith("planes"):
+                p = p.movedim(-1, 0).contiguous().movedim(0, -1)
+            x = torch.randn(6, 11, generator=g, dtype=torch.float64) * bij.bound * 1.5
+            x[0, :2] = torch.tensor([bij.bound, -bij.bound])
+            fn = bij.inverse if inverse else bij
+            args = (x, p)
+        (v_e, g_e), (v_c, g_c) = _eager_and_compiled(fn, *args)
+        for a, b in zip(v_e + g_e, v_c + g_c):
+            assert torch.allclose(a, b, atol=1e-11, rtol=1e-11), (name, inverse, (a - b).abs().max())
+        if name != "raw":  # exactly the identity at params 0, compiled too
+            splines.set_compile(True)
+            try:
+                y, ladj = fn(x, torch.zeros_like(p))
+            finally:
+                splines.set_compile(False)
+            assert torch.equal(y, x) and ladj.abs().max() <= 4 * torch.finfo(torch.float64).eps
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """Where torch.compile fails (no C++ compiler, say), the maps warn once and run eagerly: same numbers."""
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("simulated: no working C++ compiler")
+
+        return run
+
+    bij = RQSpline(bins=4)
+    g = torch.Generator().manual_seed(15)
+    x, p = torch.randn(20, generator=g, dtype=torch.float64), params_for(bij, (20,), torch.float64, 1.0, g)
+    expected = bij(x, p)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(splines, "_COMPILED", {})
+    splines.set_compile(True)
+    try:
+        with pytest.warns(RuntimeWarning, match="running eagerly"):
+            got = bij(x, p)
+        assert not splines.compile_enabled() and "simulated" in splines._COMPILE["failed"]
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert torch.equal(bij.inverse(got[0], p)[0], bij.inverse(expected[0], p)[0])  # no second warning
+    finally:
+        splines.set_compile(False)
