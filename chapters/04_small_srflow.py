@@ -243,7 +243,7 @@ print(f"mean bpd of the first 5 steps {first:.3f}, of the last 5 {last:.3f}")
 assert last < first - 0.2, "the loss should fall clearly within a few steps"
 
 # %% [markdown]
-# The loss falls quickly at first, then slowly: the shipped model needed 1800 steps, about 20
+# The loss falls quickly at first, then slowly: the shipped model needed 1800 steps, 20 to 30
 # minutes on one CPU core. We load it instead of waiting. Its manifest records how it was made.
 
 # %%
@@ -376,8 +376,8 @@ plt.show()
 #   single sample scores lower still. That is expected of a *sampler*: invented detail that is
 #   plausible but not the true detail costs twice in squared error, and averaging samples removes
 #   some of it again (Jensen's inequality makes the mean's MSE never worse than the samples'
-#   average). SRFlow trained for days on DIV2K beats bicubic; this model, trained for 20 minutes on
-#   eleven photos, does not, and we will not pretend otherwise.
+#   average). SRFlow trained for days on DIV2K beats bicubic; this model, trained for half an hour
+#   on eleven photos, does not, and we will not pretend otherwise.
 # - **Consistency:** shrinking a sample gives back its input to about 30 dB (an RMS error near 3%
 #   of the range). That is clearly tied to *this* input (the same samples score 10 dB and more
 #   worse against the other photo's LR), but it is *less* consistent than bicubic upscaling

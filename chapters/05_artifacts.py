@@ -211,7 +211,7 @@ print_groups(groups_main, f"artifact rates per set, final model, T = {T_MAIN}")
 #   thousands of non-finite values, and the smallest scale used sits at the floor, 1.0e-04.
 # - The **reference photos** may explode too at this temperature: in our run (CPU, seed 0) a third
 #   or more of their samples did; the table above shows what happened in yours. A small model
-#   trained for 20 minutes is not safe at T = 0.9 even in distribution. The pilot study saw the
+#   trained for half an hour is not safe at T = 0.9 even in distribution. The pilot study saw the
 #   same, and SRFlow users know the effect as black blotches that go away at lower temperature.
 # - The **benign** group is not entirely benign for this model: the scanned `page`, harmless in
 #   the pilot, explodes here in most samples, while text, cell and the inverted coffee stay
