@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minflow.checkpoints import available, load_pretrained, load_state
+from minflow.checkpoints import available, data_dir, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling
 from minflow.sr import SRFlow, make_bijection, super_resolve
 from minflow.transforms import Split
@@ -182,32 +182,33 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- shipped checkpoint
 
 
-@pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
-def test_shipped_checkpoint_reproduces_validation_bpd(tmp_path):
+@pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline"])
+def test_shipped_checkpoint_reproduces_validation_bpd(name):
+    if name not in available():
+        pytest.skip(f"{name} checkpoint not shipped yet")
     from minflow.train import validation_bpd, validation_pairs
 
-    model = load_pretrained("sr_affine")
-    manifest = model.manifest
-    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == "srflow"
-    assert manifest["metrics"]["val_bpd"] == pytest.approx(
-        sum(r["bpd"] for r in manifest["metrics"]["per_image"].values()) / len(manifest["metrics"]["per_image"])
-    )
-    for name, hr, lr in validation_pairs(model, manifest["metrics"]["val_size"]):
-        got = validation_bpd(model, hr, lr, manifest["metrics"]["eval_seed"])
-        assert got == pytest.approx(manifest["metrics"]["per_image"][name]["bpd"], abs=2e-3)
-    # a corrupted copy is refused with a clear message
+    model = load_pretrained(name)
+    manifest, metrics = model.manifest, model.manifest["metrics"]
+    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == "srflow" and manifest["seed"] == 0
+    assert manifest["command"].startswith("python -m minflow.train") and manifest["wall_time_s"] > 0
+    assert metrics["val_bpd"] == pytest.approx(sum(r["bpd"] for r in metrics["per_image"].values()) / len(metrics["per_image"]))
+    name, hr, lr = validation_pairs(model, metrics["val_size"])[0]  # one photo keeps the test short
+    got = validation_bpd(model, hr, lr, metrics["eval_seed"])
+    assert got == pytest.approx(metrics["per_image"][name]["bpd"], abs=2e-3)
+
+
+@pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
+def test_corrupt_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     for ext in ("pt", "json"):
-        shutil.copy(f"{manifest_dir()}/sr_affine.{ext}", tmp_path / "checkpoints")
+        shutil.copy(data_dir() / "checkpoints" / f"sr_affine.{ext}", tmp_path / "checkpoints")
     with open(tmp_path / "checkpoints" / "sr_affine.pt", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
     with pytest.raises(RuntimeError, match="corrupt"):
         load_state("sr_affine", tmp_path)
     assert json.loads((tmp_path / "checkpoints" / "sr_affine.json").read_text())["name"] == "sr_affine"
-
-
-def manifest_dir():
-    from minflow.checkpoints import data_dir
-
-    return data_dir() / "checkpoints"
+    (tmp_path / "checkpoints" / "sr_affine.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="is missing. Recreate it with: python -m minflow.train"):
+        load_state("sr_affine", tmp_path)
