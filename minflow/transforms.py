@@ -185,6 +185,14 @@ class Squeeze(Transform):
         return x, z.new_zeros(b)
 
 
+def randn(shape, device=None, dtype=None, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise on `device`, drawn on the generator's own device when one is given
+    (so a CPU generator gives the same numbers for a CPU or a GPU model)."""
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, dtype=dtype, generator=generator, device=generator.device).to(device)
+
+
 def gaussian_log_prob(z: Tensor, mean: Tensor | None = None, log_std: Tensor | None = None) -> Tensor:
     """log N(z; mean, exp(log_std)^2), summed over all but the batch dimension."""
     if mean is not None:
@@ -202,7 +210,7 @@ class StandardNormal(nn.Module):
         return gaussian_log_prob(z)
 
     def sample(self, shape, temperature: float = 1.0, device=None, dtype=None, generator=None) -> Tensor:
-        return temperature * torch.randn(shape, device=device, dtype=dtype, generator=generator)
+        return temperature * randn(shape, device=device, dtype=dtype, generator=generator)
 
 
 def zero_layer(layer: nn.Module) -> nn.Module:
@@ -250,6 +258,6 @@ class Split(Transform):
         check_tensor(z1, "z1", (4,) if self.image else (2,), self.keep)
         mean, log_std = self._prior(z1, cond)
         if z2 is None:
-            noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
+            noise = randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
             z2 = mean + log_std.exp() * temperature * noise
         return torch.cat([z1, z2], 1), -gaussian_log_prob(z2, mean, log_std)

@@ -206,3 +206,21 @@ def test_smallest_scale_ignores_nan_elements():
 
     assert _nanmin(torch.tensor([float("nan"), 0.1, 0.3])) == pytest.approx(0.1)
     assert math.isnan(_nanmin(torch.tensor([float("nan")])))
+
+
+def test_noise_comes_from_the_generators_device(monkeypatch):
+    """A CPU generator drives sampling wherever the model lives (no device clash on a GPU)."""
+    from minflow import transforms
+
+    drawn = []
+    real = torch.randn
+
+    def spy(*args, **kwargs):
+        drawn.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transforms.torch, "randn", spy)
+    g = torch.Generator().manual_seed(0)
+    a = transforms.randn((3, 2), device="cpu", generator=g)
+    assert drawn[-1] == g.device and a.device.type == "cpu"
+    assert torch.equal(transforms.randn((3, 2), generator=torch.Generator().manual_seed(0)), a)
