@@ -72,21 +72,25 @@ def _compiling() -> bool:
 
 
 def _compilable(fn: Callable) -> Callable:
-    """fn, run through torch.compile while `compile_enabled()`, and eagerly if compiling fails."""
+    """fn(x, ...), run through torch.compile while `compile_enabled()`, and eagerly if compiling fails.
+
+    x is passed contiguous: it is a channel slice in a coupling and a whole tensor in an injector,
+    and each memory layout would otherwise cost a compilation (torch allows 8 per function).
+    """
 
     @functools.wraps(fn)
-    def run(*args):
+    def run(x, *args):
         if not _COMPILE["enabled"] or _compiling():
-            return fn(*args)
+            return fn(x, *args)
         try:
             if fn.__name__ not in _COMPILED:
                 _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
-            return _COMPILED[fn.__name__](*args)
+            return _COMPILED[fn.__name__](x.contiguous(), *args)
         except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
             _COMPILE["enabled"], _COMPILE["failed"] = False, f"{type(err).__name__}: {err}"
             warnings.warn(f"minflow.splines: torch.compile failed ({_COMPILE['failed'][:300]}); "
                           "running eagerly from now on", RuntimeWarning, stacklevel=3)
-            return fn(*args)
+            return fn(x, *args)
 
     return run
 
