@@ -243,8 +243,8 @@ plt.show()
 # z − t*: the shift t is an unbounded output of the conditioner, so far out of distribution a
 # sample can be moved far away, just not stretched. Second, the paper's interior derivative is
 # exp(d): for d above about 88 that number is infinite in float32, and the spline arithmetic turns
-# it into NaN. We clamped d above to keep the demonstration about the shape; section 5 shows what
-# happens when nothing clamps it.
+# it into NaN. We clamped d above to keep the demonstration about the shape; sections 3c and 4c show
+# what happens when nothing clamps it.
 
 # %% [markdown]
 # ## 3. Swapped into the toy flow
@@ -616,7 +616,6 @@ print("the paper's spline follows the condition (where finite); the fully bounde
 
 # %%
 from minflow import data, metrics
-from minflow.sr import super_resolve
 
 SR_NAMES = {"affine": "sr_affine", "spline": "sr_spline"}
 sr = {k: load_pretrained(n, device=device) for k, n in SR_NAMES.items()}
@@ -626,6 +625,13 @@ for k, m in sr.items():
     n_par = sum(p.numel() for p in m.parameters())
     print(f"{k:>7} {man['steps']:>6} {man['seed']:>5} {man['wall_time_s']:>9.0f} s {man['wall_time_s'] / man['steps']:>9.2f} {n_par:>11,}  {man['command']}")
 assert sr["affine"].manifest["steps"] == sr["spline"].manifest["steps"] and sr["affine"].manifest["seed"] == sr["spline"].manifest["seed"]
+
+# %% [markdown]
+# Same steps, same seed; the spline model has about a third more parameters (four conditioner
+# outputs per transformed channel instead of two) and a costlier step. The two wall times above
+# were measured on one shared 2-core machine at different moments, so their ratio mixes the cost of
+# the step with the machine's load; the sampling times measured below, back to back, compare the
+# two maps more fairly.
 
 # %% [markdown]
 # ### 4a. In distribution: is the spline model as good?
