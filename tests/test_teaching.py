@@ -100,3 +100,16 @@ def test_sections_start_slides(src):
     nb = notebooks.notebook(src)
     kinds = [c.metadata["slideshow"]["slide_type"] for c in nb.cells]
     assert kinds[0] == "slide" and kinds.count("slide") >= 3
+
+
+def test_readme_assignment_example_runs():
+    """The worked example in README's 'minflow in an assignment' runs as printed (fewer steps)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## minflow in an assignment") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "steps=2000" in code
+    scope: dict = {}
+    exec(compile(code.replace("steps=2000", "steps=20"), "README example", "exec"), scope)
+    couplings = [layer for layer in scope["flow"].layers if type(layer).__name__ == "Coupling"]
+    assert couplings and all(type(c.bijection).__name__ == "Clipped" for c in couplings)
+    assert len(scope["far"]) > 0
