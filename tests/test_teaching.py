@@ -113,3 +113,21 @@ def test_readme_assignment_example_runs():
     couplings = [layer for layer in scope["flow"].layers if type(layer).__name__ == "Coupling"]
     assert couplings and all(type(c.bijection).__name__ == "Clipped" for c in couplings)
     assert len(scope["far"]) > 0
+
+
+def test_book_executes_chapters_into_html_with_an_index_and_decks(tmp_path, monkeypatch):
+    """`make book`'s machinery on a two-section chapter: executed HTML, a table of contents, a deck."""
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "01_tiny.py").write_text(
+        "# %% [markdown]\n# # Chapter 1: Tiny\n\n# %%\nanswer = 6 * 7\nprint('the answer is', answer)\n"
+        "\n# %% [markdown]\n# ## A second section\n\n# %%\nassert answer == 42\n"
+    )
+    monkeypatch.setattr(notebooks, "CHAPTERS", chapters)
+    notebooks.sync()
+    notebooks.book(tmp_path / "build", timeout=120)
+    page = (tmp_path / "build" / "01_tiny.html").read_text()
+    assert "the answer is 42" in page  # executed, outputs kept
+    assert 'href="01_tiny.html"' in (tmp_path / "build" / "index.html").read_text()
+    deck = (tmp_path / "build" / "slides" / "01_tiny.slides.html").read_text()
+    assert "reveal" in deck.lower() and deck.count("<section") >= 2
