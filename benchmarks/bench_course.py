@@ -54,7 +54,7 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     if not notebooks or any(m not in ("quick", "full") for m in modes):
         raise SystemExit(f"nothing to run: chapters {sorted(wanted) or 'all'}, modes {modes}")
-    print(f"machine: {machine('wall')}")
+    print(f"machine: {machine('wall')}; kernels: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     results: dict[tuple[str, str], tuple[float, str]] = {}
     for mode in modes:
         for path in notebooks:

@@ -55,7 +55,8 @@ def set_compile(enabled: bool = True) -> None:
     loop over the elements: several times faster for training and sampling, after a compilation
     of 10-60 s for each new setting (direction, grad mode, dtype, memory layout). Same numbers up
     to rounding. If compiling fails (no C++ compiler, an unsupported platform) it warns and runs
-    eagerly from then on. Double backward and functorch transforms (vmap, jacrev) need eager.
+    eagerly from then on; past torch's limit of 8 compilations per map, new settings run eagerly.
+    Double backward and functorch transforms (vmap, jacrev) need eager.
     """
     _COMPILE["enabled"] = bool(enabled)
 
