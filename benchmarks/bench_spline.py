@@ -1,6 +1,6 @@
 """minflow's rational-quadratic spline against zuko's, and against the memory floor.
 
-    .venv/bin/python benchmarks/bench_spline.py                  # 1e5 and 1e6 elements, ~3 min
+    .venv/bin/python benchmarks/bench_spline.py                  # 1e5 and 1e6: ~2-3 min, +1-2 to compile
     .venv/bin/python benchmarks/bench_spline.py --sizes 1e7 --layouts planes --rounds 2
     .venv/bin/python benchmarks/bench_spline.py --no-compile --clock wall --threads 2
 
@@ -103,8 +103,11 @@ def main() -> None:
     add_timing_args(p, rounds=3, min_run_time=0.2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from zuko.transforms import MonotonicRQSTransform
-    import zuko
+    try:
+        import zuko
+        from zuko.transforms import MonotonicRQSTransform
+    except ImportError:
+        raise SystemExit("this benchmark compares against zuko: .venv/bin/pip install zuko (the 'bench' extra)")
 
     print(f"machine: {machine(args.clock)}")
     print(f"zuko {zuko.__version__}, {args.bins} bins on [-{args.bound}, {args.bound}], float32, CPU")
