@@ -43,13 +43,12 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
-from matplotlib.colors import to_rgb
 from tqdm.auto import tqdm
 
 import minflow as mf
 from minflow import toy
 from minflow.checkpoints import load_pretrained
-from minflow.plotting import COLORS, style
+from minflow.plotting import COLORS, SEED_STYLES, shade, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -93,14 +92,7 @@ for s, m in models.items():
 print(f"(optimum NLL log 0.6 = {toy.TRUE_NLL:.3f}); command of seed 0: {models[0].manifest['command']}")
 
 
-def shade(i, n=len(SEEDS)):
-    """Seed i's colour: the course's affine colour, from light to full strength."""
-    r, g, b = to_rgb(COLORS["affine"])
-    a = 0.45 + 0.55 * i / max(n - 1, 1)
-    return (1 - a + a * r, 1 - a + a * g, 1 - a + a * b)
-
-
-STYLES = ["-", "--", "-.", ":", "-"]  # with the shades, tells the seeds apart
+STYLES = SEED_STYLES  # with the shades, tells the seeds apart
 
 
 # %% [markdown]
@@ -179,7 +171,7 @@ assert n_pre == 1 and n_16 < len(SEEDS)  # the reason the claims below use a wid
 scan = {s: toy.ring(m, radius=toy.FAR_OOD_RADIUS, n_directions=toy.RING_DIRECTIONS, n=N_OOD) for s, m in tqdm(models.items(), desc="360-direction scan")}
 fig, ax = plt.subplots(figsize=(10, 4))
 for i, s in enumerate(SEEDS):
-    ax.semilogy([r["angle"] for r in scan[s]], [r["spread"] / in_spread[s] for r in scan[s]], ls=STYLES[i], color=shade(i), label=f"seed {s}")
+    ax.semilogy([r["angle"] for r in scan[s]], [r["spread"] / in_spread[s] for r in scan[s]], ls=STYLES[i], color=shade("affine", i, len(SEEDS)), label=f"seed {s}")
 ax.axhline(10, color="k", ls="--", lw=1, label="10x in-distribution")
 ax.axhline(1, color=COLORS["data"], ls=":", lw=1)
 ax.set(title=f"affine models at |y| = {toy.FAR_OOD_RADIUS:g}: which directions explode", xlabel="direction of y (degrees)", ylabel="spread / in-distribution spread", xlim=(0, 360))
@@ -259,7 +251,7 @@ for s, m in tqdm(models.items(), desc="sweep over |y|"):
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
 for i, s in enumerate(SEEDS):
     rs = [d["radius"] for d in sweep[s]]
-    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade(i)}
+    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade("affine", i, len(SEEDS))}
     axes[0].loglog(rs, [d["spread"] / in_spread[s] for d in sweep[s]], label=f"seed {s}", **kw)
     axes[1].loglog(rs, [d["min_scale"] for d in sweep[s]], **kw)
     axes[2].loglog(rs, [d["max_sv"] for d in sweep[s]], **kw)
@@ -307,7 +299,7 @@ labels = layer_labels(d_in["rows"])
 for i, s in enumerate(SEEDS):
     if s != SHOW:
         rows = toy.diagnose(models[s], far[s]["y"], n=N_OOD, n_jac=0)["rows"]
-        ax.semilogy(range(len(rows)), [r["variance"] for r in rows], color=shade(i), lw=1, alpha=0.6)
+        ax.semilogy(range(len(rows)), [r["variance"] for r in rows], color=shade("affine", i, len(SEEDS)), lw=1, alpha=0.6)
 ax.semilogy(range(len(labels)), [r["variance"] for r in d_in["rows"]], "o-", color=COLORS["data"], label=f"seed {SHOW}, in distribution y = {y_in}")
 ax.semilogy(range(len(labels)), [r["variance"] for r in d_far["rows"]], "o-", color=COLORS["affine"], label=f"seed {SHOW}, far OOD (thin: other seeds)")
 j = d_far["jump"]

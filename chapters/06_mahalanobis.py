@@ -42,13 +42,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.colors import LogNorm, to_rgb
+from matplotlib.colors import LogNorm
 from tqdm.auto import tqdm
 
 import minflow as mf
 from minflow import data, metrics, ood, sr, toy
 from minflow.checkpoints import data_dir, load_pretrained
-from minflow.plotting import COLORS, style
+from minflow.plotting import COLORS, SEED_STYLES, shade, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -174,18 +174,11 @@ for s in SEEDS:
     print(f"{s:>4}  " + " ".join(f"{v:.2f}" for v in toy_stats[s]["exploded"].rate))
 
 
-def shade(i, n=len(SEEDS), key="affine"):
-    """Seed i's colour: the course colour of the family, from light to full strength."""
-    r, g, b = to_rgb(COLORS[key])
-    a = 0.45 + 0.55 * i / max(n - 1, 1)
-    return (1 - a + a * r, 1 - a + a * g, 1 - a + a * b)
-
-
-STYLES = ["-", "--", "-.", ":", "-"]
+STYLES = SEED_STYLES
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.3))
 for i, s in enumerate(SEEDS):
     centres, _ = bin_centres(toy_stats[s]["binned"], toy_score)
-    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade(i)}
+    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade("affine", i, len(SEEDS))}
     axes[0].semilogx(centres, toy_stats[s]["binned"].rate, label=f"seed {s} (ρ = {toy_stats[s]['rho']:.2f})", **kw)
     axes[1].semilogx(centres, toy_stats[s]["exploded"].rate, **kw)
 for ax in axes:
@@ -630,7 +623,7 @@ fig, axes = plt.subplots(1, 2, figsize=(14, 5))
 ax = axes[0]
 for j, (i, d_phi, dev, h, _, _) in enumerate(bound_pts):
     floor = h < -11
-    ax.loglog(d_phi[~floor], dev[~floor], "o", ms=3, alpha=0.5, color=shade(j, len(bound_pts), "spline"), label=f"coupling {i}")
+    ax.loglog(d_phi[~floor], dev[~floor], "o", ms=3, alpha=0.5, color=shade("spline", j, len(bound_pts)), label=f"coupling {i}")
     ax.loglog(d_phi[floor], dev[floor], "x", ms=5, color=COLORS["affine"], label="s at its floor (h < -11)" if j == 0 else None)
 lim = [1e-1, 1e4]
 ax.loglog(lim, lim, "k--", lw=1, label="the bound |h - h̄| = σ_h d(φ)")
@@ -639,7 +632,7 @@ ax.legend(fontsize=8, loc="upper left")
 ax = axes[1]
 log_floor = math.log(1e4)  # s >= eps = 1e-4
 for j, s in enumerate(SEEDS):
-    ax.plot(toy_score, -toy_res[s]["s_min"].log(), "o", ms=3, alpha=0.6, color=shade(j), label=f"seed {s}")
+    ax.plot(toy_score, -toy_res[s]["s_min"].log(), "o", ms=3, alpha=0.6, color=shade("affine", j, len(SEEDS)), label=f"seed {s}")
 ax.axhline(log_floor, color="k", ls="--", lw=1)
 ax.text(0.12, log_floor + 0.25, "floor: log(1/ε) = 9.2", fontsize=10)
 ax.set_xscale("log")

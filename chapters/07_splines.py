@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 import minflow as mf
 from minflow import toy
 from minflow.checkpoints import load_pretrained
-from minflow.plotting import COLORS, style
+from minflow.plotting import COLORS, shade, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -342,13 +342,6 @@ for kind in models:
 
 
 # %%
-def shade(kind, i, n=len(SEEDS)):
-    """Seed i's colour within a family: the course colour, from light to full strength."""
-    r, g, b = to_rgb(COLORS[kind])
-    a = 0.45 + 0.55 * i / max(n - 1, 1)
-    return (1 - a + a * r, 1 - a + a * g, 1 - a + a * b)
-
-
 def ring_plot(ax, kinds, R=toy.FAR_OOD_RADIUS, top=1e8):
     angles = [r["angle"] for r in results[kinds[0]][SEEDS[0]]["rings"][R]]
     for kind in kinds:
@@ -356,8 +349,8 @@ def ring_plot(ax, kinds, R=toy.FAR_OOD_RADIUS, top=1e8):
         for i, (s, res) in enumerate(results[kind].items()):
             rat = torch.tensor(res["ratios"][R])
             ok = torch.isfinite(rat)
-            ax.semilogy(torch.tensor(angles)[ok], rat[ok], ".", ms=2.5, color=shade(colour, i), label=f"{kind}, seed {s}")
-            ax.plot(torch.tensor(angles)[~ok], torch.full((int((~ok).sum()),), top), "x", ms=4, color=shade(colour, i))
+            ax.semilogy(torch.tensor(angles)[ok], rat[ok], ".", ms=2.5, color=shade(colour, i, len(SEEDS)), label=f"{kind}, seed {s}")
+            ax.plot(torch.tensor(angles)[~ok], torch.full((int((~ok).sum()),), top), "x", ms=4, color=shade(colour, i, len(SEEDS)))
     ax.axhline(10, color="k", ls="--", lw=1)
     ax.set(xlabel="direction of y (degrees)", ylabel="spread / in-distribution spread", xlim=(0, 360), ylim=(1e-3, 3 * top))
 
@@ -539,10 +532,10 @@ for kind, (colour, ls) in styles.items():
         pts = sweep[kind][s]
         for ax, key, top in zip(axes, ("ratio", "min_s", "sv"), tops):
             xs_ = [p["R"] for p in pts if math.isfinite(p[key])]
-            ax.loglog(xs_, [p[key] for p in pts if math.isfinite(p[key])], marker="o", ms=3, ls=ls, color=shade(colour, i),
+            ax.loglog(xs_, [p[key] for p in pts if math.isfinite(p[key])], marker="o", ms=3, ls=ls, color=shade(colour, i, len(SEEDS)),
                       label=f"{kind}" if i == len(SEEDS) - 1 else None)
             nan_r = [p["R"] for p in pts if not math.isfinite(p[key])]
-            ax.plot(nan_r, [top] * len(nan_r), "x", color=shade(colour, i), ms=7)
+            ax.plot(nan_r, [top] * len(nan_r), "x", color=shade(colour, i, len(SEEDS)), ms=7)
 axes[0].axhline(10, color="k", ls="--", lw=1)
 axes[1].axhline(1e-4, color="k", ls="--", lw=1)
 for ax in axes:
@@ -977,7 +970,7 @@ fig, axes = plt.subplots(2, 2, figsize=(13, 7), sharex=True, sharey=True)
 for ax, kind in zip(axes.flat, REMEDIES):
     angles = [r["angle"] for r in results[kind][0]["rings"][toy.FAR_OOD_RADIUS]]
     for i, s in enumerate(SEEDS[:3]):
-        ax.semilogy(angles, results["affine"][s]["ratios"][toy.FAR_OOD_RADIUS], ".", ms=1.5, color=shade("affine", i), alpha=0.35)
+        ax.semilogy(angles, results["affine"][s]["ratios"][toy.FAR_OOD_RADIUS], ".", ms=1.5, color=shade("affine", i, len(SEEDS)), alpha=0.35)
     for i, s in enumerate(REMEDY_SEEDS):
         rat = results[kind][s]["ratios"][toy.FAR_OOD_RADIUS]
         ax.semilogy(angles, [v if math.isfinite(v) else 1e8 for v in rat], ".", ms=2.5, color=shade("other", i, 3), label=f"{kind}, seed {s}")

@@ -6,6 +6,7 @@ Imports matplotlib, so it is for notebooks (``pip install minflow[course]``), no
 from __future__ import annotations
 
 import matplotlib as mpl
+from matplotlib.colors import to_rgb
 
 COLORS = {
     "affine": "#d1495b",  # every affine-coupling model, in every chapter
@@ -14,6 +15,17 @@ COLORS = {
     "other": "#edae49",  # a third family (soft clamp, additive, ...)
     "bicubic": "#8d96a3",
 }
+
+
+SEED_STYLES = ["-", "--", "-.", ":", "-"]
+"""Line styles that, with `shade`, tell the seeds of one family apart."""
+
+
+def shade(family: str, i: int, n: int) -> tuple[float, float, float]:
+    """The i-th of n shades of a family's course colour, from light (i = 0) to full strength."""
+    r, g, b = to_rgb(COLORS[family])
+    a = 0.45 + 0.55 * i / max(n - 1, 1)
+    return (1 - a + a * r, 1 - a + a * g, 1 - a + a * b)
 
 
 def style() -> None:
