@@ -39,13 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import register_builder, save_checkpoint
-from .couplings import Coupling, Injector
 from .data import TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, load_photos, mod_crop, random_crops, to_tensor
 from .flow import ConditionalFlow
 from .metrics import psnr, ssim
-from .sr import Encoder, SRFlow, make_bijection, super_resolve
+from .sr import Encoder, SRFlow, flow_level, make_bijection, super_resolve
 from .train import NonFiniteLoss, TrainError, _save_state
-from .transforms import ActNorm, Cond, InvConv1x1, Squeeze, Transform, zero_layer
+from .transforms import Cond, Squeeze, Transform, zero_layer
 
 # ----------------------------------------------------------------------------- synthetic low light
 
@@ -290,16 +289,7 @@ class LLFlow(ConditionalFlow):
         layers, c = [], 3
         for _ in range(levels):
             c *= 4
-            layers.append(Squeeze())
-            for _ in range(transitions):
-                layers += [ActNorm(c), InvConv1x1(c, lu=lu)]
-            for _ in range(steps):
-                layers += [
-                    ActNorm(c),
-                    InvConv1x1(c, lu=lu),
-                    Injector(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
-                    Coupling(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
-                ]
+            layers += flow_level(c, transitions, steps, cond_channels, width, coupling, lu)
         super().__init__([*layers, PriorMean()], encoder=LowLightEncoder(levels, nf, blocks, gc, cond_channels))
         self.levels, self.quant = levels, quant
         self.config = dict(levels=levels, steps=steps, transitions=transitions, width=width, nf=nf, blocks=blocks,

@@ -50,6 +50,22 @@ def make_bijection(name: str) -> nn.Module:
     raise ValueError(f"unknown coupling {name!r}; choose 'affine', one of {sorted(SCALES)} or {sorted(SPLINES)}")
 
 
+def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: str, lu: bool) -> list:
+    """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
+    `steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]."""
+    layers: list[nn.Module] = [Squeeze()]
+    for _ in range(transitions):
+        layers += [ActNorm(c), InvConv1x1(c, lu=lu)]
+    for _ in range(steps):
+        layers += [
+            ActNorm(c),
+            InvConv1x1(c, lu=lu),
+            Injector(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
+            Coupling(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
+        ]
+    return layers
+
+
 class RDB(nn.Module):
     """Residual dense block (ESRGAN): two densely connected growth convs, a fusion conv, x + 0.2 r."""
 
@@ -134,16 +150,7 @@ class SRFlow(ConditionalFlow):
         layers, c = [], channels
         for level in range(levels):
             c *= 4
-            layers.append(Squeeze())
-            for _ in range(transitions):
-                layers += [ActNorm(c), InvConv1x1(c, lu=lu)]
-            for _ in range(steps):
-                layers += [
-                    ActNorm(c),
-                    InvConv1x1(c, lu=lu),
-                    Injector(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
-                    Coupling(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
-                ]
+            layers += flow_level(c, transitions, steps, cond_channels, width, coupling, lu)
             if level < levels - 1:
                 layers.append(Split(c, cond_channels=cond_channels if prior == "conditional" else 0))
                 c -= c // 2
