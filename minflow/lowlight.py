@@ -43,7 +43,6 @@ from .data import TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, load_
 from .flow import ConditionalFlow
 from .metrics import psnr, ssim
 from .sr import Encoder, SRFlow, flow_level, make_bijection, super_resolve
-from .train import NonFiniteLoss, TrainError, _save_state
 from .transforms import Cond, Squeeze, Transform, zero_layer
 
 # ----------------------------------------------------------------------------- synthetic low light
@@ -372,6 +371,8 @@ def evaluate(model: LLFlow, size: int = 0, seed: int = 0) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from .train import RUNS  # imported here: `python -m minflow.train` must not find it imported already
+
     p = argparse.ArgumentParser(prog="python -m minflow.lowlight train", description="Train the small LLFlow on synthetic low-light pairs.")
     p.add_argument("--name", required=True)
     p.add_argument("--coupling", default="affine")
@@ -388,56 +389,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--val-size", type=int, default=0)
-    p.add_argument("--runs", type=Path, default=Path(__file__).resolve().parent.parent / "runs")
+    p.add_argument("--runs", type=Path, default=RUNS, help="folder for resumable run state")
+    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def train(args: argparse.Namespace, command: str) -> dict:
-    """Run or resume training (state in runs/NAME/state.pt, as `minflow.train`); ship NAME at the end."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Run or resume training (`minflow.train.fit`: state in runs/NAME/state.pt); ship NAME at the end."""
+    from .train import fit
+
     torch.manual_seed(args.seed)
     model = LLFlow(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf, blocks=args.blocks,
                    coupling=args.coupling)  # fmt: skip
-    config, hyper = model.config, {k: getattr(args, k) for k in ("seed", "batch", "crop", "lr")}
-    optim = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(args.seed)
-    run = args.runs / args.name
-    run.mkdir(parents=True, exist_ok=True)
-    path, step, wall = run / "state.pt", 0, 0.0
-    if path.exists():
-        state = torch.load(path, weights_only=True)
-        if state["config"] != config or state["hyper"] != hyper:
-            raise TrainError(f"{path} was made with other settings; use another --name or delete {run}")
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optim"])
-        gen.set_state(state["generator"])
-        step, wall = state["step"], state["wall"]
-        print(f"resuming {args.name} from step {step}", flush=True)
     images = load_photos(TRAIN_PHOTOS)
-    model.train()
-    while step < args.steps:
-        t0 = time.perf_counter()
+
+    def batches(gen: torch.Generator) -> tuple[Tensor, Tensor]:
         x = random_crops(images, args.crop, args.batch, gen)
-        loss = model.nll_bpd(x, darken(x, gen)[0], gen).mean()
-        optim.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-        grad = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf) if torch.isfinite(loss) else loss
-        if not (torch.isfinite(loss) and torch.isfinite(grad)):
-            raise NonFiniteLoss(f"non-finite {'loss' if not torch.isfinite(loss) else 'gradient'} at step {step + 1}; "
-                                f"the last good state (step {step}) is in {path}; try a smaller --lr or another --seed")
-        optim.step()
-        step, wall = step + 1, wall + time.perf_counter() - t0
-        if step % args.save_every == 0 or step == args.steps:
-            _save_state(path, {"model": model.state_dict(), "optim": optim.state_dict(), "generator": gen.get_state(),
-                               "step": step, "wall": wall, "config": config, "hyper": hyper})  # fmt: skip
-            print(f"step {step}/{args.steps}  bpd {loss.item():.4f}  train wall {wall:.0f} s", flush=True)
+        return x, darken(x, gen)[0]
+
+    step, wall = fit(model, batches, args, model.config)
+    t0 = time.perf_counter()
     metrics = evaluate(model, args.val_size)
-    record = {"command": command, "seed": args.seed, "steps": step, "wall_time_s": round(wall, 1), "metrics": metrics,
-              "training": hyper | {"threads": args.threads, "adam_betas": [0.9, 0.99], "data": "darken(TRAIN_PHOTOS crops)"}}
-    save_checkpoint(model, args.name, builder="llflow", config=config, record=record)
-    print(f"saved {args.name}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB (histeq {metrics['histeq_psnr']:.2f})")
+    record = {"command": command, "seed": args.seed, "steps": step, "wall_time_s": round(wall, 1),
+              "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
+              "training": {k: getattr(args, k) for k in ("batch", "crop", "lr", "threads")}
+              | {"adam_betas": [0.9, 0.99], "data": "darken(TRAIN_PHOTOS crops)"}}  # fmt: skip
+    save_checkpoint(model, args.name, builder="llflow", config=model.config, record=record)
+    print(f"saved {args.name}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB (histeq {metrics['histeq_psnr']:.2f})", flush=True)
     return metrics
 
 
@@ -445,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "train":
         sys.exit("usage: python -m minflow.lowlight train --name NAME [--coupling affine|spline] [--steps N] ...")
+    from .train import TrainError
+
     try:
         return train(parse_args(argv[1:]), "python -m minflow.lowlight " + shlex.join(argv))
     except TrainError as err:

@@ -20,6 +20,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -142,14 +143,20 @@ def _ship(model: SRFlow, name: str, config: dict, args, command: str, step: int,
     return metrics
 
 
-def train(args: argparse.Namespace, command: str) -> dict:
-    """Run (or resume) training as described in the module docstring; returns the final metrics."""
+def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args: argparse.Namespace, config: dict,
+        on_step: Callable[[int, float], None] | None = None) -> tuple[int, float]:
+    """The resumable training loop shared by SR and low-light training; returns (steps, wall seconds).
+
+    Each step takes ``x, cond = batches(gen)`` and one Adam step (betas 0.9, 0.99) on
+    ``model.nll_bpd(x, cond, gen).mean()``; `gen` (seeded with ``args.seed``) drives all the
+    randomness, so a run is reproducible and resumes exactly. Every ``args.save_every`` steps the
+    state goes to ``args.runs / args.name / "state.pt"``; a state made with another config or other
+    hyper-parameters is refused. A non-finite loss or gradient raises `NonFiniteLoss` before the
+    optimiser moves. ``on_step(step, wall)`` runs after every step (e.g. to ship an early checkpoint).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = model_config(args)
     hyper = {k: getattr(args, k) for k in ("seed", "batch", "crop", "lr")}
-    torch.manual_seed(args.seed)
-    model = SRFlow(**config)
     optim = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     run = args.runs / args.name
@@ -165,7 +172,6 @@ def train(args: argparse.Namespace, command: str) -> dict:
         gen.set_state(state["generator"])
         step, wall = state["step"], state["wall"]
         print(f"resuming {args.name} from step {step} ({state_path})", flush=True)
-    images = load_photos(TRAIN_PHOTOS)
     model.train()
     bar = None
     if not args.no_progress and step < args.steps:
@@ -175,9 +181,8 @@ def train(args: argparse.Namespace, command: str) -> dict:
     ema = None
     while step < args.steps:
         t0 = time.perf_counter()
-        hr = random_crops(images, args.crop, args.batch, gen)
-        lr = bicubic_down(hr, args.factor)
-        loss = model.nll_bpd(hr, lr, gen).mean()
+        x, cond = batches(gen)
+        loss = model.nll_bpd(x, cond, gen).mean()
         optim.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             loss.backward()
@@ -195,14 +200,33 @@ def train(args: argparse.Namespace, command: str) -> dict:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(bpd=f"{ema:.3f}", refresh=False)
-        if step == args.early:
-            _ship(model, f"{args.name}_early", config, args, command, step, wall)
+        if on_step is not None:
+            on_step(step, wall)
         if step % args.save_every == 0 or step == args.steps:
             _save_state(state_path, {"model": model.state_dict(), "optim": optim.state_dict(), "generator": gen.get_state(),
                                      "step": step, "wall": wall, "config": config, "hyper": hyper})  # fmt: skip
             print(f"step {step}/{args.steps}  bpd(ema) {ema:.4f}  train wall {wall:.0f} s", flush=True)
     if bar is not None:
         bar.close()
+    return step, wall
+
+
+def train(args: argparse.Namespace, command: str) -> dict:
+    """Run (or resume) SR training as described in the module docstring; returns the final metrics."""
+    config = model_config(args)
+    torch.manual_seed(args.seed)
+    model = SRFlow(**config)
+    images = load_photos(TRAIN_PHOTOS)
+
+    def batches(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        hr = random_crops(images, args.crop, args.batch, gen)
+        return hr, bicubic_down(hr, args.factor)
+
+    def ship_early(step: int, wall: float) -> None:
+        if step == args.early:
+            _ship(model, f"{args.name}_early", config, args, command, step, wall)
+
+    step, wall = fit(model, batches, args, config, on_step=ship_early)
     return _ship(model, args.name, config, args, command, step, wall)
 
 
