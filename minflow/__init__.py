@@ -4,6 +4,12 @@ Direction convention: ``forward`` is x -> z (density), ``inverse`` is z -> x (sa
 return ``(output, logdet)``.
 """
 
+import warnings
+
+# `python -m minflow.lowlight` imports this package, which imports lowlight, before running it as
+# __main__; runpy then warns about it. Harmless here (the module has no import-time side effects).
+warnings.filterwarnings("ignore", message=r"'minflow\.\w+' found in sys\.modules", category=RuntimeWarning)
+
 from .couplings import SCALES, Affine, Coupling, Injector, conditioner, conditioner_output, conv_net, mlp
 from .flow import ConditionalFlow, format_trace
 from .transforms import (

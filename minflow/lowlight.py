@@ -32,6 +32,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import register_builder, save_checkpoint
-from .data import TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, load_photos, mod_crop, random_crops, to_tensor
+from .data import (OTHER_IMAGES, TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, fit_square, load_photo,
+                   load_photos, mod_crop, random_crops, to_tensor)  # fmt: skip
 from .flow import ConditionalFlow
 from .metrics import psnr, ssim
 from .sr import Encoder, SRFlow, flow_level, make_bijection, super_resolve
@@ -154,6 +156,65 @@ class LowLightPairs:
             else:
                 normal = random_crops(self.images, self.size, self.batch_size, generator)
                 yield normal, darken(normal, generator, **self.ranges)[0]
+
+
+# ----------------------------------------------------------------------------- test inputs
+
+
+@dataclass(frozen=True)
+class LowLightInput:
+    """One test input: the dark condition, its normal-light truth, and why it is here."""
+
+    dark: Tensor  # (3, size, size) in [0, 1]
+    normal: Tensor  # (3, size, size) in [0, 1]
+    why: str
+
+
+LL_GROUPS = ("reference", "darker", "brighter", "noise", "cast", "content")
+OOD_DARKEN = {  # `darken` overrides per out-of-distribution group (training ranges: DARKEN_RANGES)
+    "darker": ({"exposure": 0.02}, "exposure 0.02: 5-25x less light than in training"),
+    "brighter": ({"exposure": 1.0, "gamma": 1.0}, "exposure 1, no tone curve: a normally lit photo"),
+    "noise": ({"photon": 5e-2, "read": 0.05}, "photon 5e-2, read 0.05: 10x the strongest training noise"),
+    "cast": ({"cast": 0.8}, "colour cast 0.8: gains up to e^0.8, 4x the training cast"),
+}
+
+
+def ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
+    """Named (dark, normal) test pairs in the groups `LL_GROUPS`, each (3, size, size) in [0, 1].
+
+    - "reference": the validation photos and the unseen test photo, darkened with the training
+      ranges (in distribution).
+    - "darker", "brighter", "noise", "cast": the validation photos darkened with one parameter
+      far outside its training range (`OOD_DARKEN`), the others drawn from the training ranges.
+    - "content": the non-photographic images (`data.OTHER_IMAGES`) and three synthetic patterns (as
+      in `data.ood_sets`), darkened with the training ranges.
+    Photos are centre crops at native scale (`data.fit_square`; retina and cell whole). Deterministic:
+    every input has its own fixed seed.
+    """
+    if not isinstance(size, int) or size < 8:
+        raise ValueError(f"need an int size >= 8, got {size!r}")
+    seeds = iter(range(1000))
+
+    def make(name: str, why: str, **ranges) -> LowLightInput:
+        normal = fit_square(load_photo(name), size, whole=name in ("retina", "cell"))
+        return LowLightInput(darken(normal, torch.Generator().manual_seed(next(seeds)), **ranges)[0], normal, why)
+
+    photos = (*VAL_PHOTOS, *TEST_PHOTOS)
+    out = {"reference": {n: make(n, "in distribution: training darkening of a photo not trained on") for n in photos}}
+    for group, (ranges, why) in OOD_DARKEN.items():
+        out[group] = {n: make(n, why, **ranges) for n in VAL_PHOTOS}
+    out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
+    i, j = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    patterns = {
+        "checker_1px": ((i + j) % 2, "1-px checkerboard: all energy at the highest frequency"),
+        "stripes_2px": ((j // 2) % 2, "2-px vertical stripes: one pure high frequency"),
+        "uniform_noise": (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)), "i.i.d. colour noise, no structure"),
+    }  # fmt: skip
+    for name, (pattern, why) in patterns.items():
+        normal = pattern.float().expand(3, size, size).clone()
+        dark = darken(normal, torch.Generator().manual_seed(next(seeds)))[0]
+        out["content"][name] = LowLightInput(dark, normal, f"{why}; training darkening")
+    return out
 
 
 # ----------------------------------------------------------------------------- LOL

@@ -214,6 +214,29 @@ def test_clear_errors():
         LLFlow(coupling="nope")
 
 
+# ----------------------------------------------------------------------------- test inputs
+
+
+def test_ood_sets_are_valid_deterministic_and_out_of_range():
+    sets = lowlight.ood_sets(32)
+    assert tuple(sets) == lowlight.LL_GROUPS
+    for group in sets.values():
+        for inp in group.values():
+            for t in (inp.dark, inp.normal):
+                assert t.shape == (3, 32, 32) and 0 <= t.min() and t.max() <= 1 and torch.isfinite(t).all()
+            assert inp.why
+    again = lowlight.ood_sets(32)
+    assert all(torch.equal(again[g][n].dark, i.dark) for g in sets for n, i in sets[g].items())
+    ref, darker, brighter = sets["reference"], sets["darker"], sets["brighter"]
+    for name in darker:  # the same photo, much darker, and far brighter, than its training darkening
+        assert darker[name].dark.mean() < ref[name].dark.mean() / 3
+        assert brighter[name].dark.mean() > 3 * ref[name].dark.mean()
+        assert torch.equal(darker[name].normal, ref[name].normal)
+    assert set(sets["content"]) == {*lowlight.OTHER_IMAGES, "checker_1px", "stripes_2px", "uniform_noise"}
+    with pytest.raises(ValueError, match="size"):
+        lowlight.ood_sets(4)
+
+
 # ----------------------------------------------------------------------------- training
 
 
