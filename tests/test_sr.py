@@ -182,7 +182,7 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- shipped checkpoint
 
 
-@pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline"])
+@pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
     if name not in available():
         pytest.skip(f"{name} checkpoint not shipped yet")
