@@ -95,7 +95,7 @@ for (g, name), inp in inputs.items():
     print(f"  {g:<10}{name:<15} mean brightness: dark {inp.dark.mean():.3f}, normal {inp.normal.mean():.3f}   {inp.why}")
 
 # %%
-fig, axes = plt.subplots(2, 6, figsize=(16, 5.8))
+fig, axes = plt.subplots(2, 6, figsize=(16, 6.2), layout="constrained")
 coffee = sets["reference"]["coffee"].normal
 draws = [lowlight.darken(coffee, torch.Generator().manual_seed(s))[0] for s in range(4)]
 row0 = [("normal light", coffee), *[(f"training draw {s}", d) for s, d in enumerate(draws)], ("draw 0, x 8 (to see it)", (8 * draws[0]).clamp(0, 1))]
@@ -107,7 +107,6 @@ for ax, (title, img) in zip([*axes[0], *axes[1]], row0 + row1):
 axes[0, 0].set_ylabel("in distribution")
 axes[1, 0].set_ylabel("out of distribution")
 fig.suptitle("lowlight.darken: training draws of one photo (top) and the test inputs that leave the training ranges (bottom)")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -328,16 +327,16 @@ worst = max((key for key in inputs if key[0] != "reference"), key=lambda key: re
 inp = inputs[worst]
 fig, axes = plt.subplots(1, 4, figsize=(16, 4.3))
 axes[0].imshow((inp.dark * min(8.0, 0.5 / max(inp.dark.mean().item(), 1e-3))).clamp(0, 1).permute(1, 2, 0), interpolation="nearest")
-axes[0].set_title(f"dark input (brightened for display): {worst[0]}/{worst[1]}")
+axes[0].set_title(f"dark input {worst[1]}\n(brightened for display)")
 for ax, k in zip(axes[1:3], ll):
     raw = res[k][worst]["x"][0]
     img = raw.nan_to_num(0.0).clamp(0, 1).permute(1, 2, 0).clone()
     mask = metrics.artifact_mask(raw)
     img[mask] = torch.tensor(to_rgb("red"))
     ax.imshow(img)
-    ax.set_title(f"{k}, T = 0.9: {mask.float().mean():.1%} artifact pixels", color=COLORS[k])
+    ax.set_title(f"{k}, T = 0.9:\n{mask.float().mean():.1%} artifact pixels", color=COLORS[k])
 axes[3].imshow(inp.normal.permute(1, 2, 0))
-axes[3].set_title("truth")
+axes[3].set_title("truth\n")
 for ax in axes:
     ax.set(xticks=[], yticks=[])
 fig.suptitle("the affine model's worst input, one sample each (red: artifact pixels in the raw sample)")
