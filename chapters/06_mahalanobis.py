@@ -759,7 +759,9 @@ rho_level0 = ood.spearman(s0, affine_stats["freq"])
 print(f"Spearman with level-0 features {rho_level0:.3f} (level 1: {affine_stats['rho']:.3f})")
 
 # %% tags=["check"]
-assert -1 <= rho_level0 <= 1 and len(s0) == len(affine_stats["freq"])
+assert sc0.n_ == affine_scorer.n_, "fit on the same training crops as the level-1 scorer"
+assert len(s0) == len(affine_stats["freq"]) and torch.isfinite(torch.as_tensor(s0)).all() and (torch.as_tensor(s0) > 0).all()
+assert -1 <= rho_level0 <= 1 and abs(rho_level0 - ood.spearman(s0, affine_stats["freq"])) < 1e-12
 
 # %% [markdown]
 # **Exercise 2.** The toy's outlier definition was one choice. Redo the toy analysis with a stricter
@@ -797,4 +799,6 @@ screen_auc = ood.roc_auc(mean_scores, labels) if 0 < sum(labels) < len(labels) e
 print(f"screening ROC-AUC over {len(labels)} inputs ({sum(labels)} with an explosion): {screen_auc:.2f}")
 
 # %% tags=["check"]
-assert math.isnan(screen_auc) or 0 <= screen_auc <= 1
+assert len(mean_scores) == len(labels) == len(affine_res)
+assert sum(labels) == sum(r["report"]["explosions"] > 0 for r in affine_res.values())
+assert 0 < sum(labels) < len(labels) and 0 <= screen_auc <= 1 and abs(screen_auc - ood.roc_auc(mean_scores, labels)) < 1e-12
