@@ -551,3 +551,24 @@ print(f"histogram equalisation: reference {heq_reference:.2f} dB, heavy noise {h
 
 # %% tags=["check"]
 assert heq_noise < heq_reference
+
+# %% [markdown]
+# **Exercise 3.** Chapter 5 followed an exploding SR sample back to the layer whose scale
+# collapsed. Do the same for the affine model on the stripes at T = 0: run
+# `ll["affine"].trace(...)` on the dark stripes (a batch of one) and find the first row, in
+# sampling order, whose `min_scale` is below 10⁻³. Store that row in `first_collapse`, and the
+# largest |x| of the row *before* it in `max_before`.
+
+# %% tags=["solution"] hint="cond = sets['content']['stripes_2px'].dark[None].to(device); _, rows = ll['affine'].trace(cond, temperature=0.0); walk rows in order and stop at the first with row['min_scale'] is not None and row['min_scale'] < 1e-3"
+stripes = sets["content"]["stripes_2px"].dark[None].to(device)
+with torch.no_grad():
+    _, trace_rows = ll["affine"].trace(stripes, temperature=0.0)
+at = next(i for i, row in enumerate(trace_rows) if row["min_scale"] is not None and row["min_scale"] < 1e-3)
+first_collapse, max_before = trace_rows[at], trace_rows[at - 1]["max_abs"]
+print(mf.format_trace(trace_rows[max(0, at - 2): at + 3]))
+print(f"the first collapse: {first_collapse['name']} (layer {first_collapse['index']}), s = {first_collapse['min_scale']:.1e}; "
+      f"values before it stayed below {max_before:.3g}")
+
+# %% tags=["check"]
+assert first_collapse["name"] in ("Injector", "Coupling") and first_collapse["min_scale"] < 1e-3
+assert max_before < 10  # the values reaching it are modest: the condition, not a large input, drives s down
