@@ -243,7 +243,7 @@ plt.show()
 # z − t*: the shift t is an unbounded output of the conditioner, so far out of distribution a
 # sample can be moved far away, just not stretched. Second, the paper's interior derivative is
 # exp(d): for d above about 88 that number is infinite in float32, and the spline arithmetic turns
-# it into NaN. We clamped d above to keep the demonstration about the shape; sections 3c and 4c show
+# it into NaN. We clamped d above to keep the demonstration about the shape; sections 3c and 4d show
 # what happens when nothing clamps it.
 
 # %% [markdown]
@@ -606,6 +606,8 @@ print("the paper's spline follows the condition (where finite); the fully bounde
 # steps, once with SRFlow's affine injectors and couplings and once with the paper's bounded
 # spline in both places (`--coupling spline`). Everything else is identical: encoder, priors
 # (SRFlow's: split prior from the kept half only, top prior N(0, I)), data stream, optimiser.
+# Two more models trained the same way join later: the fully bounded spline (section 4c) and the
+# same with a conditional prior (section 5b).
 
 # %%
 from minflow import data, metrics
