@@ -17,8 +17,8 @@
 # builds the low-light task from the course's photos, trains a small LLFlow with the two couplings
 # of chapter 7, and asks the questions of chapters 5 to 7 again: where does the affine model
 # produce artifacts, does a Mahalanobis score of its features see them coming, and what does the
-# spline change. One finding comes first, and it is about scale: the smallest model we trained does
-# not explode at all.
+# spline change. One finding is about scale: the smallest model we trained (one conditional step
+# per level) does not explode at all; three steps per level do.
 
 # %% tags=["colab"]
 # On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
@@ -472,8 +472,9 @@ assert link["affine"]["bin_rank"] > MIN_BIN_RANK, f"affine: decile rank {link['a
 # pixels should). The events are few and concentrated (nearly all of them are the stripes), so this
 # link is weaker evidence than chapter 6's on SR: it says that the pixels that explode have
 # features far from anything seen in training, not that every high score is dangerous (the heavy
-# noise and the darker photos score above the reference and come out clean). For the spline model there is nothing to predict: it has no artifact
-# pixel, and its Spearman correlation is undefined (NaN in the table).
+# noise and the darker photos score above the reference and come out clean). For the spline model
+# there is nothing to predict: it has no artifact pixel, and its Spearman correlation is undefined
+# (NaN in the table).
 
 # %% [markdown]
 # ## 7. The table
