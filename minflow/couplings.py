@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .transforms import Cond, Transform, cond_for, zero_layer
-from .utils import check_cond, check_tensor
+from .utils import check_cond, check_tensor, nanmin
 
 # ----------------------------------------------------------------------------- scales
 
@@ -157,9 +157,7 @@ class ElementwiseLayer(Transform):
         params = self._params(raw, x.shape[1])
         y, ladj = (self.bijection.inverse if inverse else self.bijection.forward)(x, params)
         with torch.no_grad():  # smallest slope over the elements that are not NaN (all NaN -> NaN)
-            log_slope = (ladj if not inverse else -ladj).flatten(1)
-            low = torch.where(torch.isnan(log_slope), torch.full_like(log_slope, math.inf), log_slope).amin(1)
-            self.last_min_scale = torch.where(low == math.inf, torch.full_like(low, math.nan), low).exp()
+            self.last_min_scale = nanmin((ladj if not inverse else -ladj).flatten(1), 1).exp()
         return y, ladj.flatten(1).sum(1)
 
     def _check(self, x: Tensor, name: str) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .transforms import Cond, Split, StandardNormal, Transform, leaves
+from .utils import nanmin
 
 
 class ConditionalFlow(nn.Module):
@@ -153,17 +154,11 @@ def _summary(index: int, name: str, out: Tensor, scale: Tensor | None, keep: boo
         "max_abs": clean.abs().max().item() if clean.numel() else 0.0,
         "variance": clean.var(0, unbiased=False).mean().item() if clean.shape[0] > 1 else 0.0,
         "nonfinite": int((~finite).sum().item()),
-        "min_scale": None if scale is None else _nanmin(scale),
+        "min_scale": None if scale is None else nanmin(scale).item(),
     }
     if keep:
         row["output"] = out.detach().clone()
     return row
-
-
-def _nanmin(values: Tensor) -> float:
-    """The smallest non-NaN value (NaN if there is none): a NaN never hides a small scale."""
-    kept = values[~torch.isnan(values)]
-    return kept.min().item() if kept.numel() else math.nan
 
 
 def format_trace(rows: list[dict]) -> str:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import bicubic_down
+from .utils import nanmin
 
 ARTIFACT_HIGH, ARTIFACT_LOW = 1.5, -0.5  # the paper's bounds: outside [-0.5, 1.5] is an artifact
 EXPLOSION = 1e3  # a sample "explodes" if it holds a non-finite value or max |x| > EXPLOSION
@@ -120,8 +121,7 @@ def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
     per_scale = None
     if isinstance(min_scale, Tensor):
         per_scale = min_scale.detach().double().cpu().reshape(fraction.shape)
-        known = per_scale[~torch.isnan(per_scale)]
-        min_scale = known.min().item() if known.numel() else math.nan
+        min_scale = nanmin(per_scale).item()
     summary = {
         "samples": fraction.numel(),
         "artifact_fraction": fraction.sum().item() / n,
@@ -148,9 +148,7 @@ def min_scale_used(model: torch.nn.Module) -> Tensor:
     scales = [m.last_min_scale for m in model.modules() if getattr(m, "last_min_scale", None) is not None]
     if not scales:
         raise ValueError("no layer of this model has recorded a scale yet: run a pass first")
-    s = torch.stack([v.detach() for v in scales])
-    low = torch.where(torch.isnan(s), torch.full_like(s, math.inf), s).amin(0)
-    return torch.where(torch.isinf(low), torch.full_like(low, math.nan), low)
+    return nanmin(torch.stack([v.detach() for v in scales]), 0)
 
 
 def min_scale(rows: list[dict]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -62,3 +63,19 @@ def check_cond(x: torch.Tensor, cond: torch.Tensor | None, channels: int) -> Non
     if cond.dim() != x.dim() or cond.shape[0] != x.shape[0] or cond.shape[1] != channels or cond.shape[2:] != x.shape[2:]:
         want = (x.shape[0], channels) + tuple(x.shape[2:])
         raise ValueError(f"cond must have shape {want} for an input of shape {tuple(x.shape)}, got {tuple(cond.shape)}")
+
+
+def nanmin(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """The smallest value that is not NaN, over `dim` (or over everything); NaN where all are NaN.
+
+    How every "smallest scale s" in minflow is taken: a layer reached by NaN values must not hide
+    the small scale of the layer that produced them.
+    """
+    v = values.flatten() if dim is None else values
+    d = 0 if dim is None else dim
+    if v.shape[d] == 0:
+        return v.new_full(v.shape[:d] + v.shape[d + 1 :], math.nan)
+    nan = torch.isnan(v)
+    low = torch.where(nan, torch.full_like(v, math.inf), v).amin(d)
+    return torch.where(nan.all(d), torch.full_like(low, math.nan), low)
+

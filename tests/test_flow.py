@@ -202,10 +202,14 @@ def test_smallest_scale_ignores_nan_elements():
     layer.inverse(torch.ones(2, 1, 8, 8), cond)
     assert layer.last_min_scale[0].item() == pytest.approx(1e-4, rel=1e-3)
     assert math.isnan(layer.last_min_scale[1].item())
-    from minflow.flow import _nanmin
+    from minflow.utils import nanmin  # how trace rows, artifact reports and min_scale_used take it too
 
-    assert _nanmin(torch.tensor([float("nan"), 0.1, 0.3])) == pytest.approx(0.1)
-    assert math.isnan(_nanmin(torch.tensor([float("nan")])))
+    assert nanmin(torch.tensor([float("nan"), 0.1, 0.3])).item() == pytest.approx(0.1)
+    assert math.isnan(nanmin(torch.tensor([float("nan")])).item())
+    v = torch.tensor([[math.nan, 0.3, 2.0], [math.nan, math.nan, math.nan], [math.inf, math.inf, math.inf]])
+    got = nanmin(v, 1)
+    assert got[0] == 0.3 and math.isnan(got[1]) and got[2] == math.inf
+    assert math.isnan(nanmin(torch.tensor([])).item())
 
 
 def test_noise_comes_from_the_generators_device(monkeypatch):
