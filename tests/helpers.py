@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
+
+from minflow.checkpoints import available, load_pretrained
 
 
 def jacobian_logdet(fn, x: torch.Tensor, cond=None) -> torch.Tensor:
@@ -39,3 +42,22 @@ def randomize_zero_layers(module: nn.Module, std: float = 0.3) -> nn.Module:
             if torch.count_nonzero(p) == 0:
                 p.normal_(0.0, std)
     return module
+
+
+def check_shipped_checkpoint(name: str, builder: str, command: str, validation_pairs) -> None:
+    """A shipped checkpoint loads, its manifest says how it was made, and it reproduces the
+    validation bpd recorded for its first validation photo (one photo keeps the test short).
+
+    ``validation_pairs(model, metrics)`` gives the (photo, x, condition) triples it was validated on.
+    """
+    if name not in available():
+        pytest.skip(f"{name} checkpoint not shipped yet")
+    model = load_pretrained(name)
+    manifest, metrics = model.manifest, model.manifest["metrics"]
+    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == builder and manifest["seed"] == 0
+    assert manifest["command"].startswith(command) and manifest["wall_time_s"] > 0
+    assert metrics["val_bpd"] == pytest.approx(sum(r["bpd"] for r in metrics["per_image"].values()) / len(metrics["per_image"]))
+    photo, x, cond = validation_pairs(model, metrics)[0]
+    with torch.no_grad():
+        got = model.nll_bpd(x[None], cond[None], torch.Generator().manual_seed(metrics["eval_seed"])).item()
+    assert got == pytest.approx(metrics["per_image"][photo]["bpd"], abs=2e-3)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import randomize_zero_layers
+from helpers import check_shipped_checkpoint, randomize_zero_layers
 from minflow import lowlight
 from minflow.checkpoints import load_pretrained, load_state
 from minflow.couplings import Affine, Coupling, Injector
@@ -281,15 +281,5 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("name", ["ll_affine", "ll_spline", "ll_affine_k3", "ll_spline_k3"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
-    from minflow.checkpoints import available
-
-    if name not in available():
-        pytest.skip(f"{name} checkpoint not shipped yet")
-    model = load_pretrained(name)
-    manifest, metrics = model.manifest, model.manifest["metrics"]
-    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == "llflow" and manifest["seed"] == 0
-    assert manifest["command"].startswith("python -m minflow.lowlight train") and manifest["wall_time_s"] > 0
-    name, x, y = lowlight.validation_pairs(model, metrics["val_size"], metrics["eval_seed"])[0]  # one photo keeps it short
-    with torch.no_grad():
-        got = model.nll_bpd(x[None], y[None], torch.Generator().manual_seed(metrics["eval_seed"])).item()
-    assert got == pytest.approx(metrics["per_image"][name]["bpd"], abs=2e-3)
+    check_shipped_checkpoint(name, "llflow", "python -m minflow.lowlight train",
+                             lambda m, metrics: lowlight.validation_pairs(m, metrics["val_size"], metrics["eval_seed"]))

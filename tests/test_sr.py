@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import check_shipped_checkpoint
 from minflow.checkpoints import available, data_dir, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling
 from minflow.sr import SRFlow, make_bijection, super_resolve
@@ -184,18 +185,9 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
-    if name not in available():
-        pytest.skip(f"{name} checkpoint not shipped yet")
-    from minflow.train import validation_bpd, validation_pairs
+    from minflow.train import validation_pairs
 
-    model = load_pretrained(name)
-    manifest, metrics = model.manifest, model.manifest["metrics"]
-    assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == "srflow" and manifest["seed"] == 0
-    assert manifest["command"].startswith("python -m minflow.train") and manifest["wall_time_s"] > 0
-    assert metrics["val_bpd"] == pytest.approx(sum(r["bpd"] for r in metrics["per_image"].values()) / len(metrics["per_image"]))
-    name, hr, lr = validation_pairs(model, metrics["val_size"])[0]  # one photo keeps the test short
-    got = validation_bpd(model, hr, lr, metrics["eval_seed"])
-    assert got == pytest.approx(metrics["per_image"][name]["bpd"], abs=2e-3)
+    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, metrics["val_size"]))
 
 
 @pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
