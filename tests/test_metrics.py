@@ -189,4 +189,3 @@ def test_scales_ignore_nan():
     assert got[:2].tolist() == pytest.approx([1e-4, 0.2]) and math.isnan(got[2])
     rep = artifact_report(torch.zeros(3, 3, 2, 2), min_scale=got)
     assert rep["summary"]["min_scale"] == pytest.approx(1e-4)
-
