@@ -361,6 +361,16 @@ def _rendered_text(size: int) -> Tensor:
     return to_tensor(np.asarray(canvas))
 
 
+def synthetic_patterns(size: int) -> dict[str, Tensor]:
+    """Three (3, size, size) test images that no photo looks like: "checker_1px" (all energy at the
+    highest frequency), "stripes_2px" (vertical stripes, one pure high frequency) and
+    "uniform_noise" (i.i.d. colour noise from seed 0, no structure at all)."""
+    i, j = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    grey = lambda p: p.float().expand(3, size, size).clone()
+    return {"checker_1px": grey((i + j) % 2), "stripes_2px": grey((j // 2) % 2),
+            "uniform_noise": torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))}  # fmt: skip
+
+
 def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput]]:
     """Named test inputs in four groups (`OOD_GROUPS`); every LR is (3, lr_size, lr_size) in [0, 1].
 
@@ -383,17 +393,13 @@ def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput
     def pair(hr: Tensor, why: str) -> OODInput:
         return OODInput(bicubic_down(hr, factor), hr, why)
 
-    def pattern(lr: Tensor, why: str) -> OODInput:
-        return OODInput(lr.float().expand(3, lr_size, lr_size).clone(), None, why)
-
-    i, j = torch.meshgrid(torch.arange(lr_size), torch.arange(lr_size), indexing="ij")
-    noise = torch.rand(3, lr_size, lr_size, generator=torch.Generator().manual_seed(0))
+    patterns = synthetic_patterns(lr_size)
     reference = {p: pair(hr_of[p], "in distribution: validation photo, bicubic LR as in training") for p in VAL_PHOTOS}
     content = {
         "checkerboard": pair(hr_of["checkerboard"], "photo of a chessboard: flat saturated squares, straight edges"),
-        "checker_1px": pattern((i + j) % 2, "1-px LR checkerboard: all energy at Nyquist, never in a bicubic LR"),
-        "stripes_2px": pattern((j // 2) % 2, "2-px vertical LR stripes: one pure high frequency, no natural texture"),
-        "uniform_noise": pattern(noise, "i.i.d. uniform colour noise: no spatial structure at all"),
+        "checker_1px": OODInput(patterns["checker_1px"], None, "1-px LR checkerboard: all energy at Nyquist, never in a bicubic LR"),
+        "stripes_2px": OODInput(patterns["stripes_2px"], None, "2-px vertical LR stripes: one pure high frequency, no natural texture"),
+        "uniform_noise": OODInput(patterns["uniform_noise"], None, "i.i.d. uniform colour noise: no spatial structure at all"),
         "retina": pair(hr_of["retina"], "fundus photograph: medical content, red-orange palette, vessels"),
         "rendered_text": pair(_rendered_text(hr_size), "black-on-white glyphs drawn with Pillow's font"),
     }

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .checkpoints import register_builder, save_checkpoint
 from .data import (OTHER_IMAGES, TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, fit_square, load_photo,
-                   load_photos, mod_crop, random_crops, to_tensor)  # fmt: skip
+                   load_photos, mod_crop, random_crops, synthetic_patterns, to_tensor)  # fmt: skip
 from .flow import ConditionalFlow
 from .metrics import psnr, ssim
 from .sr import Encoder, SRFlow, flow_level, make_bijection, super_resolve
@@ -186,8 +186,8 @@ def ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
       ranges (in distribution).
     - "darker", "brighter", "noise", "cast": the validation photos darkened with one parameter
       far outside its training range (`OOD_DARKEN`), the others drawn from the training ranges.
-    - "content": the non-photographic images (`data.OTHER_IMAGES`) and three synthetic patterns (as
-      in `data.ood_sets`), darkened with the training ranges.
+    - "content": the non-photographic images (`data.OTHER_IMAGES`) and `data.synthetic_patterns`,
+      darkened with the training ranges.
     Photos are centre crops at native scale (`data.fit_square`; retina and cell whole). Deterministic:
     every input has its own fixed seed.
     """
@@ -204,16 +204,9 @@ def ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
     for group, (ranges, why) in OOD_DARKEN.items():
         out[group] = {n: make(n, why, **ranges) for n in VAL_PHOTOS}
     out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
-    i, j = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    patterns = {
-        "checker_1px": ((i + j) % 2, "1-px checkerboard: all energy at the highest frequency"),
-        "stripes_2px": ((j // 2) % 2, "2-px vertical stripes: one pure high frequency"),
-        "uniform_noise": (torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)), "i.i.d. colour noise, no structure"),
-    }  # fmt: skip
-    for name, (pattern, why) in patterns.items():
-        normal = pattern.float().expand(3, size, size).clone()
+    for name, normal in synthetic_patterns(size).items():
         dark = darken(normal, torch.Generator().manual_seed(next(seeds)))[0]
-        out["content"][name] = LowLightInput(dark, normal, f"{why}; training darkening")
+        out["content"][name] = LowLightInput(dark, normal, "synthetic pattern (data.synthetic_patterns), training darkening")
     return out
 
 
