@@ -28,7 +28,6 @@ import argparse
 import math
 import shlex
 import sys
-import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import register_builder, save_checkpoint
+from .checkpoints import register_builder
 from .data import (OTHER_IMAGES, TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, _check, _require, center_crop, fit_square, load_photo,
                    load_photos, mod_crop, random_crops, synthetic_patterns, to_tensor)  # fmt: skip
 from .flow import ConditionalFlow
@@ -450,7 +449,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def train(args: argparse.Namespace, command: str) -> dict:
     """Run or resume training (`minflow.train.fit`: state in runs/NAME/state.pt); ship NAME at the end."""
-    from .train import fit
+    from .train import fit, ship
 
     torch.manual_seed(args.seed)
     model = LLFlow(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf, blocks=args.blocks,
@@ -462,13 +461,8 @@ def train(args: argparse.Namespace, command: str) -> dict:
         return x, darken(x, gen)[0]
 
     step, wall = fit(model, batches, args, model.config)
-    t0 = time.perf_counter()
-    metrics = evaluate(model, args.val_size)
-    record = {"command": command, "seed": args.seed, "steps": step, "wall_time_s": round(wall, 1),
-              "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
-              "training": {k: getattr(args, k) for k in ("batch", "crop", "lr", "threads")}
-              | {"adam_betas": [0.9, 0.99], "data": "darken(TRAIN_PHOTOS crops)"}}  # fmt: skip
-    save_checkpoint(model, args.name, builder="llflow", config=model.config, record=record)
+    metrics = ship(model, args.name, "llflow", model.config, args, command, step, wall,
+                   lambda: evaluate(model, args.val_size), data="darken(TRAIN_PHOTOS crops)")  # fmt: skip
     print(f"saved {args.name}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB (histeq {metrics['histeq_psnr']:.2f})", flush=True)
     return metrics
 

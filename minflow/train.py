@@ -131,13 +131,23 @@ def _save_state(path: Path, state: dict) -> None:
     tmp.replace(path)  # atomic: a kill mid-write never leaves a broken state
 
 
-def _ship(model: SRFlow, name: str, config: dict, args, command: str, step: int, wall: float) -> dict:
+def ship(model, name: str, builder: str, config: dict, args: argparse.Namespace, command: str, step: int,
+         wall: float, evaluate: Callable[[], dict], **training) -> dict:
+    """Validate with ``evaluate()`` and save checkpoint `name` with the record every manifest carries:
+    the command, seed, steps, training and evaluation seconds, the metrics, and the training
+    settings (batch, crop, lr, threads, Adam betas, plus ``training``). Returns the metrics."""
     t0 = time.perf_counter()
-    metrics = evaluate(model, args.val_size, num_samples=args.val_samples, seed=0)
+    metrics = evaluate()
     record = {"command": command, "seed": args.seed, "steps": step, "wall_time_s": round(wall, 1),
-              "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics}  # fmt: skip
-    record["training"] = {k: getattr(args, k) for k in ("batch", "crop", "lr", "threads")} | {"adam_betas": [0.9, 0.99]}
-    save_checkpoint(model, name, builder="srflow", config=config, record=record)
+              "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
+              "training": {k: getattr(args, k) for k in ("batch", "crop", "lr", "threads")} | {"adam_betas": [0.9, 0.99], **training}}  # fmt: skip
+    save_checkpoint(model, name, builder=builder, config=config, record=record)
+    return metrics
+
+
+def _ship(model: SRFlow, name: str, config: dict, args, command: str, step: int, wall: float) -> dict:
+    metrics = ship(model, name, "srflow", config, args, command, step, wall,
+                   lambda: evaluate(model, args.val_size, num_samples=args.val_samples, seed=0))  # fmt: skip
     print(f"saved checkpoint {name} at step {step}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB "
           f"(bicubic {metrics['bicubic_psnr']:.2f}), SSIM {metrics['ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})", flush=True)  # fmt: skip
     return metrics
