@@ -113,6 +113,15 @@ def _bin_index(edges: Tensor, v: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- one bin
 
 
+def _tanh(z: Tensor) -> Tensor:
+    """tanh(z). Compiled as sign(z) (1 - e) / (1 + e), e = exp(-2|z|): inductor's vectorised tanh
+    costs about 3x that exp, division and sign on CPU (absolute error < 1e-7 in float32)."""
+    if _compiling():
+        e = torch.exp(-2 * z.abs())
+        return torch.copysign((1 - e) / (1 + e), z)
+    return torch.tanh(z)
+
+
 def _select(m: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """a where the 0/1 float mask m is 1, b where it is 0, exactly (a * 1 + b * 0), as long as a is
     finite where m = 0 and b where m = 1. Several times cheaper than `torch.where` on CPU."""
@@ -270,12 +279,12 @@ def _bounded_knot(params: Tensor, bound: float, min_bin: float, min_derivative: 
     """(x_1, y_1, interior derivative, shift) of `BoundedSpline` (and `FullyBoundedSpline`) from raw params."""
     a, h, d, t = params.unbind(-1)
     if max_log_derivative is not None:
-        d = max_log_derivative * torch.tanh(d / max_log_derivative)
+        d = max_log_derivative * _tanh(d / max_log_derivative)
     if max_shift is not None:
-        t = max_shift * torch.tanh(t / max_shift)
+        t = max_shift * _tanh(t / max_shift)
     c = bound * (1 - 2 * min_bin)
     deriv = (torch.exp(d) - 1).mul_(1 - min_derivative).add_(1)  # 1 + (1 - m) expm1(d); expm1 is slow on CPU
-    return c * torch.tanh(0.5 * a), c * torch.tanh(0.5 * h), deriv, t
+    return c * _tanh(0.5 * a), c * _tanh(0.5 * h), deriv, t
 
 
 @_compilable

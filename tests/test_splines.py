@@ -399,7 +399,10 @@ def test_property_bijections(name, shape, std, spread, seed):
     y, ladj = bij(x, p)
     xb, inv = bij.inverse(y, p)
     assert y.shape == ladj.shape == x.shape and torch.isfinite(ladj).all()
-    assert torch.allclose(xb, x, atol=1e-9 * max(1.0, spread), rtol=0)
+    # y carries a rounding error of ~1e-16 |y|; where the forward map is flat (slope e^ladj down to
+    # ~1e-9 at std 4), undoing it multiplies that error by 1 / slope: the conditioning, not the solver
+    tol = 1e-9 * max(1.0, spread) + 1e-14 * torch.exp(-ladj)
+    assert ((xb - x).abs() <= tol).all(), ((xb - x).abs() / tol).max()
     assert torch.allclose(inv, -ladj, atol=1e-8, rtol=0)
     y2, _ = bij(x + 1e-3, p)
     assert (y2 > y).all()
