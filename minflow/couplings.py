@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .transforms import Cond, Transform, cond_for, zero_layer
-from .utils import check_cond, check_tensor, nanmin
+from .utils import check_cond, check_tensor, nanmin, param_planes
 
 # ----------------------------------------------------------------------------- scales
 
@@ -80,17 +80,23 @@ class Affine(nn.Module):
             raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
         self.scale_name, self.eps, self.clamp = scale, eps, clamp
 
+    def _unbind(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        if params.shape[-1] != 2:
+            raise ValueError(f"Affine needs params of shape x.shape + (2,) = (t, h), got last dimension {params.shape[-1]}")
+        planes, dim = param_planes(params)
+        return planes.unbind(dim)
+
     def scale(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """(s, log s) for the raw conditioner output h."""
         return SCALES[self.scale_name](h, self.eps, self.clamp)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        t, h = params.unbind(-1)
+        t, h = self._unbind(params)
         s, log_s = self.scale(h)
         return (x + t) * s, log_s
 
     def inverse(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        t, h = params.unbind(-1)
+        t, h = self._unbind(params)
         s, log_s = self.scale(h)
         return z / s - t, -log_s
 

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .utils import param_planes
+
 __all__ = ["BoundedSpline", "FullyBoundedSpline", "RQSpline", "compile_enabled", "cumulative_sizes",
            "rational_quadratic_spline", "rq_knots", "set_compile", "softplus_derivatives"]
 
@@ -274,10 +276,11 @@ def rq_knots(
 # ----------------------------------------------------------------------------- bijections
 
 
-def _bounded_knot(params: Tensor, bound: float, min_bin: float, min_derivative: float,
+def _bounded_knot(planes: Tensor, pdim: int, bound: float, min_bin: float, min_derivative: float,
                   max_log_derivative: float | None, max_shift: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_1, y_1, interior derivative, shift) of `BoundedSpline` (and `FullyBoundedSpline`) from raw params."""
-    a, h, d, t = params.unbind(-1)
+    """(x_1, y_1, interior derivative, shift) of `BoundedSpline` (and `FullyBoundedSpline`) from raw params
+    (as `minflow.utils.param_planes` gives them)."""
+    a, h, d, t = planes.unbind(pdim)
     if max_log_derivative is not None:
         d = max_log_derivative * _tanh(d / max_log_derivative)
     if max_shift is not None:
@@ -288,7 +291,7 @@ def _bounded_knot(params: Tensor, bound: float, min_bin: float, min_derivative: 
 
 
 @_compilable
-def _bounded_spline(x: Tensor, params: Tensor, bound: float, min_bin: float, min_derivative: float,
+def _bounded_spline(x: Tensor, planes: Tensor, pdim: int, bound: float, min_bin: float, min_derivative: float,
                     max_log_derivative: float | None, max_shift: float | None, inverse: bool) -> tuple[Tensor, Tensor]:
     """`BoundedSpline` forward, y = RQS(x) + t, or inverse, x = RQS^{-1}(y - t).
 
@@ -297,7 +300,7 @@ def _bounded_spline(x: Tensor, params: Tensor, bound: float, min_bin: float, min
     x + sigma c with the bin's correction c, exactly 0 at -B: the identity outside the box needs
     no mask (u = x clamped to the box gives c = 0 and logdet 0 there, exactly).
     """
-    kx, ky, deriv, t = _bounded_knot(params, bound, min_bin, min_derivative, max_log_derivative, max_shift)
+    kx, ky, deriv, t = _bounded_knot(planes, pdim, bound, min_bin, min_derivative, max_log_derivative, max_shift)
     k_in, k_out = (ky, kx) if inverse else (kx, ky)
     if inverse:
         x = x - t
@@ -343,19 +346,19 @@ class BoundedSpline(nn.Module):
     def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(knots_x, knots_y, derivatives) of shape x.shape + (3,), for plots and checks:
         forward(x) = rational_quadratic_spline(x, *knots) + shift."""
-        kx, ky, deriv, _ = _bounded_knot(params, *self._config(params))
+        kx, ky, deriv, _ = _bounded_knot(*param_planes(params), *self._config(params))
         B, one = torch.full_like(kx, self.bound), torch.ones_like(kx)
         return torch.stack([-B, kx, B], -1), torch.stack([-B, ky, B], -1), torch.stack([one, deriv, one], -1)
 
     def shift(self, params: Tensor) -> Tensor:
         """The shift t actually applied (the raw t here; bounded in `FullyBoundedSpline`)."""
-        return _bounded_knot(params, *self._config(params))[3]
+        return _bounded_knot(*param_planes(params), *self._config(params))[3]
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _bounded_spline(x, params, *self._config(params), False)
+        return _bounded_spline(x, *param_planes(params), *self._config(params), False)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _bounded_spline(y, params, *self._config(params), True)
+        return _bounded_spline(y, *param_planes(params), *self._config(params), True)
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}"
@@ -381,7 +384,7 @@ class FullyBoundedSpline(BoundedSpline):
         return super().extra_repr() + f", max_log_derivative={self.max_log_derivative}, max_shift={self.max_shift}"
 
 
-def _find_bin_tensors(u: Tensor, params: Tensor, k: int, bound: float, min_bin: float, inverse: bool):
+def _find_bin_tensors(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
     """The bin of u among the unnormalised cumulative sizes, as tensor ops over the K bins (eager):
     its ends on the input and output axes (G_j, G_{j+1}, with G_0 = 0), the scales 2B / G_K of both
     axes, and the raw derivatives at its two knots, (..., 2) (0 at the end knots: derivative exactly 1).
@@ -392,7 +395,7 @@ def _find_bin_tensors(u: Tensor, params: Tensor, k: int, bound: float, min_bin: 
     matrix (cumsum over a non-last dimension is slow on CPU), the bin index as a count of K - 1
     comparisons, each gather picking one of K planes per element.
     """
-    p = params.movedim(-1, 0)
+    p = planes.movedim(pdim, 0)
     if p.stride(-1) != 1:
         p = p.contiguous()
     w, h, d = p.split([k, k, k - 1], 0)
@@ -418,7 +421,7 @@ def _find_bin_tensors(u: Tensor, params: Tensor, k: int, bound: float, min_bin: 
     return lo_in * first, hi_in, lo_out * first, hi_out, scale_in, scale_out, raw_d
 
 
-def _find_bin_columns(u: Tensor, params: Tensor, k: int, bound: float, min_bin: float, inverse: bool):
+def _find_bin_columns(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
     """`_find_bin_tensors` written column by column (a Python loop over the K bins, never over elements).
 
     Only element-wise ops: inductor fuses them into one loop over the elements, vectorised when
@@ -426,7 +429,7 @@ def _find_bin_columns(u: Tensor, params: Tensor, k: int, bound: float, min_bin: 
     the tensor form's max, cumsum, searchsorted and gathers over the short last dimension do
     not fuse or vectorise on CPU. Same numbers up to rounding.
     """
-    cols = params.unbind(-1)
+    cols = planes.unbind(pdim)
     mu = k * min_bin / (1 - k * min_bin)
 
     def cumulative(raw):  # G_1, ..., G_K as `cumulative_sizes` computes them
@@ -452,8 +455,9 @@ def _find_bin_columns(u: Tensor, params: Tensor, k: int, bound: float, min_bin: 
 _CHUNK = 1 << 15  # elements per eager chunk on CPU: (K, chunk) float32 temporaries of 1 MiB stay in cache
 
 
-def _in_chunks(fn: Callable, x: Tensor, params: Tensor, *args) -> tuple[Tensor, Tensor]:
-    """fn(x, params, *args) -> (y, ladj), applied to slices of dim 0 of about `_CHUNK` elements (eager, CPU).
+def _in_chunks(fn: Callable, x: Tensor, planes: Tensor, pdim: int, *args) -> tuple[Tensor, Tensor]:
+    """fn(x, planes, pdim, *args) -> (y, ladj), applied to slices of x's dim 0 of about `_CHUNK` elements
+    (eager, CPU).
 
     An element-wise map gives the same numbers either way, up to rounding (a matmul may sum in
     another order on a slice, 1 ulp in float32). Eagerly, each op is a pass over its
@@ -462,28 +466,29 @@ def _in_chunks(fn: Callable, x: Tensor, params: Tensor, *args) -> tuple[Tensor, 
     `RQSpline` at 1e6 elements, benchmarks/README.md). On a GPU one call is faster.
     """
     if x.device.type != "cpu" or x.dim() == 0 or x.numel() <= 2 * _CHUNK:
-        return fn(x, params, *args)
+        return fn(x, planes, pdim, *args)
     rows = max(1, _CHUNK * x.shape[0] // x.numel())
-    ys, ladjs = zip(*(fn(xs, ps, *args) for xs, ps in zip(x.split(rows), params.split(rows))))
+    slices = planes.split(rows, 1 if pdim == 0 else 0)  # x's dim 0 is the planes' dim 1 when pdim = 0
+    ys, ladjs = zip(*(fn(xs, ps, pdim, *args) for xs, ps in zip(x.split(rows), slices)))
     return torch.cat(ys), torch.cat(ladjs)
 
 
 @_compilable
-def _rq_spline(x: Tensor, params: Tensor, bins: int, bound: float, min_bin: float, min_derivative: float,
+def _rq_spline(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float, min_bin: float, min_derivative: float,
                inverse: bool) -> tuple[Tensor, Tensor]:
     """`RQSpline` forward or inverse: compiled in one piece, eagerly in cache-sized slices."""
-    args = (bins, bound, min_bin, min_derivative, inverse)
-    return _rq_spline_map(x, params, *args) if _compiling() else _in_chunks(_rq_spline_map, x, params, *args)
+    args = (pdim, bins, bound, min_bin, min_derivative, inverse)
+    return _rq_spline_map(x, planes, *args) if _compiling() else _in_chunks(_rq_spline_map, x, planes, *args)
 
 
-def _rq_spline_map(x: Tensor, params: Tensor, bins: int, bound: float, min_bin: float, min_derivative: float,
-                   inverse: bool) -> tuple[Tensor, Tensor]:
+def _rq_spline_map(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float, min_bin: float,
+                   min_derivative: float, inverse: bool) -> tuple[Tensor, Tensor]:
     """`RQSpline` forward or inverse: the bin among the unnormalised cumulative sizes, then its two knots."""
     B = bound
     u = x.clamp(-B, B)  # a safe in-box value before any arithmetic
     inside = _mask(torch.eq, u, x)
     find = _find_bin_columns if _compiling() else _find_bin_tensors
-    lo_in, hi_in, lo_out, hi_out, scale_in, scale_out, raw_d = find(u, params, bins, bound, min_bin, inverse)
+    lo_in, hi_in, lo_out, hi_out, scale_in, scale_out, raw_d = find(u, planes, pdim, bins, bound, min_bin, inverse)
     d0, d1 = softplus_derivatives(raw_d, min_derivative).unbind(-1)
     a0, wa = lo_in * scale_in - B, (hi_in - lo_in) * scale_in  # the bin on the input axis
     b0, wb = lo_out * scale_out - B, (hi_out - lo_out) * scale_out  # and on the output axis
@@ -523,7 +528,7 @@ class RQSpline(nn.Module):
 
     def _call(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         self._split(params)  # checks the shape
-        return _rq_spline(x, params, self.bins, self.bound, self.min_bin, self.min_derivative, inverse)
+        return _rq_spline(x, *param_planes(params), self.bins, self.bound, self.min_bin, self.min_derivative, inverse)
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self._call(x, params, inverse=False)

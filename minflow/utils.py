@@ -65,6 +65,21 @@ def check_cond(x: torch.Tensor, cond: torch.Tensor | None, channels: int) -> Non
         raise ValueError(f"cond must have shape {want} for an input of shape {tuple(x.shape)}, got {tuple(cond.shape)}")
 
 
+def param_planes(params: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A bijection's ``params`` (x.shape + (n,)) as (planes, dim), ``planes.unbind(dim)`` its n parameters.
+
+    planes is the contiguous tensor params views, dim the one that indexes the parameters: a conv
+    conditioner's (B, C, n, H, W) output, viewed as (B, C, H, W, n), comes back as itself with dim 2;
+    row-packed params (or any other layout) as themselves with their last dim. Taken apart along
+    that dim, the parameters' gradient comes out in the conditioner's layout: no copy on the way back.
+    """
+    for dim in range(params.dim() - 1):
+        planes = params.movedim(-1, dim)
+        if planes.is_contiguous():
+            return planes, dim
+    return params, params.dim() - 1
+
+
 def nanmin(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """The smallest value that is not NaN, over `dim` (or over everything); NaN where all are NaN.
 

@@ -210,6 +210,8 @@ def test_smallest_scale_ignores_nan_elements():
     got = nanmin(v, 1)
     assert got[0] == 0.3 and math.isnan(got[1]) and got[2] == math.inf
     assert math.isnan(nanmin(torch.tensor([])).item())
+    assert nanmin(torch.tensor([math.nan, -math.inf])).item() == -math.inf
+    assert nanmin(torch.tensor([[math.inf, math.nan], [-math.inf, -math.inf]]), 1).tolist() == [math.inf, -math.inf]
 
 
 def test_noise_comes_from_the_generators_device(monkeypatch):

@@ -576,8 +576,9 @@ def test_rq_spline_slices_and_layouts_give_the_same_numbers(monkeypatch, dtype):
     g = torch.Generator().manual_seed(16)
     x = torch.randn(9, 4, 6, generator=g, dtype=dtype) * 2.5  # some elements outside the box
     rows = params_for(bij, (9, 4, 6), dtype, 1.5, g)
-    planes = rows.movedim(-1, 0).contiguous().movedim(0, -1)
-    assert rows.stride(-1) == 1 and planes.stride(-1) != 1
+    planes = rows.movedim(-1, 0).contiguous().movedim(0, -1)  # each parameter contiguous over the elements
+    conv = rows.movedim(-1, 1).contiguous().movedim(1, -1)  # (B, n, ...) viewed as (B, ..., n), a conditioner's
+    assert rows.stride(-1) == 1 and planes.stride(-1) != 1 and conv.stride(-1) != 1
 
     def run(fn, p):
         xl, pl = x.clone().requires_grad_(), p.detach().clone().requires_grad_()
@@ -589,7 +590,7 @@ def test_rq_spline_slices_and_layouts_give_the_same_numbers(monkeypatch, dtype):
         whole = run(fn, rows)
         monkeypatch.setattr(splines, "_CHUNK", 5)  # slices of 1 row (24 elements) and more
         assert splines._CHUNK * 2 < x.numel()
-        for p in (rows, planes):
+        for p in (rows, planes, conv):
             for a, b in zip(whole, run(fn, p)):  # a matmul may round differently on a slice: 1 ulp
                 assert torch.allclose(a, b, rtol=tol, atol=tol), (fn, (a - b).abs().max())
         monkeypatch.setattr(splines, "_CHUNK", 1 << 15)

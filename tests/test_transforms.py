@@ -314,3 +314,20 @@ def test_mismatched_devices_raise():
     layer = mf.Coupling(2, 2, kind="mlp", hidden=4)
     with pytest.raises(ValueError, match="device"):
         layer(torch.randn(3, 2), torch.randn(3, 2, device="meta"))
+
+
+def test_param_planes_takes_parameters_apart_in_the_conditioners_layout():
+    """A conv conditioner's output, viewed as x.shape + (n,), is taken apart along its own planes (so the
+    gradient needs no copy); row-packed params along their last dim. Wrong counts raise."""
+    from minflow.utils import param_planes
+
+    raw = torch.randn(2, 3 * 4, 5, 6)
+    params = raw.reshape(2, 3, 4, 5, 6).movedim(2, -1)
+    planes, dim = param_planes(params)
+    assert dim == 2 and planes.is_contiguous() and planes.data_ptr() == raw.data_ptr()
+    for k, plane in enumerate(planes.unbind(dim)):
+        assert torch.equal(plane, params[..., k])
+    rows = torch.randn(7, 5)
+    assert param_planes(rows) == (rows, 1)
+    with pytest.raises(ValueError, match=r"x.shape \+ \(2,\)"):
+        mf.Affine()(torch.zeros(3), torch.zeros(3, 3))
