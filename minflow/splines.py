@@ -160,12 +160,12 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
         xi = v / w
     one_xi = 1 - xi
     t = xi * one_xi
-    den = torch.addcmul(s, q, t)  # s + (d0 + d1 - 2s) xi (1 - xi) >= s / 2
-    if not inverse:
-        corr = torch.addcdiv((h - w) * xi, h * t * torch.addcmul(ds0, q, xi, value=-1), den)
+    s_den = s / torch.addcmul(s, q, t)  # s / den, den = s + (d0 + d1 - 2s) xi (1 - xi) >= s / 2
+    if not inverse:  # (one division by den for both uses; C = 0 at the identity, so c stays exactly 0)
+        corr = torch.addcmul((h - w) * xi, w * t * torch.addcmul(ds0, q, xi, value=-1), s_den)
     end = one_xi * one_xi if isinstance(d0, float) and d0 == 1 else d0 * one_xi * one_xi
     inner = torch.addcmul(d1 * xi * xi, s, t, value=2).add_(end)  # a sum of positive terms
-    ladj = torch.log((s / den).square_() * inner)
+    ladj = torch.log(s_den.square() * inner)
     return corr, (ladj.neg_() if inverse else ladj)
 
 
