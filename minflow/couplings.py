@@ -82,7 +82,8 @@ class Affine(nn.Module):
 
     def _unbind(self, params: Tensor) -> tuple[Tensor, Tensor]:
         if params.shape[-1] != 2:
-            raise ValueError(f"Affine needs params of shape x.shape + (2,) = (t, h), got last dimension {params.shape[-1]}")
+            raise ValueError(f"Affine needs params of shape x.shape + (2,) = (t, h), "
+                             f"got last dimension {params.shape[-1]}")
         planes, dim = param_planes(params)
         return planes.unbind(dim)
 

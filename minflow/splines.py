@@ -220,17 +220,17 @@ def rational_quadratic_spline(
 # ----------------------------------------------------------------------------- knots from raw values
 
 
-def cumulative_sizes(raw: Tensor, min_bin: float = 1e-3, dim: int = -1) -> Tensor:
-    """(..., K) raw bin sizes -> (..., K) unnormalised cumulative sizes G_1 < ... < G_K (along ``dim``).
+def cumulative_sizes(raw: Tensor, min_bin: float = 1e-3) -> Tensor:
+    """(..., K) raw bin sizes -> (..., K) unnormalised cumulative sizes G_1 < ... < G_K.
 
     Bin j gets e_j + mu with e = exp(raw - max raw) and mu = K m / (1 - K m); its share of the box,
     (e_j + mu) / G_K, is then at least m = ``min_bin`` (a softmax with a floor). Knot j sits at
     -B + 2B G_j / G_K (G_0 = 0). Only elementwise ops and one cumsum: no per-row rescaling.
     """
-    k = raw.shape[dim]
+    k = raw.shape[-1]
     if not 0 < min_bin * k < 1:
         raise ValueError(f"min_bin * K must lie in (0, 1), got min_bin={min_bin}, K={k}")
-    return ((raw - raw.amax(dim, keepdim=True)).exp_() + k * min_bin / (1 - k * min_bin)).cumsum(dim)
+    return ((raw - raw.amax(-1, keepdim=True)).exp_() + k * min_bin / (1 - k * min_bin)).cumsum(-1)
 
 
 def softplus_derivatives(raw: Tensor, min_derivative: float = 1e-3) -> Tensor:

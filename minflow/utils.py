@@ -91,7 +91,7 @@ def nanmin(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     if v.shape[d] == 0:
         return v.new_full(v.shape[:d] + v.shape[d + 1 :], math.nan)
     # NaN -> +inf for the min and -inf for the max: low > high exactly where no value is a number.
-    # (10x faster on CPU than isnan / where / all, which matters: every layer call takes one.)
+    # (6x faster on CPU than isnan / where / all, which matters: every layer call takes one.)
     low = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf).amin(d)
     high = v.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).amax(d)
     return low.masked_fill(low > high, math.nan)
