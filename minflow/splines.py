@@ -428,8 +428,8 @@ def _find_bin_columns(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float
 
     Only element-wise ops: inductor fuses them into one loop over the elements, vectorised when
     each parameter is contiguous over the elements (as a conv conditioner lays them out), while
-    the tensor form's max, cumsum, searchsorted and gathers over the short last dimension do
-    not fuse or vectorise on CPU. Same numbers up to rounding.
+    the tensor form's max over the bins, triangular matmul, comparison count and gathers would
+    each stay a separate kernel. Same numbers up to rounding.
     """
     cols = planes.unbind(pdim)
     mu = k * min_bin / (1 - k * min_bin)
