@@ -3,7 +3,7 @@
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|
 
 where g is an optional encoder of the condition y (identity when absent) and f the chain of
-transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I); `Split` layers draw their
+transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I), T finite and >= 0; `Split` layers draw their
 half at the same temperature T.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .transforms import Cond, Split, StandardNormal, Transform, leaves
-from .utils import nanmin
+from .utils import check_temperature, nanmin
 
 
 class ConditionalFlow(nn.Module):
@@ -76,6 +76,7 @@ class ConditionalFlow(nn.Module):
         return num_samples
 
     def _run_inverse(self, z, feats, temperature, generator, record):
+        check_temperature(temperature)  # every sampling path comes here, with or without a Split
         logdet = z.new_zeros(z.shape[0])
         for index in reversed(range(len(self.layers))):
             layer = self.layers[index]

@@ -384,10 +384,9 @@ def enhance(model: LLFlow, dark: Tensor, temperature: float = 0.0, num_samples: 
     (3, H, W) -> (num_samples, 3, H, W); (B, 3, H, W) -> (B, num_samples, 3, H, W). Sizes that are
     not multiples of 2^levels are edge-padded and cropped back (`sr.super_resolve` with factor 1).
     """
-    if not isinstance(dark, Tensor) or dark.dim() not in (3, 4) or dark.shape[-3] != 3:
-        raise ValueError(f"the dark image must be a (3, H, W) or (B, 3, H, W) tensor, got {getattr(dark, 'shape', type(dark))}")
-    if not torch.isfinite(dark).all():
-        raise ValueError("the dark image contains non-finite values")
+    from .utils import check_image
+
+    check_image(dark, "the dark image", 3)  # a float image in [0, 1]: no 0..255 images, no inf/NaN
     return super_resolve(model, dark, temperature, num_samples, generator, chunk)
 
 

@@ -25,13 +25,42 @@ ARTIFACT_HIGH, ARTIFACT_LOW = 1.5, -0.5  # the paper's bounds: outside [-0.5, 1.
 EXPLOSION = 1e3  # a sample "explodes" if it holds a non-finite value or max |x| > EXPLOSION
 
 
+def _shaved_pair(x: Tensor, y: Tensor, shave: int, what: str, min_size: int = 1) -> tuple[Tensor, Tensor]:
+    """x and y with `shave` px cut from each border, after checking they are float images (..., H, W)
+    of one shape on one device, at least `min_size` px high and wide once shaved."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{what}: {name} must be a float image (data range 1), got dtype {t.dtype}; "
+                            "convert an 8-bit image with x.float() / 255")
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.device != y.device:
+        raise ValueError(f"{what}: x is on {x.device} but y is on {y.device}")
+    if x.dim() < 2:
+        raise ValueError(f"{what} needs images (..., H, W), got shape {tuple(x.shape)}")
+    if isinstance(shave, bool) or not isinstance(shave, int) or shave < 0:
+        raise ValueError(f"{what}: shave must be an int >= 0, got {shave!r}")
+    if x.numel() == 0:
+        raise ValueError(f"{what}: x and y are empty, shape {tuple(x.shape)}")
+    h, w = x.shape[-2] - 2 * shave, x.shape[-1] - 2 * shave
+    if min(h, w) < min_size:
+        need = f"its {min_size}x{min_size} window needs" if min_size > 1 else "it needs"
+        raise ValueError(f"{what}: images of shape {tuple(x.shape)} with shave={shave} leave {max(h, 0)}x{max(w, 0)} px; "
+                         f"{need} at least {min_size}x{min_size}")
+    if shave:
+        x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
+    return x, y
+
+
 def psnr(x: Tensor, y: Tensor, shave: int = 0) -> float:
     """Peak signal-to-noise ratio for peak 1: 10 log10(1 / MSE), over all channels, border shaved.
 
     Identical images give inf; an infinite value gives -inf and a nan gives nan (never a high score).
+    x and y: float images of one shape (..., H, W); no broadcasting, no integer images.
     """
-    if shave:
-        x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
+    x, y = _shaved_pair(x, y, shave, "psnr")
     mse = F.mse_loss(x.double(), y.double()).item()
     if not math.isfinite(mse):
         return -mse if mse == math.inf else math.nan
@@ -43,9 +72,11 @@ def ssim(x: Tensor, y: Tensor, shave: int = 0, sigma: float = 1.5, radius: int =
 
     SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
     C1 = 0.01^2, C2 = 0.03^2, local moments from the window; averaged over 'valid' positions.
+    x and y: float images of one shape (..., H, W), at least the window (11 x 11) once shaved.
     """
-    if shave:
-        x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
+    if not sigma > 0 or isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise ValueError(f"ssim needs sigma > 0 and an int radius >= 0, got sigma={sigma!r}, radius={radius!r}")
+    x, y = _shaved_pair(x, y, shave, "ssim", min_size=2 * radius + 1)
     x, y = x.double().reshape(-1, 1, *x.shape[-2:]), y.double().reshape(-1, 1, *y.shape[-2:])
     t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
     g = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -65,6 +96,8 @@ def lr_psnr(sr: Tensor, lr: Tensor, factor: int) -> float:
     A sample that explains its input well scores high (a perfect SR model: > 40 dB); bicubic
     upscaling itself is not perfectly consistent, since down(up(lr)) != lr.
     """
+    if not isinstance(lr, Tensor) or not lr.is_floating_point():
+        raise TypeError(f"lr_psnr: lr must be a float image (data range 1), got {getattr(lr, 'dtype', type(lr).__name__)}")
     if sr.shape[-2:] != (lr.shape[-2] * factor, lr.shape[-1] * factor):
         raise ValueError(f"sr {tuple(sr.shape)} must be {factor}x the size of lr {tuple(lr.shape)}")
     down = bicubic_down(sr.clamp(0, 1), factor)

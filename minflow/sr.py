@@ -33,6 +33,7 @@ from .checkpoints import register_builder
 from .couplings import SCALES, Affine, Coupling, Injector
 from .flow import ConditionalFlow
 from .transforms import ActNorm, Cond, InvConv1x1, Split, Squeeze
+from .utils import check_image
 
 SPLINES = {"spline": "BoundedSpline", "fully_bounded_spline": "FullyBoundedSpline", "rq_spline": "RQSpline"}
 
@@ -207,12 +208,12 @@ def super_resolve(
     lr: (C, h, w) -> (num_samples, C, f h, f w); (B, C, h, w) -> (B, num_samples, C, f h, f w).
     An LR whose size is not a multiple of `model.lr_multiple` is padded on the bottom/right by
     replicating its edge, and the output is cropped back to f h x f w. Samples are drawn `chunk`
-    at a time.
+    at a time. lr must be a float image in [0, 1] (`utils.check_image`), temperature >= 0.
     """
-    if not isinstance(lr, Tensor) or lr.dim() not in (3, 4) or lr.shape[-3] != model.channels:
-        raise ValueError(f"LR must be a ({model.channels}, h, w) or (B, {model.channels}, h, w) tensor, got {getattr(lr, 'shape', type(lr))}")
-    if not torch.isfinite(lr).all():
-        raise ValueError("LR contains non-finite values")
+    check_image(lr, "LR", model.channels, "h, w")
+    for arg, value in (("num_samples", num_samples), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
     param = next(model.parameters())
     single = lr.dim() == 3
     lr = (lr[None] if single else lr).to(param.device, param.dtype)

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .utils import check_cond, check_tensor
+from .utils import check_cond, check_temperature, check_tensor
 
 Cond = Tensor | dict | None
 
@@ -97,7 +97,15 @@ class ActNorm(Transform):
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """Set bias and log-scale from a batch so its outputs are standardised per channel."""
+        """Set bias and log-scale from a batch so its outputs are standardised per channel.
+
+        An empty or non-finite batch is refused (the layer stays uninitialised): its statistics
+        would set the parameters to NaN for good.
+        """
+        if x.numel() == 0:
+            raise ValueError(f"ActNorm initialises from its first training batch, which is empty: shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"ActNorm initialises from its first training batch, which holds non-finite values (shape {tuple(x.shape)})")
         dims = [d for d in range(x.dim()) if d != 1]
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
@@ -210,7 +218,7 @@ class StandardNormal(nn.Module):
         return gaussian_log_prob(z)
 
     def sample(self, shape, temperature: float = 1.0, device=None, dtype=None, generator=None) -> Tensor:
-        return temperature * randn(shape, device=device, dtype=dtype, generator=generator)
+        return check_temperature(temperature) * randn(shape, device=device, dtype=dtype, generator=generator)
 
 
 def zero_layer(layer: nn.Module) -> nn.Module:
@@ -256,6 +264,7 @@ class Split(Transform):
         self, z1: Tensor, cond: Cond = None, z2: Tensor | None = None, temperature: float = 1.0, generator=None
     ) -> tuple[Tensor, Tensor]:
         check_tensor(z1, "z1", (4,) if self.image else (2,), self.keep)
+        check_temperature(temperature)
         mean, log_std = self._prior(z1, cond)
         if z2 is None:
             noise = randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)

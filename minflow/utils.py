@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 
@@ -48,6 +49,44 @@ def check_tensor(x: torch.Tensor, name: str, ndim: tuple[int, ...], channels: in
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels in dim 1, got shape {tuple(x.shape)}")
+
+
+PIXEL_LIMIT = 16.0
+"""Largest |value| an image in [0, 1] may hold: about twice the course's most stretched input
+(chapter 7's contrast x16 without clamping, -7.5 to 8.5); beyond it is taken for a 0..255 image."""
+
+
+def check_image(x: torch.Tensor, name: str, channels: int, size: str = "H, W") -> None:
+    """Raise a clear error unless `x` is a (channels, H, W) or (B, channels, H, W) float image in [0, 1].
+
+    Values outside [0, 1] are allowed (unclamped bicubic output overshoots a little, and the
+    course feeds stretched inputs on purpose), but not non-finite ones, nor what looks like a
+    0..255 image: an integer or bool dtype, |values| above `PIXEL_LIMIT`, or whole numbers in
+    0..255 that exceed 1. `size` names the spatial dimensions in the messages.
+    """
+    shape = f"({channels}, {size}) or (B, {channels}, {size})"
+    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != channels:
+        raise ValueError(f"{name} must be a {shape} tensor, got {getattr(x, 'shape', type(x))}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float image in [0, 1], got dtype {x.dtype}; convert an 8-bit image with x.float() / 255")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains non-finite values")
+    if x.numel() == 0:
+        return
+    low, high = x.min().item(), x.max().item()
+    whole_0_255 = low >= 0 and high > 1 and high <= 255 and bool((x == x.round()).all())
+    if max(-low, high) > PIXEL_LIMIT or whole_0_255:
+        raise ValueError(f"{name} has values in [{low:.4g}, {high:.4g}]: it looks like a 0..255 image, and images are "
+                         "floats in [0, 1]; divide it by 255 first")
+
+
+def check_temperature(temperature: float) -> float:
+    """`temperature` as a float, or a clear error unless it is a finite number >= 0 (the noise scale T)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    return float(temperature)
 
 
 def check_cond(x: torch.Tensor, cond: torch.Tensor | None, channels: int) -> None:
