@@ -2,7 +2,10 @@
 
 A checkpoint ``NAME`` is two files in the data folder: ``NAME.pt`` (a state dict, loaded with
 ``weights_only=True``) and ``NAME.json``, its manifest: the builder and config that rebuild the
-model, the command, seed and wall time that made it, its metrics, and the file's SHA-256.
+model, the command, seed and wall time that made it, its metrics, the file's SHA-256 (``sha256``)
+and the SHA-256 of the builder and config (``config_sha256``, see `config_digest`). Loading
+checks both, so neither an edited .pt file nor an edited config loads another model silently.
+NAME is a plain file name (letters, digits, ``_``, ``-``, ``.``) inside the checkpoints folder.
 
 The data folder is ``$MINFLOW_DATA`` when set, else the repository's ``data/`` beside the package.
 """
@@ -13,7 +16,9 @@ import datetime
 import hashlib
 import json
 import os
+import pickle
 import platform
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -39,12 +44,27 @@ def data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+REQUIRED = {"builder": str, "config": dict, "sha256": str, "config_sha256": str}  # manifest keys loading needs
+
+
 def _paths(name: str, root: Path | None) -> tuple[Path, Path]:
+    """NAME.pt and NAME.json in the checkpoints folder; a name that could point elsewhere is refused."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; "
+                         f"not starting with '.'), got {name!r}")
     base = (root or data_dir()) / "checkpoints"
     return base / f"{name}.pt", base / f"{name}.json"
 
 
+def config_digest(builder: str, config: dict) -> str:
+    """SHA-256 of the canonical JSON of ``{"builder": ..., "config": ...}`` (sorted keys, no spaces)."""
+    text = json.dumps({"builder": builder, "config": config}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -54,9 +74,14 @@ def sha256(path: Path) -> str:
 
 def save_checkpoint(model: nn.Module, name: str, builder: str, config: dict, record: dict, root: Path | None = None) -> Path:
     """Write NAME.pt and its manifest NAME.json; `record` holds command, seed, wall time, metrics."""
+    pt, js = _paths(name, root)
     if builder not in BUILDERS:
         raise KeyError(f"unknown builder {builder!r}; registered: {sorted(BUILDERS)}")
-    pt, js = _paths(name, root)
+    config = json.loads(json.dumps(config))  # as it will be read back (tuples become lists)
+    digest = config_digest(builder, config)
+    reserved = {"name", *REQUIRED, "bytes", "torch", "machine", "created"} & set(record)
+    if reserved:
+        raise ValueError(f"record must not set the manifest's own keys {sorted(reserved)}")
     pt.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, pt)
@@ -66,6 +91,7 @@ def save_checkpoint(model: nn.Module, name: str, builder: str, config: dict, rec
         "config": config,
         **record,
         "sha256": sha256(pt),
+        "config_sha256": digest,
         "bytes": pt.stat().st_size,
         "torch": torch.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
@@ -82,23 +108,43 @@ def available(root: Path | None = None) -> list[str]:
 
 
 def read_manifest(name: str, root: Path | None = None) -> dict:
+    """The manifest NAME.json as a dict, after checking it is JSON and holds the keys loading needs."""
     _, js = _paths(name, root)
     if not js.exists():
         raise FileNotFoundError(f"no checkpoint named {name!r} in {js.parent}; available: {available(root)}")
-    return json.loads(js.read_text())
+    try:
+        manifest = json.loads(js.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint manifest {js} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"checkpoint manifest {js} must hold a JSON object, got {type(manifest).__name__}")
+    for key, kind in REQUIRED.items():
+        if key not in manifest:
+            raise ValueError(f"checkpoint manifest {js} has no {key!r} key")
+        if not isinstance(manifest[key], kind):
+            raise ValueError(f"checkpoint manifest {js}: {key!r} must be a {kind.__name__}, got {type(manifest[key]).__name__}")
+    return manifest
 
 
 def load_state(name: str, root: Path | None = None) -> tuple[dict, dict]:
-    """(state dict, manifest) of checkpoint `name`, after checking the file's SHA-256."""
+    """(state dict, manifest) of checkpoint `name`, after checking the SHA-256 of the file and of
+    the manifest's builder and config; the file holds tensors only (``weights_only=True``)."""
     manifest = read_manifest(name, root)
-    pt, _ = _paths(name, root)
+    pt, js = _paths(name, root)
     how = f"Recreate it with: {manifest.get('command', '(command not recorded)')}"
+    digest = config_digest(manifest["builder"], manifest["config"])
+    if digest != manifest["config_sha256"]:
+        raise RuntimeError(f"checkpoint manifest {js} was edited: the SHA-256 of its builder and config is {digest[:12]}..., "
+                           f"its config_sha256 {manifest['config_sha256'][:12]}...; restore the file. {how}")
     if not pt.exists():
         raise FileNotFoundError(f"checkpoint file {pt} is missing. {how}")
     digest = sha256(pt)
     if digest != manifest["sha256"]:
         raise RuntimeError(f"checkpoint {pt} is corrupt: SHA-256 {digest[:12]}... != manifest {manifest['sha256'][:12]}... {how}")
-    return torch.load(pt, map_location="cpu", weights_only=True), manifest
+    try:
+        return torch.load(pt, map_location="cpu", weights_only=True), manifest
+    except pickle.UnpicklingError as err:
+        raise RuntimeError(f"checkpoint {pt} holds more than tensors and was refused (it is loaded with weights_only=True)") from err
 
 
 def load_pretrained(name: str, device: torch.device | str = "cpu", root: Path | None = None) -> nn.Module:

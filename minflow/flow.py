@@ -3,8 +3,8 @@
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|
 
 where g is an optional encoder of the condition y (identity when absent) and f the chain of
-transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I), T finite and >= 0; `Split` layers draw their
-half at the same temperature T.
+transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I) (T finite and >= 0); `Split`
+layers draw their half at the same temperature T.
 """
 
 from __future__ import annotations
