@@ -126,6 +126,29 @@ def _tanh(z: Tensor) -> Tensor:
     return torch.tanh(z)
 
 
+def _into_box(x: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
+    """(u, inside): x clamped into [lo, hi], and whether x lies in that closed interval (False for NaN).
+
+    du/dx is 1 on the closed interval, bounds included, and 0 outside, by selection: clamp's own
+    gradient at a bound is a tie-breaking rule that differs between torch versions, so the value
+    comes from a detached clamp and the gradient from picking x itself wherever it is inside.
+    """
+    c = x.detach().clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi)
+    inside = c == x
+    return torch.where(inside, x, c), inside
+
+
+def _keep_in(v: Tensor, lo, hi) -> Tensor:
+    """v with its *value* clamped into [lo, hi] and its gradient left as v's own.
+
+    For quantities that lie in [lo, hi] exactly but may leave it by a rounding error (the root
+    xi of a bin, a spline's output at the end of its box): the derivative is the formula's, even
+    where rounding touched the bound.
+    """
+    vd = v.detach()
+    return v + (vd.clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi) - vd)
+
+
 def _select(m: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """a where the 0/1 float mask m is 1, b where it is 0, exactly (a * 1 + b * 0), as long as a is
     finite where m = 0 and b where m = 1. Several times cheaper than `torch.where` on CPU."""
@@ -141,23 +164,30 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
     the identity (h = w, d0 = d1 = 1), so callers add it to the input and identities stay exact.
     Forward: xi = v / w, c = (h - w) xi + h xi (1 - xi) C / den with C = (d0 - s) - (d0 + d1 - 2s) xi,
     s = h / w. Inverse: with r = v / h, xi is the root in [0, 1] of a xi^2 + b xi + c = 0,
-    a = s - d0 + r q, b = d0 - r q, c = -s r, q = d0 + d1 - 2s, taken as -2c / (b + sqrt(D)) when
-    b >= 0 and (sqrt(D) - b) / 2a when b < 0 (no cancellation either way); c = w (xi - r) + r (w - h).
+    a = s - d0 + r q, b = d0 - r q, c = -s r, q = d0 + d1 - 2s (for a < 0, of its mirror image in
+    1 - xi), taken as -2c / (b + sqrt(D)) when b >= 0 and (sqrt(D) - b) / 2a when b < 0 (no
+    cancellation either way); c = w (xi - r) + r (w - h). xi is kept in [0, 1] against rounding.
     """
     s = h / w
     ds0 = d0 - s
     q = (d1 - s).add_(ds0)  # d0 + d1 - 2s
     if inverse:
-        r = v / h
+        r = _keep_in(v / h, 0.0, 1.0)  # v may leave [0, h] by a rounding error in the bin's ends
         rq = r * q
         a, b = rq - ds0, d0 - rq
-        disc = torch.addcmul(b * b, a, r * s, value=4).clamp_min_(torch.finfo(v.dtype).tiny)
-        p = b.abs().add_(disc.sqrt())  # > 0; D = b^2 - 4ac with c = -s r
-        pos = _mask(torch.ge, b, 0)
-        xi = _select(pos, 2 * s * r, p) / _select(pos, p, 2 * a)
+        # a xi^2 + b xi - s r = 0. Where a < 0, solve for 1 - xi instead: the mirrored equation
+        # -a xi'^2 + (2a + b) xi' - s (1 - r) = 0 has the same discriminant, and in the chosen
+        # frame both of its terms are >= 0 (no cancellation, no negative D from rounding).
+        mirror = _mask(torch.lt, a, 0)
+        a_m, b_m, r_m = a.abs(), _select(mirror, b + 2 * a, b), _select(mirror, 1 - r, r)
+        disc = torch.addcmul(b_m * b_m, a_m, r_m * s, value=4)
+        p = b_m.abs().add_(disc.sqrt())  # > 0 (a_m = 0 forces b_m = s > 0)
+        pos = _mask(torch.ge, b_m, 0)
+        root = _select(pos, 2 * s * r_m, p) / _select(pos, p, 2 * a_m)
+        xi = _keep_in(_select(mirror, 1 - root, root), 0.0, 1.0)
         corr = torch.addcmul(w * (xi - r), r, w - h)
     else:
-        xi = v / w
+        xi = _keep_in(v / w, 0.0, 1.0)
     one_xi = 1 - xi
     t = xi * one_xi
     s_den = s / torch.addcmul(s, q, t)  # s / den, den = s + (d0 + d1 - 2s) xi (1 - xi) >= s / 2
@@ -189,8 +219,7 @@ def _check_knots(x: Tensor, *tensors: Tensor) -> None:
 @_compilable
 def _spline(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
     """`rational_quadratic_spline` without checks; a: knots on the input axis, b: on the output axis."""
-    u = x.clamp(a[..., 0], a[..., -1])  # a safe in-interval value *before* any arithmetic
-    inside = _mask(torch.eq, u, x)  # 0 outside and for NaN
+    u, inside = _into_box(x, a[..., 0], a[..., -1])  # a safe in-interval value *before* any arithmetic
     k = _bin_index(a, u).sub_(1).clamp_(min=0)
     idx = torch.stack([k, k + 1], -1)  # (..., 2): the bin's two knots
     a0, a1 = a.gather(-1, idx).unbind(-1)
@@ -198,7 +227,8 @@ def _spline(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[
     d0, d1 = d.gather(-1, idx).unbind(-1)
     wa, wb = a1 - a0, b1 - b0  # the bin's size on the input and output axes
     corr, ladj = _rq_bin(u - a0, wb if inverse else wa, wa if inverse else wb, d0, d1, inverse)
-    return _select(inside, (b0 - a0).add_(u).add_(corr), x), ladj.mul_(inside)
+    y = _keep_in((b0 - a0).add_(u).add_(corr), b[..., 0], b[..., -1])  # the box's end maps to its end exactly
+    return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)  # never 0 * (a discarded inf or NaN)
 
 
 def rational_quadratic_spline(
@@ -234,11 +264,16 @@ def cumulative_sizes(raw: Tensor, min_bin: float = 1e-3) -> Tensor:
 
 
 def softplus_derivatives(raw: Tensor, min_derivative: float = 1e-3) -> Tensor:
-    """d = 1 + (1 - m)(softplus(raw) / log 2 - 1): in (m, inf), exactly 1 at raw = 0."""
+    """d = min(1 + (1 - m)(softplus(raw) / log 2 - 1), 1 / m): in (m, 1/m], exactly 1 at raw = 0.
+
+    The cap 1/m (reached at raw ~ 0.69 / m) keeps every raw value finite in float32, values
+    and gradients alike: without it, raw ~ 1e38 overflows and huge derivatives underflow the slope.
+    """
     if not 0 < min_derivative < 1:
         raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
     sp0 = F.softplus(raw.new_zeros(()))  # log 2 as torch rounds it, so softplus(0) - sp0 == 0
-    return (F.softplus(raw) - sp0).mul_((1 - min_derivative) / math.log(2)).add_(1)
+    d = (F.softplus(raw) - sp0).mul_((1 - min_derivative) / math.log(2)).add_(1)
+    return torch.where(d < 1 / min_derivative, d, 1 / min_derivative)
 
 
 def rq_knots(
@@ -307,7 +342,7 @@ def _bounded_spline(x: Tensor, planes: Tensor, pdim: int, bound: float, min_bin:
     if inverse:
         x = x - t
     B = x.new_full((), bound)
-    u = x.clamp(-bound, bound)  # a safe in-box value before any arithmetic
+    u, _ = _into_box(x, -bound, bound)  # a safe in-box value before any arithmetic
     sigma = torch.copysign(x.new_ones(()), k_in - u)  # +1 left bin, -1 right bin (at the knot: left)
     w_in, w_out = torch.addcmul(B, sigma, k_in), torch.addcmul(B, sigma, k_out)  # bin sizes on each axis
     w, h = (w_out, w_in) if inverse else (w_in, w_out)  # the bin of the forward map: [0, w] -> [0, h]
@@ -488,15 +523,15 @@ def _rq_spline_map(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float
                    min_derivative: float, inverse: bool) -> tuple[Tensor, Tensor]:
     """`RQSpline` forward or inverse: the bin among the unnormalised cumulative sizes, then its two knots."""
     B = bound
-    u = x.clamp(-B, B)  # a safe in-box value before any arithmetic
-    inside = _mask(torch.eq, u, x)
+    u, inside = _into_box(x, -B, B)  # a safe in-box value before any arithmetic
     find = _find_bin_columns if _compiling() else _find_bin_tensors
     lo_in, hi_in, lo_out, hi_out, scale_in, scale_out, raw_d = find(u, planes, pdim, bins, bound, min_bin, inverse)
     d0, d1 = softplus_derivatives(raw_d, min_derivative).unbind(-1)
     a0, wa = lo_in * scale_in - B, (hi_in - lo_in) * scale_in  # the bin on the input axis
     b0, wb = lo_out * scale_out - B, (hi_out - lo_out) * scale_out  # and on the output axis
     corr, ladj = _rq_bin(u - a0, wb if inverse else wa, wa if inverse else wb, d0, d1, inverse)
-    return _select(inside, (b0 - a0).add_(u).add_(corr), x), ladj.mul_(inside)
+    y = _keep_in((b0 - a0).add_(u).add_(corr), -B, B)  # the box's end maps to its end exactly
+    return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
 
 
 class RQSpline(nn.Module):
