@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 import sys
 import urllib.request
 import zipfile
@@ -423,57 +422,63 @@ def evaluate(model: LLFlow, size: int = 0, seed: int = 0) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from .train import RUNS  # imported here: `python -m minflow.train` must not find it imported already
+    """The arguments of ``python -m minflow.lowlight train ...`` (argv starts with ``train``); ``args.config``
+    is the LLFlow config they describe."""
+    # imported here: `python -m minflow.train` must not find minflow.train imported already
+    from .train import add_training_args, check_model, checkpoint_name, nonnegative_int, positive_int
 
-    p = argparse.ArgumentParser(prog="python -m minflow.lowlight train", description="Train the small LLFlow on synthetic low-light pairs.")
-    p.add_argument("--name", required=True)
-    p.add_argument("--coupling", default="affine")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--levels", type=int, default=3)
-    p.add_argument("--flow-steps", type=int, default=1)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--nf", type=int, default=32)
-    p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--val-size", type=int, default=0)
-    p.add_argument("--runs", type=Path, default=RUNS, help="folder for resumable run state")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    top = argparse.ArgumentParser(prog="python -m minflow.lowlight", description="Low-light enhancement with the small LLFlow.")
+    commands = top.add_subparsers(dest="task", required=True, metavar="COMMAND")
+    p = commands.add_parser("train", help="train the small LLFlow on synthetic low-light pairs",
+                            description="Train the small LLFlow on synthetic low-light pairs (see minflow.train for "
+                                        "where checkpoints go and how a run resumes).")  # fmt: skip
+    p.add_argument("--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME")
+    p.add_argument("--coupling", default="affine", help="'affine', an Affine scale name, or a spline")
+    add_training_args(p, steps=2000, batch=8, lr=5e-4, threads=0)
+    p.add_argument("--crop", type=positive_int, default=64, help="training crop size")
+    p.add_argument("--levels", type=positive_int, default=3)
+    p.add_argument("--flow-steps", type=positive_int, default=1, help="conditional steps K per level")
+    p.add_argument("--width", type=positive_int, default=32, help="conditioner width")
+    p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
+    p.add_argument("--blocks", type=positive_int, default=2, help="encoder residual dense blocks")
+    p.add_argument("--save-every", type=positive_int, default=100)
+    p.add_argument("--val-size", type=nonnegative_int, default=0, help="validate on centre crops of this size (0: whole photos)")
+    args = top.parse_args(argv)
+    args.config = check_model(p, args, lambda: LLFlow(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf,
+                                                      blocks=args.blocks, coupling=args.coupling))  # fmt: skip
+    return args
 
 
 def train(args: argparse.Namespace, command: str) -> dict:
-    """Run or resume training (`minflow.train.fit`: state in runs/NAME/state.pt); ship NAME at the end."""
-    from .train import fit, ship
+    """Run or resume training (`minflow.train.fit`: state in runs/NAME/state.pt); save NAME at the end
+    (into runs/NAME/checkpoints, or with --ship the shipped folder: `minflow.train.checkpoint_root`)."""
+    from .train import checkpoint_root, fit, ship
 
+    root = checkpoint_root(args, [args.name])
     torch.manual_seed(args.seed)
-    model = LLFlow(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf, blocks=args.blocks,
-                   coupling=args.coupling)  # fmt: skip
+    model = LLFlow(**args.config)
     images = load_photos(TRAIN_PHOTOS)
 
     def batches(gen: torch.Generator) -> tuple[Tensor, Tensor]:
         x = random_crops(images, args.crop, args.batch, gen)
         return x, darken(x, gen)[0]
 
-    step, wall = fit(model, batches, args, model.config)
-    metrics = ship(model, args.name, "llflow", model.config, args, command, step, wall,
-                   lambda: evaluate(model, args.val_size), data="darken(TRAIN_PHOTOS crops)")  # fmt: skip
-    print(f"saved {args.name}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB (histeq {metrics['histeq_psnr']:.2f})", flush=True)
+    progress = fit(model, batches, args, model.config, command=command)
+    metrics = ship(model, args.name, "llflow", model.config, args, command, progress,
+                   lambda: evaluate(model, args.val_size), root, data="darken(TRAIN_PHOTOS crops)")  # fmt: skip
+    print(f"saved {args.name} in {root / 'checkpoints'}: val bpd {metrics['val_bpd']:.3f}, PSNR {metrics['psnr']:.2f} dB "
+          f"(histeq {metrics['histeq_psnr']:.2f})", flush=True)  # fmt: skip
     return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] != "train":
-        sys.exit("usage: python -m minflow.lowlight train --name NAME [--coupling affine|spline] [--steps N] ...")
-    from .train import TrainError
+    """``python -m minflow.lowlight train ...``: train (or resume) and save a checkpoint; ``--help`` for the options."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    from .train import TrainError, command_line
 
     try:
-        return train(parse_args(argv[1:]), "python -m minflow.lowlight " + shlex.join(argv))
+        return train(args, command_line("minflow.lowlight", argv))
     except TrainError as err:
         sys.exit(f"error: {err}")
 

@@ -20,7 +20,8 @@ sampling pass and the largest singular value of the sampling map's Jacobian; `sw
 along a ray y = r * direction, and `ring` scans a whole circle of conditions in a few batches
 (`worst` picks its most exploded direction: chapter 3's "far OOD").
 
-Train and ship a checkpoint (defaults: data/checkpoints, or $MINFLOW_DATA/checkpoints):
+Train a checkpoint (into runs/NAME/checkpoints/; with ``--ship`` into the shipped folder
+data/checkpoints/ or $MINFLOW_DATA/checkpoints/, where only ``--force`` replaces one):
 
     python -m minflow.toy --coupling affine --seed 0 --steps 2000 --name toy_affine_s0
 """
@@ -421,24 +422,29 @@ def worst(results: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """``python -m minflow.toy ...``: train a toy flow and save it (see the module docstring); its path."""
+    # imported here: `python -m minflow.train` must not find minflow.train imported already
+    from .train import TrainError, add_training_args, checkpoint_name, checkpoint_root, command_line, positive_int
+
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m minflow.toy", description="Train a toy conditional flow and save a checkpoint.")
     p.add_argument("--coupling", default="affine", choices=sorted(COUPLINGS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=2000, help="training iterations")
-    p.add_argument("--name", default=None, help="checkpoint name (default toy_<coupling>_s<seed>)")
-    p.add_argument("--root", type=Path, default=None, help="data folder (default $MINFLOW_DATA or the repository's data/)")
-    p.add_argument("--flow-steps", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)")
+    add_training_args(p, steps=2000, batch=512, lr=1e-3, threads=1)
+    p.add_argument("--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)")
+    p.add_argument("--flow-steps", type=positive_int, default=4, help="coupling blocks")
+    p.add_argument("--hidden", type=positive_int, default=64, help="conditioner width")
+    p.add_argument("--depth", type=positive_int, default=4, help="conditioner layers")
     args = p.parse_args(argv)
+    if args.root is not None and not args.ship:
+        p.error("--root names the data folder that --ship writes into; add --ship")
+    args.name = args.name or f"toy_{args.coupling}_s{args.seed}"
+    try:
+        root = checkpoint_root(args, [args.name], args.root)
+    except TrainError as err:
+        sys.exit(f"error: {err}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    name = args.name or f"toy_{args.coupling}_s{args.seed}"
 
     from .utils import seed_everything
 
@@ -446,7 +452,10 @@ def main(argv: list[str] | None = None) -> Path:
     config = {"coupling": args.coupling, "steps": args.flow_steps, "hidden": args.hidden, "depth": args.depth}
     flow = toy_flow(**config)
     start = time.time()
-    history = train_toy(flow, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    try:
+        history = train_toy(flow, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, progress=not args.no_progress)
+    except FloatingPointError as err:
+        sys.exit(f"error: {err}; nothing was saved")
     wall = time.time() - start
     gen = torch.Generator().manual_seed(7)
     x0 = sample_at(flow, (0.0, 0.0), 4000, generator=gen)
@@ -460,7 +469,7 @@ def main(argv: list[str] | None = None) -> Path:
         "inside_frac_y0": inside_fraction(x0, torch.zeros(2)),
     }
     record = {
-        "command": "python -m minflow.toy " + " ".join(argv),
+        "command": command_line("minflow.toy", argv),
         "seed": args.seed,
         "steps": args.steps,
         "batch": args.batch,
@@ -469,7 +478,7 @@ def main(argv: list[str] | None = None) -> Path:
         "wall_time_s": round(wall, 1),
         "metrics": {k: round(v, 5) for k, v in metrics.items()},
     }
-    path = save_checkpoint(flow, name, builder="toy", config=config, record=record, root=args.root)
+    path = save_checkpoint(flow, args.name, builder="toy", config=config, record=record, root=root)
     print(f"saved {path} in {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return path
 

@@ -11,7 +11,7 @@ import torch
 
 from helpers import check_shipped_checkpoint, randomize_zero_layers
 from minflow import lowlight
-from minflow.checkpoints import load_pretrained, load_state
+from minflow.checkpoints import available, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling, Injector
 from minflow.lowlight import MEAN, LLFlow, LowLightPairs, darken, encoder_inputs, enhance, equalize, load_lol
 from minflow.splines import BoundedSpline
@@ -267,16 +267,20 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     run("b", "--steps", "2", "--coupling", "spline")
     metrics = run("b", "--steps", "3", "--coupling", "spline")
     assert "resuming b from step 2" in capsys.readouterr().out
-    (sa, _), (sb, mb) = load_state("a", tmp_path), load_state("b", tmp_path)
+    runs = tmp_path / "runs"  # checkpoints go into the run folders, not the data folder
+    assert available(tmp_path) == [] and available(runs / "a") == ["a"]
+    (sa, _), (sb, mb) = load_state("a", runs / "a"), load_state("b", runs / "b")
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
     assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "histeq_psnr" in metrics
     assert mb["command"].startswith("python -m minflow.lowlight train --name b") and mb["builder"] == "llflow"
-    model = load_pretrained("b", root=tmp_path)
+    model = load_pretrained("b", root=runs / "b")
     assert isinstance(model, LLFlow) and model.config["coupling"] == "spline" and model.config["levels"] == 2
     with pytest.raises(SystemExit, match="other settings"):
         run("b", "--steps", "4", "--batch", "3", "--coupling", "spline")
-    with pytest.raises(SystemExit, match="usage"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         lowlight.main([])
+    assert exit_.value.code == 2 and "usage: python -m minflow.lowlight" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["ll_affine", "ll_spline", "ll_affine_k3", "ll_spline_k3"])

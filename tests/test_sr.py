@@ -152,13 +152,14 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     run(tmp_path, "b", "--steps", "2", "--early", "1")
     metrics = run(tmp_path, "b", "--steps", "4")
     assert "resuming b from step 2" in capsys.readouterr().out
-    assert set(available(tmp_path)) == {"a", "b", "b_early"}
-    (sa, ma), (sb, mb) = load_state("a", tmp_path), load_state("b", tmp_path)
-    assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", tmp_path)[1]["steps"] == 1
+    runs = tmp_path / "runs"  # checkpoints go into the run folders, not the data folder
+    assert available(tmp_path) == [] and available(runs / "a") == ["a"] and set(available(runs / "b")) == {"b", "b_early"}
+    (sa, ma), (sb, mb) = load_state("a", runs / "a"), load_state("b", runs / "b")
+    assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", runs / "b")[1]["steps"] == 1
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
     assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "bicubic_psnr" in metrics
     assert mb["command"].startswith("python -m minflow.train --name b") and mb["seed"] == 0
-    model = load_pretrained("b", root=tmp_path)
+    model = load_pretrained("b", root=runs / "b")
     assert model.config["levels"] == 2
     with pytest.raises(SystemExit, match="other settings"):
         run(tmp_path, "b", "--steps", "6", "--batch", "3")
@@ -174,10 +175,10 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
         return out * math.nan if len(calls) > 2 else out
 
     monkeypatch.setattr(SRFlow, "nll_bpd", nan_after_two)
-    with pytest.raises(SystemExit, match="non-finite loss at step 3.*last good state \\(step 2\\)"):
+    with pytest.raises(SystemExit, match="non-finite loss at step 3.*before the update of step 2.*\\(step 1\\)"):
         run(tmp_path, "bad", "--steps", "5")
-    assert available(tmp_path) == []  # no checkpoint shipped
-    assert torch.load(tmp_path / "runs" / "bad" / "state.pt", weights_only=True)["step"] == 2
+    assert available(tmp_path) == available(tmp_path / "runs" / "bad") == []  # no checkpoint saved
+    assert torch.load(tmp_path / "runs" / "bad" / "state.pt", weights_only=True)["step"] == 1
 
 
 # ----------------------------------------------------------------------------- shipped checkpoint

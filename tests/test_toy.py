@@ -149,7 +149,7 @@ def test_train_stops_on_nonfinite_loss():
 
 
 def test_command_writes_a_loadable_checkpoint(tmp_path):
-    args = ["--seed", "3", "--steps", "5", "--hidden", "16", "--depth", "1", "--batch", "64", "--no-progress", "--root", str(tmp_path)]
+    args = ["--seed", "3", "--steps", "5", "--hidden", "16", "--depth", "1", "--batch", "64", "--no-progress", "--ship", "--root", str(tmp_path)]
     path = toy.main(args)
     assert path == tmp_path / "checkpoints" / "toy_affine_s3.pt"
     man = read_manifest("toy_affine_s3", tmp_path)
@@ -169,12 +169,12 @@ def test_command_writes_a_loadable_checkpoint(tmp_path):
 
 def test_command_respects_minflow_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
-    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--name", "envtest"])
+    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--name", "envtest", "--ship"])
     assert available() == ["envtest"] and data_dir() == tmp_path
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--root", str(tmp_path)])
+    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--ship", "--root", str(tmp_path)])
     pt = tmp_path / "checkpoints" / "toy_affine_s0.pt"
     data = bytearray(pt.read_bytes())
     data[-10] ^= 0xFF
