@@ -99,13 +99,15 @@ class ActNorm(Transform):
     def initialize(self, x: Tensor) -> None:
         """Set bias and log-scale from a batch so its outputs are standardised per channel.
 
-        An empty or non-finite batch is refused (the layer stays uninitialised): its statistics
+        An empty or non-finite batch is refused and the layer stays uninitialised: its statistics
         would set the parameters to NaN for good.
         """
+        what = "ActNorm initialises from the first batch it sees in training mode, which"
         if x.numel() == 0:
-            raise ValueError(f"ActNorm initialises from its first training batch, which is empty: shape {tuple(x.shape)}")
+            raise ValueError(f"{what} is empty: shape {tuple(x.shape)}. The layer stays uninitialised")
         if not torch.isfinite(x).all():
-            raise ValueError(f"ActNorm initialises from its first training batch, which holds non-finite values (shape {tuple(x.shape)})")
+            raise ValueError(f"{what} holds non-finite values (shape {tuple(x.shape)}): the data or an earlier layer "
+                             "produced inf/NaN. The layer stays uninitialised")
         dims = [d for d in range(x.dim()) if d != 1]
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
