@@ -48,11 +48,17 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 REQUIRED = {"builder": str, "config": dict, "sha256": str, "config_sha256": str}  # manifest keys loading needs
 
 
-def _paths(name: str, root: Path | None) -> tuple[Path, Path]:
-    """NAME.pt and NAME.json in the checkpoints folder; a name that could point elsewhere is refused."""
+def check_name(name: str) -> str:
+    """`name`, or a clear error unless it is a plain file name that stays in the checkpoints folder."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; "
                          f"not starting with '.'), got {name!r}")
+    return name
+
+
+def _paths(name: str, root: Path | None) -> tuple[Path, Path]:
+    """NAME.pt and NAME.json in the checkpoints folder (after `check_name`)."""
+    check_name(name)
     base = (root or data_dir()) / "checkpoints"
     return base / f"{name}.pt", base / f"{name}.json"
 
