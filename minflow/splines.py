@@ -9,9 +9,13 @@ knots. In bin k, with width w, height h, slope s = h / w and xi = (x - x_k) / w 
 Outside the knots' interval the map is the identity. Inverting solves a quadratic in xi.
 
 Numerics, the point of this module: elements outside the interval are replaced by a safe value
-(clamped into it) *before* any arithmetic and put back at the end, so no inf or NaN ever
-appears, not even in a discarded branch whose gradient would be 0 * inf. The quadratic uses
-the root form without cancellation. Both directions are written as "input + correction" with
+(clamped into it) *before* any arithmetic and put back at the end by selection, so no inf or NaN
+from a discarded branch ever reaches a value. Gradients never rest on a tie-breaking rule of
+torch (clamp's gradient at a bound changed between versions): inputs enter the box by
+selection, with slope 1 up to and including its ends. The quadratic uses the root form without
+cancellation, solved from whichever end keeps its discriminant a sum of non-negative terms;
+roots and outputs are kept in their intervals against rounding, so the box's ends map onto each
+other exactly in both directions. Both directions are written as "input + correction" with
 a correction that is exactly 0 when the spline is the identity (equal knots on both axes, all
 derivatives 1), so the bijections below are *exactly* the identity when their parameters are 0.
 
@@ -216,6 +220,24 @@ def _check_knots(x: Tensor, *tensors: Tensor) -> None:
         )
 
 
+def _validate_knots(knots_x: Tensor, knots_y: Tensor, derivatives: Tensor) -> None:
+    """Raise a ValueError unless the knots are finite and strictly increasing and the derivatives finite and > 0."""
+    for name, v in (("knots_x", knots_x), ("knots_y", knots_y), ("derivatives", derivatives)):
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} has non-finite values, first at index {_first(~torch.isfinite(v))}")
+    for name, v in (("knots_x", knots_x), ("knots_y", knots_y)):
+        step = v.diff(dim=-1)
+        if not (step > 0).all():
+            raise ValueError(f"{name} must be strictly increasing along its last dimension; knots {_first(step <= 0)} "
+                             "and the next one are not (in this dtype)")
+    if not (derivatives > 0).all():
+        raise ValueError(f"derivatives must be positive; not at index {_first(derivatives <= 0)}")
+
+
+def _first(bad: Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in bad.nonzero()[0])
+
+
 @_compilable
 def _spline(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
     """`rational_quadratic_spline` without checks; a: knots on the input axis, b: on the output axis."""
@@ -232,17 +254,22 @@ def _spline(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[
 
 
 def rational_quadratic_spline(
-    x: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tensor, inverse: bool = False
+    x: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tensor, inverse: bool = False, validate: bool = False
 ) -> tuple[Tensor, Tensor]:
     """The monotone RQ spline through (knots_x, knots_y) with ``derivatives``, identity outside.
 
-    ``knots_x``, ``knots_y``, ``derivatives`` have shape ``x.shape + (K+1,)``; knots strictly
-    increasing, derivatives positive (not checked: that would cost a pass over the knots).
-    Inside [knots_x[..., 0], knots_x[..., -1]] it is the spline, outside the identity with
-    log|dy/dx| = 0. ``inverse=True`` inverts, using the knots_y interval. Returns
+    ``knots_x``, ``knots_y``, ``derivatives`` have shape ``x.shape + (K+1,)``. Preconditions:
+    knots strictly increasing (in x's dtype: knots closer than its resolution count as equal)
+    and derivatives positive and finite. They are checked only with ``validate=True`` (a
+    ValueError naming the first offending element), since that costs a pass over the knots;
+    unchecked, a violated precondition gives a meaningless map inside the box (never outside).
+    Inside [knots_x[..., 0], knots_x[..., -1]], ends included, it is the spline; outside, the
+    identity with log|dy/dx| = 0. ``inverse=True`` inverts, using the knots_y interval. Returns
     ``(y, logabsdet)``, both shaped like x; the inverse's logabsdet is minus the forward's.
     """
     _check_knots(x, knots_x, knots_y, derivatives)
+    if validate:
+        _validate_knots(knots_x, knots_y, derivatives)
     a, b = (knots_y, knots_x) if inverse else (knots_x, knots_y)  # a: the input's axis
     return _spline(x, a, b, derivatives, inverse)
 
@@ -423,7 +450,7 @@ class FullyBoundedSpline(BoundedSpline):
 
 def _find_bin_tensors(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
     """The bin of u among the unnormalised cumulative sizes, as tensor ops over the K bins (eager):
-    its ends on the input and output axes (G_j, G_{j+1}, with G_0 = 0), the scales 2B / G_K of both
+    its ends on the input and output axes (G_j, and G_K - G_{j+1}, exactly 0 in the last bin; G_0 = 0), the scales 2B / G_K of both
     axes, and the raw derivatives at its two knots, (..., 2) (0 at the end knots: derivative exactly 1).
 
     The parameters are viewed bins-first, (3K - 1, ...): a view of planar parameters (a conv
@@ -455,7 +482,7 @@ def _find_bin_tensors(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float
     lo_out, hi_out = g_out.gather(0, gi).unbind(0)
     first = inner_knot[0]
     raw_d = (d.gather(0, di) * inner_knot).movedim(0, -1)
-    return lo_in * first, hi_in, lo_out * first, hi_out, scale_in, scale_out, raw_d
+    return lo_in * first, g_in[-1] - hi_in, lo_out * first, g_out[-1] - hi_out, scale_in, scale_out, raw_d
 
 
 def _find_bin_columns(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
@@ -486,7 +513,7 @@ def _find_bin_columns(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float
         lo_in, hi_in = torch.where(m, g_in[j - 1], lo_in), torch.where(m, g_in[j], hi_in)
         lo_out, hi_out = torch.where(m, g_out[j - 1], lo_out), torch.where(m, g_out[j], hi_out)
         d0, d1 = torch.where(m, d[j - 1], d0), torch.where(m, d[j], d1)
-    return lo_in, hi_in, lo_out, hi_out, scale_in, scale_out, torch.stack([d0, d1], -1)
+    return lo_in, g_in[-1] - hi_in, lo_out, g_out[-1] - hi_out, scale_in, scale_out, torch.stack([d0, d1], -1)
 
 
 _CHUNK = 3 << 14  # elements per eager slice on CPU: (K, slice) float32 temporaries of 1.5 MiB stay in a 2 MiB L2
@@ -525,10 +552,12 @@ def _rq_spline_map(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float
     B = bound
     u, inside = _into_box(x, -B, B)  # a safe in-box value before any arithmetic
     find = _find_bin_columns if _compiling() else _find_bin_tensors
-    lo_in, hi_in, lo_out, hi_out, scale_in, scale_out, raw_d = find(u, planes, pdim, bins, bound, min_bin, inverse)
+    lo_in, up_in, lo_out, up_out, scale_in, scale_out, raw_d = find(u, planes, pdim, bins, bound, min_bin, inverse)
     d0, d1 = softplus_derivatives(raw_d, min_derivative).unbind(-1)
-    a0, wa = lo_in * scale_in - B, (hi_in - lo_in) * scale_in  # the bin on the input axis
-    b0, wb = lo_out * scale_out - B, (hi_out - lo_out) * scale_out  # and on the output axis
+    # the bin on the input axis and on the output axis, each end measured from its own end of the
+    # box: the first bin starts at -B and the last ends at B exactly, so xi is exactly 0 or 1 there
+    a0, b0 = lo_in * scale_in - B, lo_out * scale_out - B
+    wa, wb = (B - up_in * scale_in) - a0, (B - up_out * scale_out) - b0
     corr, ladj = _rq_bin(u - a0, wb if inverse else wa, wa if inverse else wb, d0, d1, inverse)
     y = _keep_in((b0 - a0).add_(u).add_(corr), -B, B)  # the box's end maps to its end exactly
     return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
@@ -539,7 +568,7 @@ class RQSpline(nn.Module):
 
     params = (K widths, K heights, K - 1 interior derivatives), all raw: bin shares of the box
     (e_j + mu) / sum(e + mu), e = exp(raw - max), at least ``min_bin`` (`cumulative_sizes`);
-    derivatives 1 + (1 - m)(softplus(raw) / log 2 - 1) > m (`softplus_derivatives`); boundary
+    derivatives 1 + (1 - m)(softplus(raw) / log 2 - 1) in (m, 1/m] (`softplus_derivatives`); boundary
     derivatives 1 so the slope is continuous with the identity outside. Params 0 give uniform
     bins on both axes and derivatives 1: exactly the identity. Same map as
     ``rational_quadratic_spline(x, *rq_knots(...))``, but it finds the bin among the unnormalised

@@ -595,3 +595,193 @@ def test_rq_spline_slices_and_layouts_give_the_same_numbers(monkeypatch, dtype):
                 assert torch.allclose(a, b, rtol=tol, atol=tol), (fn, (a - b).abs().max())
         monkeypatch.setattr(splines, "_CHUNK", 3 << 14)
         assert torch.allclose(run(fn, planes)[0], whole[0], rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------------------------------- ties, box ends, degenerate bins
+
+
+def _clamp_with_tie_gradient(tie: float):
+    """torch.clamp whose gradient at a bound is ``tie``: 0 as on torch >= 2.14, 1 as before. The
+    splines must give the same slopes under either rule."""
+    original = torch.clamp
+
+    def clamp(x, min=None, max=None):
+        y = original(x, min, max)
+        if not (isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()):
+            return y
+        keep = torch.ones_like(x, dtype=torch.bool)
+        for bound, above in ((min, True), (max, False)):
+            if bound is not None:
+                strict = x > bound if above else x < bound
+                keep &= (strict | (x == bound)) if tie else strict
+        return y.detach() + (x - x.detach()) * keep
+
+    return clamp
+
+
+def _slope(fn, x, *params):
+    x = x.detach().clone().requires_grad_()
+    y, ladj = fn(x, *params)
+    (slope,) = torch.autograd.grad(y.sum(), x)
+    return slope, ladj.detach(), y.detach()
+
+
+def _edge_points(bij, p: Tensor, inverse: bool) -> Tensor:
+    """For each row of params: the box's two ends, the interior knots, and points just outside the
+    ends (the next float outside; a few more where the inverse first subtracts a shift), on the
+    axis the map takes as input."""
+    kx, ky, _ = bij.knots(p)
+    k = ky if inverse else kx
+    gap = 0.0
+    if inverse and isinstance(bij, BoundedSpline):
+        k = k + bij.shift(p)[..., None]
+        gap = 8 * torch.finfo(k.dtype).eps * (1 + k.abs().amax())  # y - t may round back into the box
+    ends = k[..., [0, -1]]
+    out = torch.stack([torch.nextafter(ends[..., 0] - gap, torch.tensor(-math.inf, dtype=k.dtype)),
+                       torch.nextafter(ends[..., 1] + gap, torch.tensor(math.inf, dtype=k.dtype))], -1)
+    return torch.cat([k, out], -1)  # (n, K + 1 + 2): knots (ends included), then just outside
+
+
+@pytest.mark.parametrize("tie", [0.0, 1.0])
+@pytest.mark.parametrize("name", sorted(BIJECTIONS))
+def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(name, tie, monkeypatch):
+    """autograd's slope equals exp(logabsdet) on the box's ends and knots, and is 1 just outside,
+    both ways, under either rule for clamp's gradient at its bounds (torch changed it in 2.14)."""
+    monkeypatch.setattr(torch, "clamp", _clamp_with_tie_gradient(tie))
+    monkeypatch.setattr(torch.Tensor, "clamp", _clamp_with_tie_gradient(tie))
+    g = torch.Generator().manual_seed(21)
+    bij = BIJECTIONS[name]()
+    p = params_for(bij, (8,), torch.float64, 1.0, g)
+    for inverse in (False, True):
+        pts = _edge_points(bij, p, inverse)  # (8, m)
+        m = pts.shape[-1]
+        slope, ladj, _ = _slope(bij.inverse if inverse else bij, pts.flatten(), p.repeat_interleave(m, 0))
+        slope, ladj = slope.view(8, m), ladj.view(8, m)
+        assert torch.allclose(slope[:, :-2], ladj[:, :-2].exp(), rtol=1e-9, atol=0), (name, inverse)
+        assert (slope[:, -2:] == 1).all() and (ladj[:, -2:] == 0).all(), (name, inverse)
+
+
+@pytest.mark.parametrize("tie", [0.0, 1.0])
+def test_raw_slope_at_box_ends_whatever_clamps_tie_rule(tie, monkeypatch):
+    """The raw function with end derivatives far from 1: the slope at each end is that derivative."""
+    monkeypatch.setattr(torch, "clamp", _clamp_with_tie_gradient(tie))
+    monkeypatch.setattr(torch.Tensor, "clamp", _clamp_with_tie_gradient(tie))
+    g = torch.Generator().manual_seed(22)
+    kx, ky, d = random_knots((16,), 4, torch.float64, g)
+    for inverse, axis, want in ((False, kx, d), (True, ky, 1 / d)):
+        for j in range(5):  # every knot, both ends included
+            slope, ladj, _ = _slope(lambda v, inverse=inverse: rational_quadratic_spline(v, kx, ky, d, inverse=inverse),
+                                    axis[:, j])
+            assert torch.allclose(slope, want[:, j], rtol=1e-9, atol=0), (inverse, j)
+            assert torch.allclose(ladj, want[:, j].log(), rtol=0, atol=1e-9), (inverse, j)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_box_ends_agree_both_ways(dtype):
+    """Forward at x = B and inverse at y = B are both inside: each end maps to the other end's box
+    (never a rounding step outside it), and the logdets of both, and of a round trip from either
+    end, sum to 0, for any end derivatives."""
+    g = torch.Generator().manual_seed(23)
+    kx, ky, d = random_knots((400,), 4, dtype, g, y_box=(-1.0, 2.0))
+    d[:5, 0], d[:5, -1] = 0.26, 0.26  # the case a user met: logdet -1.35 forward, 0 back
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    for j in (0, -1):
+        y, ld = rational_quadratic_spline(kx[:, j], kx, ky, d)
+        assert ((y >= ky[:, 0]) & (y <= ky[:, -1])).all() and torch.allclose(y, ky[:, j], atol=tol, rtol=0)
+        x, ld_inv = rational_quadratic_spline(ky[:, j], kx, ky, d, inverse=True)
+        assert ((x >= kx[:, 0]) & (x <= kx[:, -1])).all() and torch.allclose(x, kx[:, j], atol=tol, rtol=0)
+        assert (ld + ld_inv).abs().max() <= tol
+        assert (ld - d[:, j].log()).abs().max() <= tol
+        _, ld_back = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+        assert (ld + ld_back).abs().max() <= tol
+    # float32: the bin's ends are recomputed from cumulative sizes, so xi = 1 holds to ~1e-5 there
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    for bij in (RQSpline(), RQSpline(bins=3, bound=1.0)):
+        p = params_for(bij, (400,), dtype, 1.5, g)
+        for B in (bij.bound, -bij.bound):
+            x = torch.full((400,), B, dtype=dtype)
+            y, ld = bij(x, p)
+            xb, ld_inv = bij.inverse(y, p)
+            assert (y.abs() <= bij.bound).all() and torch.allclose(y, x, atol=tol, rtol=0)
+            assert (xb.abs() <= bij.bound).all() and torch.allclose(xb, x, atol=tol, rtol=0)
+            assert (ld + ld_inv).abs().max() <= tol and ld.abs().max() <= tol  # end derivatives are 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(dtype):
+    """An end bin 1e-7 wide (in float32 it rounds to zero width): outside the box the inverse is
+    exactly the identity with logdet 0, as in zuko and nflows; in float64 the gradients are finite too."""
+    kx = torch.tensor([-3, 3 - 1e-7, 3], dtype=dtype).expand(3, 3)
+    ky = torch.tensor([-3.0, 2, 3], dtype=dtype).expand(3, 3)
+    d = torch.tensor([1, 0.5, 1], dtype=dtype).expand(3, 3)
+    y = torch.tensor([3.5, 10, 1e30], dtype=dtype)
+    x, ladj = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    assert torch.equal(x, y) and torch.equal(ladj, torch.zeros_like(y))
+    if dtype == torch.float64:
+        leaves = [v.clone().requires_grad_() for v in (y, kx, ky, d)]
+        x, ladj = rational_quadratic_spline(*leaves, inverse=True)
+        grads = torch.autograd.grad(x.sum() + ladj.sum(), leaves)
+        assert all(torch.isfinite(gr).all() for gr in grads)
+        assert torch.equal(grads[0], torch.ones_like(y))
+        inside = torch.tensor([3.0, 2.9999999, 2.5, 2.0], dtype=dtype)  # the steep bin's ends and interior
+        xi, li = rational_quadratic_spline(inside, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3), inverse=True)
+        assert ((xi >= 3 - 1e-7) & (xi <= 3)).all() and torch.isfinite(li).all()
+        yb, lb = rational_quadratic_spline(xi, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3))
+        # x is known to ulp(3) ~ 4e-16 on a bin 1e-7 wide: xi to ~4e-9, the log-slope (up to 17) to ~1e-5
+        assert torch.allclose(yb, inside, atol=1e-9, rtol=0) and torch.allclose(lb, -li, atol=1e-4, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=11, max_size=11),
+    st.floats(-5, 5, width=32),
+)
+def test_rq_spline_finite_for_every_finite_float32_param(raw, x0):
+    """Any finite float32 raw parameters (up to +-3.4e38) give finite values, logdets and gradients."""
+    bij = RQSpline(bins=4)
+    p = torch.tensor(raw, dtype=torch.float32).expand(5, 11)
+    x = torch.tensor([x0, 0.0, bij.bound, -bij.bound, 2.9], dtype=torch.float32)
+    for fn in (bij, bij.inverse):
+        xs, ps = x.clone().requires_grad_(), p.clone().requires_grad_()
+        y, ladj = fn(xs, ps)
+        assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
+        gx, gp = torch.autograd.grad(y.sum() + ladj.sum(), [xs, ps])
+        assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
+
+
+def test_rq_spline_finite_at_float32_extremes():
+    big = torch.finfo(torch.float32).max
+    bij = RQSpline(bins=4)
+    for fill in ([big] * 11, [-big] * 11, [big, -big] * 5 + [big], [0.0] * 8 + [big, -big, 1e21]):
+        test_rq_spline_finite_for_every_finite_float32_param.hypothesis.inner_test(fill, 1.0)
+    del bij
+
+
+def test_softplus_derivatives_floor_and_cap():
+    m = 1e-3
+    raw = torch.linspace(-30, 30, 2001, dtype=torch.float64)
+    d = softplus_derivatives(raw, m)
+    assert (d > m).all() and (d <= 1 / m).all() and (d.diff() >= 0).all()
+    assert softplus_derivatives(torch.zeros(()), m) == 1
+    extreme = softplus_derivatives(torch.tensor([-3.4e38, -1e4, 1e4, 3.4e38]), m)  # float32: m to 1e-5
+    assert (extreme > 0.99 * m).all() and (extreme <= 1 / m).all() and torch.isfinite(extreme).all()
+    assert softplus_derivatives(torch.tensor([1e4]), m) == 1 / m
+
+
+def test_raw_validate_names_the_broken_precondition():
+    kx, ky, d = random_knots((4,), 3, torch.float64)
+    x = torch.zeros(4, dtype=torch.float64)
+    rational_quadratic_spline(x, kx, ky, d, validate=True)  # valid knots pass
+    bad = kx.clone()
+    bad[2, 1] = bad[2, 2]
+    with pytest.raises(ValueError, match=r"knots_x must be strictly increasing.*\(2, 1\)"):
+        rational_quadratic_spline(x, bad, ky, d, validate=True)
+    with pytest.raises(ValueError, match="knots_y must be strictly increasing"):
+        rational_quadratic_spline(x, kx, ky.flip(-1), d, validate=True)
+    bad_d = d.clone()
+    bad_d[1, 3] = 0
+    with pytest.raises(ValueError, match=r"derivatives must be positive.*\(1, 3\)"):
+        rational_quadratic_spline(x, kx, ky, bad_d, validate=True)
+    bad_d[1, 3] = math.nan
+    with pytest.raises(ValueError, match="derivatives has non-finite"):
+        rational_quadratic_spline(x, kx, ky, bad_d, validate=True)
