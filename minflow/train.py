@@ -207,8 +207,8 @@ def checkpoint_root(args: argparse.Namespace, names: list[str], data: Path | Non
             return root
     taken = [n for n in names if n in checkpoints.available(root)]
     if taken and not args.force:
-        raise TrainError(f"checkpoint {', '.join(taken)} already exists in {root / 'checkpoints'}; add --force to replace it, "
-                         "or choose another --name")  # fmt: skip
+        what = f"checkpoint {taken[0]} already exists" if len(taken) == 1 else f"checkpoints {', '.join(taken)} already exist"
+        raise TrainError(f"{what} in {root / 'checkpoints'}; add --force to replace, or choose another --name")
     return root
 
 
