@@ -216,6 +216,7 @@ def checkpoint_root(args: argparse.Namespace, names: list[str], data: Path | Non
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments of ``python -m minflow.train``; meaningless ones are argparse errors (exit status 2)."""
     p = argparse.ArgumentParser(prog="python -m minflow.train", description=__doc__.split("\n")[0])
     p.add_argument("--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)")
     p.add_argument("--coupling", default="affine", help="'affine' (SRFlow), an Affine scale name, or a spline")
@@ -275,9 +276,9 @@ def _resumed_lr_history(state: dict, config: dict, hyper: dict, args: argparse.N
     saved = dict(state["hyper"])
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
     saved.pop("lr", None)  # older states kept their one lr here
-    differ = [f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now" for what, old, new in
-              (("config", state["config"], config), ("setting", saved, hyper)) for k in sorted(old.keys() | new.keys())
-              if old.get(k) != new.get(k)]  # fmt: skip
+    differ = [f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
+              for what, old, new in (("config", state["config"], config), ("setting", saved, hyper))
+              for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
     if differ:
         raise TrainError(f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
                          f"or delete {path.parent} to start over")  # fmt: skip
@@ -311,8 +312,9 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args
     and hyper-parameters and the same or a smaller ``args.lr`` (recorded in ``lr_history``); anything
     else is refused. A non-finite loss or gradient raises `NonFiniteLoss` before the optimiser moves,
     once the last good state (model, optimiser, generator from before the update that led there) is
-    saved and loaded back into `model`; the message names the command (`command` with half the
-    ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
+    saved and loaded back into `model`: resuming retakes that update on the same batch (the state
+    after it would meet the same non-finite value again, whatever the lr). The message names the
+    command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
     checkpoint).
     """
     if args.threads:
