@@ -137,10 +137,9 @@ def positive_float(text: str) -> float:
 def checkpoint_name(text: str) -> str:
     """argparse type: a run and checkpoint name (a plain file name, as `checkpoints.save_checkpoint` needs)."""
     try:
-        checkpoints._paths(text, None)
+        return checkpoints.check_name(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-    return text
 
 
 def add_training_args(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, threads: int) -> None:
