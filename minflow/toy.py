@@ -42,6 +42,7 @@ from .checkpoints import register_builder, save_checkpoint
 from .couplings import Affine, Coupling
 from .flow import ConditionalFlow
 from .transforms import ActNorm, InvConv1x1
+from .utils import check_temperature
 
 # ----------------------------------------------------------------------------- the task
 
@@ -250,6 +251,7 @@ def as_cond(y, n: int, flow: nn.Module) -> Tensor:
 
 def latent(n: int, temperature: float = 1.0, generator: torch.Generator | None = None, flow: nn.Module | None = None) -> Tensor:
     """n latents z ~ N(0, T^2 I2), drawn on the CPU (same numbers on every device), moved to the flow's."""
+    check_temperature(temperature)
     z = temperature * torch.randn(n, 2, generator=generator)
     if flow is not None:
         p = next(flow.parameters())
