@@ -1,6 +1,10 @@
 # minflow course: the commands README.md names.
 #   make lab    create the environment if missing, then open JupyterLab on chapters/
 #   make test   unit + property tests, every chapter under nbval in quick mode, pairing check
+#   make unit   the unit + property tests only (tests/)
+#   make test-newest  `make test` in .venv-newest with the newest torch pip finds on the registry
+#   make unit-oldest  `make unit` in .venv-oldest with the oldest torch the package allows
+#   make ci     all three, as .ci/run does
 #   make book   execute every chapter (full mode) into HTML under build/
 #   make students  regenerate students/ (chapters with solutions replaced by stubs)
 #   make slides    the book, whose run also writes a reveal.js deck per chapter to build/slides/
@@ -9,19 +13,34 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.minflow-installed
 PYTEST_ARGS ?=
+# TORCH: the torch requirement to install, e.g. TORCH='torch==2.4.1', or TORCH=torch for the
+# newest release pip finds. Empty (the default): a torch wheel that pip's find-links offer on
+# this machine (a local CPU build, say) if there is one, else the registry's newest.
+TORCH  ?=
+# The oldest torch the package supports (pyproject.toml's floor) and the newest CI tries.
+TORCH_OLDEST ?= torch==2.4.1
+TORCH_NEWEST ?= torch
 
-.PHONY: env lab test book notebooks students slides clean
+.PHONY: env lab test unit test-newest unit-oldest ci book notebooks students slides clean FORCE
 
 env: $(STAMP)
 
 # The environment: a venv with minflow installed editable plus the course and test extras.
-# torch is not pinned. If this machine offers a local torch wheel through pip's find-links
-# (a CPU build, say), it is taken first, without asking the index; anywhere else this step
-# finds nothing and pip takes the registry's default torch.
-$(STAMP): pyproject.toml
+# torch is installed in the same pip command as the rest, so nothing else can swap it.
+# $(VENV)/.torch records the TORCH it was made with: another TORCH reinstalls.
+$(VENV)/.torch: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(STAMP): pyproject.toml $(VENV)/.torch
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(strip $(TORCH)),)
 	-$(PY) -m pip install --quiet --no-index --no-deps torch 2>/dev/null
 	$(PY) -m pip install --quiet -e ".[course,test]"
+else
+	$(PY) -m pip install --quiet --upgrade "$(TORCH)" -e ".[course,test]"
+endif
+	$(PY) -c "import torch; print('torch', torch.__version__, 'in $(VENV)')"
 	touch $(STAMP)
 
 lab: $(STAMP)
@@ -29,6 +48,19 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests chapters --nbval-lax $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The other two environments CI proves, each in its own venv. The newest leg hides this
+# machine's local wheels from pip (an empty find-links folder), as on a newcomer's machine.
+test-newest:
+	PIP_FIND_LINKS=$$(mktemp -d) $(MAKE) test VENV=.venv-newest TORCH='$(TORCH_NEWEST)'
+
+unit-oldest:
+	$(MAKE) unit VENV=.venv-oldest TORCH='$(TORCH_OLDEST)'
+
+ci: test test-newest unit-oldest
 
 # Regenerate every chapters/NN_*.ipynb from its jupytext source (no outputs).
 notebooks: $(STAMP)

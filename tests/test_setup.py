@@ -64,3 +64,19 @@ def test_notebooks_carry_no_outputs():
         nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
         dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
         assert not dirty, f"{src.stem}.ipynb has outputs in cells {dirty}: run `make notebooks`"
+
+
+def test_ci_proves_the_oldest_and_newest_torch():
+    """CI tests the torch range the package claims: its floor (pyproject, environment.yml, README)
+    is the version the oldest leg installs, and the newest leg takes pip's pick with no local wheels."""
+    makefile = (ROOT / "Makefile").read_text()
+    oldest = re.search(r"^TORCH_OLDEST \?= torch==(\S+)$", makefile, re.M).group(1)
+    assert re.search(r"^TORCH_NEWEST \?= torch$", makefile, re.M)
+    assert re.search(r"^test-newest:\n\tPIP_FIND_LINKS=\$\$\(mktemp -d\) \$\(MAKE\) test .*TORCH='\$\(TORCH_NEWEST\)'", makefile, re.M)
+    assert re.search(r"^unit-oldest:\n\t\$\(MAKE\) unit .*TORCH='\$\(TORCH_OLDEST\)'", makefile, re.M)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert f"torch>={oldest}" in project["dependencies"]
+    assert f"pytorch>={oldest}" in (ROOT / "environment.yml").read_text()
+    assert f"torch {oldest}" in (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test") < ci.index("make test-newest") < ci.index("make unit-oldest")
