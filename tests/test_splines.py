@@ -403,7 +403,10 @@ def test_property_bijections(name, shape, std, spread, seed):
     # ~1e-9 at std 4), undoing it multiplies that error by 1 / slope: the conditioning, not the solver
     tol = 1e-9 * max(1.0, spread) + 1e-14 * torch.exp(-ladj)
     assert ((xb - x).abs() <= tol).all(), ((xb - x).abs() / tol).max()
-    assert torch.allclose(inv, -ladj, atol=1e-8, rtol=0)
+    # the inverse's logdet is minus the forward's at the point it returns (where the map is that
+    # flat, xb and x differ by ~1e-8 and the log-slope by as much again)
+    _, ladj_b = bij(xb, p)
+    assert torch.allclose(inv, -ladj_b, atol=1e-8, rtol=0)
     y2, _ = bij(x + 1e-3, p)
     assert (y2 > y).all()
 
@@ -733,7 +736,8 @@ def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(dtype):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=11, max_size=11),
+    # (no subnormals: some torch builds set flush-to-zero, and hypothesis refuses to draw them then)
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=11, max_size=11),
     st.floats(-5, 5, width=32),
 )
 def test_rq_spline_finite_for_every_finite_float32_param(raw, x0):
