@@ -181,8 +181,10 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
         a, b = rq - ds0, d0 - rq
         # a xi^2 + b xi - s r = 0. Where a < 0, solve for 1 - xi instead: the mirrored equation
         # -a xi'^2 + (2a + b) xi' - s (1 - r) = 0 has the same discriminant, and in the chosen
-        # frame both of its terms are >= 0 (no cancellation, no negative D from rounding).
-        mirror = _mask(torch.lt, a, 0)
+        # frame both of its terms are >= 0 (no cancellation, no negative D from rounding). The
+        # ends stay exact: r = 0 is solved unmirrored (xi = 0) and r = 1 mirrored (xi = 1), where
+        # the constant term vanishes and D = b^2 either way.
+        mirror = torch.maximum(_mask(torch.lt, a, 0) * _mask(torch.gt, r, 0), _mask(torch.eq, r, 1))
         a_m, b_m, r_m = a.abs(), _select(mirror, b + 2 * a, b), _select(mirror, 1 - r, r)
         disc = torch.addcmul(b_m * b_m, a_m, r_m * s, value=4)
         p = b_m.abs().add_(disc.sqrt())  # > 0 (a_m = 0 forces b_m = s > 0)

@@ -658,10 +658,12 @@ def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(name,
     for inverse in (False, True):
         pts = _edge_points(bij, p, inverse)  # (8, m)
         m = pts.shape[-1]
-        slope, ladj, _ = _slope(bij.inverse if inverse else bij, pts.flatten(), p.repeat_interleave(m, 0))
-        slope, ladj = slope.view(8, m), ladj.view(8, m)
+        slope, ladj, y = _slope(bij.inverse if inverse else bij, pts.flatten(), p.repeat_interleave(m, 0))
+        slope, ladj, y = slope.view(8, m), ladj.view(8, m), y.view(8, m)
         assert torch.allclose(slope[:, :-2], ladj[:, :-2].exp(), rtol=1e-9, atol=0), (name, inverse)
         assert (slope[:, -2:] == 1).all() and (ladj[:, -2:] == 0).all(), (name, inverse)
+        t = bij.shift(p)[:, None] if isinstance(bij, BoundedSpline) else torch.zeros(8, 1, dtype=p.dtype)
+        assert torch.equal(y[:, -2:], pts[:, -2:] - t if inverse else pts[:, -2:] + t), (name, inverse)  # exactly
 
 
 @pytest.mark.parametrize("tie", [0.0, 1.0])
