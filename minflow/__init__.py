@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", message=r"'minflow\.\w+' found in sys\.modules
 from .bijections import SCALES, Affine, Bijection, bijection_names, make_bijection, register_bijection
 from .couplings import Coupling, Injector, conditioner, conv_net, mlp
 from .flow import ConditionalFlow, format_trace
-from .recording import Recorder, recording
+from .diagnostics import Recorder, recording
 from .transforms import (
     ActNorm,
     Features,
@@ -30,7 +30,7 @@ from .transforms import (
 from .utils import get_device, pick, quick_mode, seed_everything
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .checkpoints import available, load_pretrained
-from . import bijections, checkpoints, data, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
+from . import bijections, checkpoints, data, diagnostics, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ __all__ = [
     "Recorder",
     "bijection_names",
     "bijections",
+    "diagnostics",
     "make_bijection",
     "recording",
     "register_bijection",

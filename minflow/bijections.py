@@ -194,7 +194,7 @@ def canonical_name(name: str) -> str:
     """The registered name for `name` or its alias, or a clear error naming the choices."""
     name = ALIASES.get(name, name)
     if name not in BIJECTIONS:
-        raise ValueError(f"unknown bijection {name!r}; choose one of {bijection_names()} "
+        raise ValueError(f"unknown coupling {name!r}: choose a bijection name of {bijection_names()} "
                          f"(older names {sorted(ALIASES)} still work), or pass a factory")
     return name
 

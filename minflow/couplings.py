@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import recording
+from . import diagnostics
 from .bijections import SCALES, Affine, Bijection, check_bijection
 from .transforms import Cond, Generator, Transform, cond_for, zero_layer
 from .utils import check_cond, check_tensor
@@ -102,7 +102,7 @@ class ElementwiseLayer(Transform):
         a, b = self.halves(x)
         params = self._params(a, b, cond)
         y, ladj = (self.bijection.inverse if inverse else self.bijection.forward)(b, params)
-        for rec in recording.active():  # only inside `minflow.recording()`: training pays nothing
+        for rec in diagnostics.active():  # only inside `minflow.recording()`: training pays nothing
             rec.scale(self, -ladj if inverse else ladj)
         return self.join(a, y), ladj.flatten(1).sum(1)
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import recording
+from . import diagnostics
 from .transforms import Cond, Generator, StandardNormal, Transform, leaves
 from .utils import check_temperature
 
@@ -79,7 +79,7 @@ class ConditionalFlow(nn.Module):
 
     def _run_inverse(self, z: Tensor, feats: Cond, temperature: float, generator: Generator) -> tuple[Tensor, Tensor]:
         check_temperature(temperature)  # every sampling path comes here, with or without a Split
-        recorders = recording.active()
+        recorders = diagnostics.active()
         logdet = z.new_zeros(z.shape[0])
         for index in reversed(range(len(self.layers))):
             layer = self.layers[index]
@@ -111,7 +111,7 @@ class ConditionalFlow(nn.Module):
         Nothing is clamped: explosions and non-finite values are returned as they are.
         """
         z, feats = self._start(cond, num_samples, temperature, z, generator)
-        for rec in recording.active():
+        for rec in diagnostics.active():
             rec.output(len(self.layers), None, z)
         return self._run_inverse(z, feats, temperature, generator)[0]
 
@@ -139,7 +139,7 @@ class ConditionalFlow(nn.Module):
         injector used, None for other layers), and with ``keep=True`` the ``output`` tensor.
         The first row (index = len(layers)) is the latent itself.
         """
-        with recording.recording(keep) as rec:
+        with diagnostics.recording(keep) as rec:
             x = self.sample(cond, temperature, num_samples, z, generator)
         return x, rec.rows
 

@@ -43,7 +43,7 @@ from .bijections import ALIASES, Spec, bijection_names, make_bijection
 from .checkpoints import register_builder, save_checkpoint
 from .couplings import Coupling
 from .flow import ConditionalFlow
-from .recording import recording
+from .diagnostics import recording
 from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
 
