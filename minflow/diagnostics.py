@@ -6,8 +6,8 @@ injector call records, per sample, the smallest slope of its *forward* element-w
     s_min = min over elements of |d z_b / d x_b|   (for affine: the smallest scale s),
 
 ignoring elements already NaN (`utils.nanmin`): the sampling direction multiplies by up to
-1 / s_min there. A flow's sampling pass also records every layer's output magnitudes (the rows
-of `ConditionalFlow.trace`).
+1 / s_min there. With ``rows=True`` a flow's sampling pass also records every layer's output
+magnitudes (the rows of `ConditionalFlow.trace`, which is `sample` inside such a recording).
 
     with minflow.recording() as rec:
         x = flow.sample(cond)
@@ -32,12 +32,13 @@ class Recorder:
     """What the passes run inside one `recording()` did, in call order.
 
     ``scales``: (layer, per-sample smallest forward slope) for every coupling or injector call.
-    ``rows``: one dict per layer of a flow's sampling pass (see `ConditionalFlow.trace`): ``index``,
-    ``name``, ``max_abs``, ``variance``, ``nonfinite``, ``min_scale`` and, with ``keep=True``, ``output``.
+    ``rows`` (with ``rows=True``): one dict per layer of a flow's sampling pass (see
+    `ConditionalFlow.trace`): ``index``, ``name``, ``max_abs``, ``variance``, ``nonfinite``,
+    ``min_scale`` and, with ``keep=True``, ``output``.
     """
 
-    def __init__(self, keep: bool = False):
-        self.keep = keep
+    def __init__(self, rows: bool = False, keep: bool = False):
+        self.with_rows, self.keep = rows or keep, keep
         self.scales: list[tuple[nn.Module, Tensor]] = []
         self.rows: list[dict] = []
         self._row_start = 0  # scales recorded since the last row belong to the next row's layer
@@ -50,9 +51,11 @@ class Recorder:
     def output(self, index: int, layer: nn.Module | None, out: Tensor) -> None:
         """Record a row for the output of `layer` (None: the latent) in a sampling pass: its magnitudes
         and the smallest slope that layer (or a part of it) used since the previous row, None if none."""
+        start, self._row_start = self._row_start, len(self.scales)
+        if not self.with_rows:
+            return
         parts = set(layer.modules()) if layer is not None else set()
-        new = [s for m, s in self.scales[self._row_start :] if m in parts]
-        self._row_start = len(self.scales)
+        new = [s for m, s in self.scales[start:] if m in parts]
         scale = nanmin(torch.cat(new)).item() if new else None
         name = "latent" if layer is None else type(layer).__name__
         with torch.no_grad():
@@ -79,13 +82,14 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recording(keep: bool = False) -> Iterator[Recorder]:
+def recording(rows: bool = False, keep: bool = False) -> Iterator[Recorder]:
     """Record diagnostics of every pass run inside the ``with`` block (see the module docstring).
 
-    Recordings nest: each active recorder receives everything. ``keep=True`` keeps every layer's
-    output tensor in the rows of a sampling pass.
+    Always the smallest slopes; with ``rows=True`` also every layer's output magnitudes in a
+    sampling pass, and with ``keep=True`` (implies rows) every layer's output tensor too.
+    Recordings nest: each active recorder receives everything.
     """
-    rec = Recorder(keep)
+    rec = Recorder(rows, keep)
     token = _ACTIVE.set(_ACTIVE.get() + (rec,))
     try:
         yield rec

@@ -85,7 +85,7 @@ class ConditionalFlow(nn.Module):
             layer = self.layers[index]
             z, ld = layer.inverse(z, feats, temperature=temperature, generator=generator)
             logdet = logdet + ld
-            for rec in recorders:  # per-layer magnitudes, only inside `minflow.recording()`
+            for rec in recorders:  # per-layer magnitudes, only inside `minflow.recording(rows=True)`
                 rec.output(index, layer, z)
         return z, logdet
 
@@ -139,7 +139,7 @@ class ConditionalFlow(nn.Module):
         injector used, None for other layers), and with ``keep=True`` the ``output`` tensor.
         The first row (index = len(layers)) is the latent itself.
         """
-        with diagnostics.recording(keep) as rec:
+        with diagnostics.recording(rows=True, keep=keep) as rec:
             x = self.sample(cond, temperature, num_samples, z, generator)
         return x, rec.rows
 

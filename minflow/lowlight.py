@@ -3,8 +3,8 @@
     log p(x | y) = log N(f(x; g(y)); mu(y), I) + sum_layers log|det J_layer|,   x = normal, y = dark
 
 x and y have the same size (no upscaling). g(y) is `Features` {(H, W): features} with one feature
-map per flow level, and as its ``prior_mean`` the squeezed colour map mu(y) of the top prior. The flow has L levels
-of
+map per flow level, and as its ``prior_mean`` the squeezed colour map mu(y) of the top prior. The
+flow has L levels of
 
     Squeeze -> T transition steps [ActNorm, 1x1 conv]
             -> K conditional steps [ActNorm, 1x1 conv, Injector(g), Coupling(x_a, g)]

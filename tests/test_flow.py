@@ -127,11 +127,11 @@ def test_recording_a_sample_gives_the_trace_rows():
     flow.log_prob(torch.randn(20, 2), y)  # ActNorm's initialisation
     flow.eval()
     _, rows = flow.trace(y, z=z)
-    with mf.recording() as rec:
+    with mf.recording(rows=True) as rec, mf.recording() as scales_only:
         flow.log_prob(torch.randn(20, 2), y)  # density-direction scales are not a sampling row's
         flow.sample(y, z=z)
-    assert rec.rows == rows
-    assert rec.min_scale().shape == (20,)
+    assert rec.rows == rows and scales_only.rows == []
+    assert rec.min_scale().shape == (20,) and len(scales_only.scales) == 2 * 3  # 3 couplings, both passes
 
 
 def test_the_flow_passes_the_sampling_keywords_to_every_layer():
