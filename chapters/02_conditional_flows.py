@@ -275,12 +275,9 @@ s_h, _ = affine.scale(h)
 s_exp, _ = mf.Affine("exp").scale(h)
 # the scales our trained flow actually uses, in distribution (sampling pass at many y)
 _, yin = toy.sample_toy(N, gen, device)
-flow.trace(yin, z=toy.latent(N, 1.0, gen, flow))
-used = []
-for layer in flow.layers:
-    if isinstance(layer, mf.Coupling):
-        used.append(layer.last_min_scale.cpu())  # per sample: the s that coupling used
-used = torch.cat(used)
+with torch.no_grad(), mf.recording() as rec:  # records, per sample, the smallest s each coupling used
+    flow.sample(yin, z=toy.latent(N, 1.0, gen, flow))
+used = torch.cat([s.cpu() for _, s in rec.scales])
 
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
 ax0.semilogy(h, s_h, color=COLORS["affine"], label="sigmoid(h + 2) + 1e-4 (SRFlow)")

@@ -333,7 +333,7 @@ def coupling_h(flow, d):
         if row["name"] == "Coupling":
             layer = flow.layers[row["index"]]
             with torch.no_grad():  # the coupling's input in the sampling pass is the previous row's output
-                h = mf.conditioner_output(layer, prev["output"], cond)[..., 1].flatten()
+                h = layer.conditioner_output(prev["output"], cond)[..., 1].flatten()
             s, _ = layer.bijection.scale(h)
             out.append((row["index"], h.cpu(), (1 / s).cpu()))
     return out

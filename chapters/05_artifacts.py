@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 import minflow as mf
 from minflow import data, metrics
 from minflow.checkpoints import load_pretrained
-from minflow.couplings import Coupling, Injector, conditioner_output
+from minflow.couplings import Coupling, Injector
 from minflow.plotting import COLORS, style
 from minflow.transforms import Split
 
@@ -80,8 +80,8 @@ print(f"device={device}, quick={QUICK}")
 # - **max |x|** over the finite values and the **non-finite count**;
 # - **explosion**, this course's flag for a sample: a non-finite value, or max |x| > 10³;
 # - the **smallest scale s** that any injector or coupling used while sampling
-#   (`metrics.min_scale_used`, the per-sample version of what `model.trace` reports): sampling
-#   divides by it, and its floor is 10⁻⁴.
+#   (recorded per sample inside `with mf.recording() as rec:`, `rec.min_scale()`, the per-sample
+#   version of what `model.trace` reports): sampling divides by it, and its floor is 10⁻⁴.
 #
 # Why beside the criterion? On a 256x256 sample, one pixel out of 65 536 beyond 1.5 fires the
 # per-pixel criterion; the Gaussian tails of a healthy model do that now and then. A sample at
@@ -106,13 +106,10 @@ def sample_report(model, lr, temperature, n=N, seed=0, keep=False):
     cond = lr[None].expand(n, -1, -1, -1).contiguous().to(device)
     gen = torch.Generator(device).manual_seed(seed)
     rows = None
-    with torch.no_grad():
-        if keep:
-            x, rows = model.trace(cond, temperature=temperature, generator=gen, keep=True)
-        else:
-            x = model.sample(cond, temperature=temperature, generator=gen)
+    with torch.no_grad(), mf.recording(keep=keep) as rec:  # records the smallest scale of each sample
+        x = model.sample(cond, temperature=temperature, generator=gen)
     x = x.cpu()
-    return x, metrics.artifact_report(x, metrics.min_scale_used(model)), rows
+    return x, metrics.artifact_report(x, rec.min_scale()), rec.rows if keep else None
 
 
 def run_all(model, keys, temperature, n=N, desc=""):
@@ -461,7 +458,7 @@ def follow(model, rows, lr, k, pixel):
             s = math.nan
             layer = model.layers[i] if i < len(model.layers) else None
             if isinstance(layer, (Injector, Coupling)):
-                params = conditioner_output(layer, byidx[i + 1][k : k + 1].to(device), feats)
+                params = layer.conditioner_output(byidx[i + 1][k : k + 1].to(device), feats)
                 s = layer.bijection.scale(params[..., 1])[0][0, :, py, px].min().item()
             mag = o[0, :, py, px].abs()
             out.append({"index": i, "name": r["name"], "value": mag.nan_to_num(float("inf")).max().item(), "s": s})
@@ -545,7 +542,7 @@ def injector_scale_maps(model, lr):
         for i, layer in enumerate(model.layers):
             if isinstance(layer, Injector):
                 size = sizes[round(math.log2(layer.channels / (4 * model.channels)))]
-                params = conditioner_output(layer, torch.zeros(1, layer.channels, *size, device=device), feats)
+                params = layer.conditioner_output(torch.zeros(1, layer.channels, *size, device=device), feats)
                 maps[i] = layer.bijection.scale(params[..., 1])[0][0].min(0).values.cpu()
     return maps
 

@@ -138,11 +138,11 @@ def toy_outliers(model, ys, n, seed=0):
     """Per condition: outlier probability, sample spread, and the smallest s any coupling used."""
     z = toy.latent(n, 1.0, torch.Generator().manual_seed(seed), model)  # the same latents for every y
     cond = ys.to(z).repeat_interleave(n, 0)
-    x = model.sample(cond, z=z.repeat(len(ys), 1))
+    with mf.recording() as rec:  # the smallest s of every coupling, per sample
+        x = model.sample(cond, z=z.repeat(len(ys), 1))
     u = toy.to_u(x.double(), cond.double())
     outlier = ~(torch.isfinite(u).all(1) & (u.abs().amax(1) <= OUTLIER_U))
-    couplings = [layer for layer in model.layers if isinstance(layer, mf.Coupling)]
-    s_min = torch.stack([c.last_min_scale.view(len(ys), n).amin(1) for c in couplings]).amin(0)
+    s_min = torch.stack([s.view(len(ys), n).amin(1) for _, s in rec.scales]).amin(0)
     x = x.view(len(ys), n, 2).cpu()
     return {
         "p": outlier.view(len(ys), n).double().mean(1).cpu(),
@@ -582,7 +582,7 @@ coupling_ids = [i for i, layer in enumerate(m0.layers) if isinstance(layer, mf.C
 
 def hidden(layer, v, cond):
     """The last hidden layer phi of a toy coupling's conditioner for input v: what its read-out sees."""
-    a = layer._halves(v)[0]
+    a = layer.halves(v)[0]
     return layer.net[:-1](torch.cat([a, cond], 1))
 
 
@@ -610,7 +610,7 @@ for i in coupling_ids:
         finite = torch.isfinite(v).all(1)
         v = torch.where(finite[:, None], v, torch.zeros_like(v))
         phi = hidden(layer, v, cond).double()
-        h = mf.conditioner_output(layer, v, cond)[..., 1].flatten().double()
+        h = layer.conditioner_output(v, cond)[..., 1].flatten().double()
         d_phi = phi_scorer.score(phi)
     ok = finite & torch.isfinite(h)
     bound_ok &= bool(((h - h_bar).abs()[ok] <= sigma_h * d_phi[ok] * (1 + 1e-6) + 1e-6).all())
@@ -674,7 +674,7 @@ with torch.no_grad():
         for prev, row in zip(rows[:-1], rows[1:]):
             layer = sr_affine.layers[row["index"]]
             if isinstance(layer, (mf.Injector, mf.Coupling)) and prev["output"].shape[-2:] == lr.shape[-2:]:
-                h = mf.conditioner_output(layer, prev["output"], feats)[..., 1]  # (1, C_b, h, w)
+                h = layer.conditioner_output(prev["output"], feats)[..., 1]  # (1, C_b, h, w)
                 s, _ = layer.bijection.scale(h)
                 s = torch.where(torch.isfinite(s), s, torch.full_like(s, 1e-4)).amin(1)[0]  # non-finite h: count as floor
                 (s_inj if isinstance(layer, mf.Injector) else s_cou).append(s.cpu())

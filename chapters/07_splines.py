@@ -439,7 +439,7 @@ cond = toy.as_cond(bad["y"], 200, m0)
 first_nan = None
 for prev, row in zip(d_bad["rows"][:-1], d_bad["rows"][1:]):
     if row["name"] == "Coupling" and prev["nonfinite"] == 0:
-        raw_p = mf.conditioner_output(m0.layers[row["index"]], prev["output"], cond)
+        raw_p = m0.layers[row["index"]].conditioner_output(prev["output"], cond)
         print(f"coupling {row['index']:>2}: " + ", ".join(f"{n} in [{raw_p[..., k].min():.3g}, {raw_p[..., k].max():.3g}]" for k, n in enumerate("ahdt")))
         if row["nonfinite"] > 0 and first_nan is None:
             first_nan = (row["index"], raw_p[..., 2].max().item())
@@ -647,13 +647,13 @@ reference = sets["reference"]
 
 def sample_sr(model, lr, n, temperature, seed=0):
     """n raw samples (n, 3, H, W) for one LR, the smallest scale (forward slope) each sample met in
-    any injector or coupling (`metrics.min_scale_used`), and seconds per sample."""
+    any injector or coupling (recorded with `mf.recording`), and seconds per sample."""
     cond = lr[None].expand(n, -1, -1, -1).contiguous().to(device)
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), mf.recording() as rec:
         raw = model.sample(cond, temperature=temperature, generator=torch.Generator(device).manual_seed(seed))
     sec = (time.perf_counter() - t0) / n
-    return raw.cpu(), metrics.min_scale_used(model).cpu(), sec
+    return raw.cpu(), rec.min_scale().cpu(), sec
 
 
 def sr_quality(m):
@@ -911,7 +911,7 @@ def injector_params(model, lr):
         level += isinstance(layer, mf.Squeeze)
         if isinstance(layer, mf.Injector):
             x0 = torch.zeros(1, layer.channels, *sizes[level], device=device)
-            out.append(mf.conditioner_output(layer, x0, feats))
+            out.append(layer.conditioner_output(x0, feats))
     return out
 
 
@@ -1289,16 +1289,16 @@ assert all(v <= 10 for v in capped40.values())
 # %% [markdown]
 # **Exercise 3.** In the conditional-prior model of section 5b, the prior's standard deviation is
 # σ(y) = exp(−h(y)). For seed 0, compute the largest σ over the 360 ring directions at |y| = 10,
-# 100 and 1000 (hint: `mf.conditioner_output(prior, x, cond)[..., 1]` gives h; the prior is the
+# 100 and 1000 (hint: `prior.conditioner_output(x, cond)[..., 1]` gives h; the prior is the
 # last layer of the flow and reads only y, so x can be zeros). Store the three values in `sigma_max`.
 
-# %% tags=["solution"] hint="for each R in RING_RADII, ys = R * toy.ring_directions(); h = mf.conditioner_output(prior_layer, torch.zeros_like(ys), ys)[..., 1]; sigma = exp(-h); keep its max"
+# %% tags=["solution"] hint="for each R in RING_RADII, ys = R * toy.ring_directions(); h = prior_layer.conditioner_output(torch.zeros_like(ys), ys)[..., 1]; sigma = exp(-h); keep its max"
 prior_layer = models["spline_bounded+cond. prior"][0].layers[-1]
 sigma_max = []
 for R in RING_RADII:
     ys = (R * toy.ring_directions()).float().to(device)
     with torch.no_grad():
-        h_ex = mf.conditioner_output(prior_layer, torch.zeros_like(ys), ys)[..., 1]
+        h_ex = prior_layer.conditioner_output(torch.zeros_like(ys), ys)[..., 1]
     sigma_max.append(torch.exp(-h_ex).max().item())
 print({R: f"{v:.3g}" for R, v in zip(RING_RADII, sigma_max)})
 

@@ -51,7 +51,6 @@ from tqdm.auto import tqdm
 import minflow as mf
 from minflow import lowlight, metrics, ood
 from minflow.checkpoints import load_pretrained
-from minflow.lowlight import MEAN
 from minflow.plotting import COLORS, style
 
 style()
@@ -167,7 +166,7 @@ assert {k: v for k, v in ll["affine"].config.items() if k != "coupling"} == {k: 
 def enhance_by_hand(model, dark):
     """x = f^{-1}(mu(y); y): features and prior mean from the encoder, then every layer's inverse, last layer first."""
     feats = model.condition(dark[None].to(device))
-    z = torch.zeros_like(feats[MEAN])  # PriorMean (the last layer) adds mu back: z = 0 after it is z = mu before it
+    z = torch.zeros_like(feats.prior_mean)  # PriorMean (the last layer) adds mu back: z = 0 after it is z = mu before it
     for layer in reversed(model.layers):
         z, _ = layer.inverse(z, feats)
     return z[0].cpu()
@@ -200,9 +199,9 @@ N_SAMPLES = mf.pick(8, 4)
 def run(model, dark, temperature, n, seed=0):
     """n raw outputs (n, 3, H, W) for one dark input, the smallest scale each used, and seconds per output."""
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), mf.recording() as rec:
         x = lowlight.enhance(model, dark.to(device), temperature, n, torch.Generator(device).manual_seed(seed)).cpu()
-    return x, metrics.min_scale_used(model).cpu(), (time.perf_counter() - t0) / n
+    return x, rec.min_scale().cpu(), (time.perf_counter() - t0) / n
 
 
 quality = {}
