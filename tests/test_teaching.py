@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import sys
+import tomllib
 import types
 from pathlib import Path
 
@@ -14,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import notebooks  # noqa: E402
 
+CHAPTERS = ROOT / "chapters"
 SOURCES = notebooks.sources()
 IDS = [p.stem for p in SOURCES]
 
@@ -23,42 +28,77 @@ def first_code_cell(nb):
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)
-def test_colab_badge_points_at_this_notebook(src):
+def test_colab_badge_and_setup_cell_come_from_the_one_repository_setting(src):
     nb = notebooks.notebook(src)
     title = nb.cells[0].source
     assert title.startswith("# "), "a chapter opens with its title"
-    assert f"colab.research.google.com/github/minflow-course/minflow/blob/main/chapters/{src.stem}.ipynb" in title
-    assert f"chapters/{src.stem}.ipynb" in (ROOT / "README.md").read_text(), "README lists every chapter"
+    assert notebooks.colab_url(src.stem) in title
+    assert notebooks.colab_url(src.stem) in (ROOT / "README.md").read_text(), "README lists every chapter"
+    setup = first_code_cell(nb)
+    assert "colab" in setup.metadata["tags"]
+    assert setup.source == notebooks.setup_cell(src.read_text()), f"run `make notebooks` to rewrite {src.name}'s set-up cell"
 
 
-def _run_setup_cell(src, monkeypatch, colab: bool):
-    calls = []
-    fake = types.SimpleNamespace(run=lambda *a, **k: calls.append((a, k)))
-    monkeypatch.setitem(sys.modules, "subprocess", fake)
-    if colab:
-        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    else:
-        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+def _run_setup_cell(src, repo: str, tmp_path: Path, monkeypatch) -> list:
+    """Run a chapter's set-up cell in this process, in tmp_path, as if on Colab (a fake google.colab)."""
+    widget_calls: list = []
+    colab = types.ModuleType("google.colab")
+    colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: widget_calls.append(1))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.chdir(tmp_path)
+    cell = notebooks.setup_cell(src.read_text()).replace(notebooks.REPOSITORY, repo)
+    exec(compile(cell, f"{src.stem}[setup]", "exec"), {})
+    return widget_calls
+
+
+def test_colab_cell_does_nothing_outside_colab(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.chdir(tmp_path)
     path_before = list(sys.path)
-    cell = first_code_cell(notebooks.notebook(src))
-    exec(compile(cell.source, f"{src.stem}[setup]", "exec"), {})
-    added = [p for p in sys.path if p not in path_before]
-    sys.path[:] = path_before
-    return calls, added
+    exec(compile(notebooks.setup_cell(SOURCES[0].read_text()), "setup", "exec"), {})
+    assert sys.path == path_before and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("src", SOURCES, ids=IDS)
-def test_colab_cell_installs_minflow_on_colab_only(src, monkeypatch):
-    calls, added = _run_setup_cell(src, monkeypatch, colab=False)
-    assert calls == [] and added == [], "outside Colab the set-up cell does nothing"
-    calls, added = _run_setup_cell(src, monkeypatch, colab=True)
-    assert len(calls) == 1
-    command = calls[0][0][0]
-    assert "git clone" in command and "pip install" in command and "[course]" in command
-    # Colab's own torch and numpy stay: nothing pins or reinstalls them
-    assert not re.search(r"\b(torch|numpy)\s*(==|<|>|~=)", command)
-    assert "--force-reinstall" not in command and "--upgrade" not in command
-    assert added == ["/content/minflow"], "the fresh clone is importable (data and checkpoints are found beside it)"
+def test_colab_cell_says_what_to_do_when_the_clone_fails(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="set REPO at the top of this cell"):
+        _run_setup_cell(SOURCES[0], f"file://{tmp_path}/no-such-repository", tmp_path, monkeypatch)
+
+
+def test_colab_extra_keeps_what_colab_ships():
+    """Colab's torch, numpy and ipywidgets 7.7 satisfy what the set-up cell installs, so pip keeps them."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    colab = {r.name: r.specifier for r in map(Requirement, project["optional-dependencies"]["colab"])}
+    assert colab["ipywidgets"].contains("7.7.1")
+    assert not {"torch", "numpy", "jupyterlab", "jupytext", "nbconvert"} & set(colab)
+
+
+def test_colab_cell_clones_and_installs_and_the_chapter_imports_work(tmp_path):
+    """Chapter 3's set-up cell under a fake google.colab, cloning this repository (its committed
+    HEAD) through file://; pip resolves for real but only reports (no index, nothing installed).
+    Then the chapter's import cell runs against the fresh clone."""
+    src = CHAPTERS / "03_exploding_inverse.py"
+    nb = notebooks.notebook(src)
+    imports = [c for c in nb.cells if c.cell_type == "code"][1].source
+    script = "\n".join([
+        "import sys, types, json",
+        "colab = types.ModuleType('google.colab')",
+        "colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: print('WIDGET MANAGER ON'))",
+        "sys.modules['google.colab'] = colab",
+        notebooks.setup_cell(src.read_text()).replace(notebooks.REPOSITORY, f"file://{ROOT}"),
+        imports,
+        "import minflow; print('MINFLOW FROM', minflow.__file__)",
+    ])
+    report = tmp_path / "pip-report.json"
+    env = {**os.environ, "PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "1", "PIP_REPORT": str(report),
+           "MPLBACKEND": "Agg", "PYTHONPATH": ""}
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "WIDGET MANAGER ON" in run.stdout
+    assert f"MINFLOW FROM {tmp_path / 'minflow' / 'minflow' / '__init__.py'}" in run.stdout
+    would_install = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
+    assert would_install == ["minflow"], "on a runtime that has the dependencies, pip adds only minflow"
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)

@@ -6,7 +6,8 @@
     python tools/notebooks.py student         # students/NN_*.ipynb: solutions replaced by stubs
 
 The .py files (jupytext percent format) are the sources; the .ipynb files are generated.
-Pairs are compared by cell type and source, never by file times.
+Pairs are compared by cell type and source, never by file times. `sync` also writes, from
+REPOSITORY below, every chapter's Colab set-up cell and the Colab badges (chapters and README).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import ast
 import html
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +24,61 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
 STUDENTS = ROOT / "students"
+
+REPOSITORY = "https://github.com/minflow-course/minflow"
+"""The one place that names the GitHub repository the course is cloned from on Colab and that the
+Colab badges open. No public copy of the course lives at this address yet: to use Colab, put the
+course in a GitHub repository of your own (a fork, or an upload of this folder), write its URL
+here, run `make notebooks`, and commit and push the result."""
+BRANCH = "main"
+
+SETUP_CELL = """# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "@REPOSITORY@"  # the course's GitHub repository; a fork's URL goes here
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+    from pathlib import Path
+
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))@WIDGETS@"""
+"""Every chapter's first code cell (`sync` writes it into the sources): @REPOSITORY@ is REPOSITORY,
+and @WIDGETS@ turns on Colab's widget manager in the chapters that import ipywidgets."""
+WIDGETS = """
+    from google.colab import output
+
+    output.enable_custom_widget_manager()  # this chapter's sliders need it on Colab"""
+
+
+def colab_url(stem: str = "") -> str:
+    """The address that opens chapters/<stem>.ipynb of REPOSITORY in Colab (no stem: the repository's)."""
+    base = f"https://colab.research.google.com/github/{REPOSITORY.removeprefix('https://github.com/')}/blob/{BRANCH}/"
+    return base + f"chapters/{stem}.ipynb" if stem else base
+
+
+def setup_cell(source: str) -> str:
+    """The first code cell of a chapter whose source text is `source` (the widget manager if it uses widgets)."""
+    widgets = WIDGETS if "import ipywidgets" in source else ""
+    return SETUP_CELL.replace("@REPOSITORY@", REPOSITORY).replace("@WIDGETS@", widgets)
+
+
+def point_at_repository(text: str, setup: bool = True) -> str:
+    """`text` with its Colab badges pointing at REPOSITORY and (a chapter source) its set-up cell rewritten."""
+    text = re.sub(r"https://colab\.research\.google\.com/github/[^/\s]+/[^/\s]+/blob/[^/\s]+/", colab_url(), text)
+    if setup:
+        cell = re.compile(r'(# %% tags=\["colab"\]\n).*?(?=\n+# %%)', re.S)
+        text = cell.sub(lambda m: m.group(1) + setup_cell(text), text, count=1)
+    return text
 
 
 def sources() -> list[Path]:
@@ -50,11 +108,14 @@ def notebook(src: Path):
 
 
 def sync(paths: list[Path] | None = None) -> list[Path]:
-    """Write the .ipynb of every source; returns the notebooks written."""
+    """Write the .ipynb of every source (after pointing its set-up cell and badge at REPOSITORY)."""
     import nbformat
 
+    readme = ROOT / "README.md"
+    readme.write_text(point_at_repository(readme.read_text(), setup=False))
     written = []
     for src in paths or sources():
+        src.write_text(point_at_repository(src.read_text()))
         out = src.with_suffix(".ipynb")
         nbformat.write(notebook(src), out)
         written.append(out)
@@ -127,7 +188,12 @@ def mismatches() -> list[str]:
     return problems
 
 
-def book(out: Path, timeout: int = 3600) -> None:
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+"""What the book's kernels run with on top of this process's environment: figures go inline into
+the pages and decks whatever MPLBACKEND says here (`make test` sets Agg, which shows nothing)."""
+
+
+def book(out: Path, timeout: int = 3600, chapters: list[Path] | None = None) -> None:
     """Execute every chapter (full mode unless MINFLOW_QUICK=1): HTML pages, an index, slide decks."""
     import nbformat
     from nbclient import NotebookClient
@@ -136,10 +202,11 @@ def book(out: Path, timeout: int = 3600) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "slides").mkdir(exist_ok=True)
     rows = []
-    for src in sources():
+    for src in chapters or sources():
         nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
         start = time.time()
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(CHAPTERS)}}).execute()
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}})
+        client.execute(env={**os.environ, **KERNEL_ENV})
         seconds = time.time() - start
         body, _ = HTMLExporter().from_notebook_node(nb)
         (out / f"{src.stem}.html").write_text(body)
