@@ -91,8 +91,9 @@ def test_colab_cell_clones_and_installs_and_the_chapter_imports_work(tmp_path):
         "import minflow; print('MINFLOW FROM', minflow.__file__)",
     ])
     report = tmp_path / "pip-report.json"
-    env = {**os.environ, "PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "1", "PIP_REPORT": str(report),
-           "MPLBACKEND": "Agg", "PYTHONPATH": ""}
+    # pip only reports what it would install; "0" is how pip's environment spells --no-build-isolation
+    pip_env = {"PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_REPORT": str(report)}
+    env = {**os.environ, **pip_env, "MPLBACKEND": "Agg", "PYTHONPATH": ""}
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "WIDGET MANAGER ON" in run.stdout
