@@ -5,7 +5,7 @@
 #   make test-newest  `make test` in .venv-newest with the newest torch pip finds on the registry
 #   make unit-oldest  `make unit` in .venv-oldest with the oldest torch the package allows
 #   make ci     all three, as .ci/run does
-#   make book   execute every chapter (full mode) into HTML under build/
+#   make book   execute every chapter (full mode) into HTML (and PDF, if Chromium is installed) under build/
 #   make students  regenerate students/ (chapters with solutions replaced by stubs)
 #   make slides    the book, whose run also writes a reveal.js deck per chapter to build/slides/
 PYTHON ?= python3
@@ -76,7 +76,7 @@ slides: book
 
 book: $(STAMP)
 	mkdir -p build
-	MINFLOW_QUICK=0 MPLBACKEND=Agg $(PY) tools/notebooks.py book --out build
+	MINFLOW_QUICK=0 $(PY) tools/notebooks.py book --out build
 
 clean:
 	rm -rf build .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -172,3 +173,21 @@ def test_book_executes_chapters_into_html_with_an_index_and_decks(tmp_path, monk
     assert 'href="01_tiny.html"' in (tmp_path / "build" / "index.html").read_text()
     deck = (tmp_path / "build" / "slides" / "01_tiny.slides.html").read_text()
     assert "reveal" in deck.lower() and deck.count("<section") >= 2
+
+
+def test_book_pages_decks_and_pdfs_show_every_figure(tmp_path, monkeypatch):
+    """Chapter 1 (quick mode) through `make book`'s code path, with MPLBACKEND=Agg set as `make`
+    sets it for tests: every plt.show() of the chapter is an image in the page and in the deck."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MINFLOW_QUICK", "1")
+    src = CHAPTERS / "01_change_of_variables.py"
+    notebooks.book(tmp_path, timeout=900, chapters=[src])
+    figures = src.read_text().count("plt.show()")
+    page = (tmp_path / f"{src.stem}.html").read_text()
+    deck = (tmp_path / "slides" / f"{src.stem}.slides.html").read_text()
+    assert figures >= 3
+    assert page.count("data:image/png") >= figures and deck.count("data:image/png") >= figures
+    index = (tmp_path / "index.html").read_text()
+    if shutil.which("chromium"):
+        assert (tmp_path / f"{src.stem}.pdf").read_bytes().startswith(b"%PDF")
+        assert f'href="{src.stem}.pdf"' in index

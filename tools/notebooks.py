@@ -17,6 +17,8 @@ import ast
 import html
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -193,8 +195,21 @@ KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 the pages and decks whatever MPLBACKEND says here (`make test` sets Agg, which shows nothing)."""
 
 
+def pdf(page: Path) -> Path | None:
+    """`page` printed to a PDF beside it by headless Chromium; None where no Chromium is installed."""
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        return None
+    out = page.with_suffix(".pdf")
+    root = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses root (containers) otherwise
+    flags = ["--headless", "--disable-gpu", "--no-pdf-header-footer", f"--print-to-pdf={out}"]
+    subprocess.run([browser, *root, *flags, page.resolve().as_uri()], check=True, capture_output=True, timeout=600)
+    return out
+
+
 def book(out: Path, timeout: int = 3600, chapters: list[Path] | None = None) -> None:
-    """Execute every chapter (full mode unless MINFLOW_QUICK=1): HTML pages, an index, slide decks."""
+    """Execute every chapter (full mode unless MINFLOW_QUICK=1): HTML pages, an index, slide decks,
+    and a PDF of each page where Chromium is installed (`apt-get install chromium`, say)."""
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter, SlidesExporter
@@ -210,12 +225,16 @@ def book(out: Path, timeout: int = 3600, chapters: list[Path] | None = None) -> 
         seconds = time.time() - start
         body, _ = HTMLExporter().from_notebook_node(nb)
         (out / f"{src.stem}.html").write_text(body)
+        printed = pdf(out / f"{src.stem}.html")
         deck, _ = SlidesExporter().from_notebook_node(nb)  # reveal.js; one slide per "## " section
         (out / "slides" / f"{src.stem}.slides.html").write_text(deck)
         title = next((c.source.splitlines()[0].lstrip("# ") for c in nb.cells if c.cell_type == "markdown"), src.stem)
-        rows.append((src.stem, title, seconds))
+        rows.append((src.stem, title, seconds, printed))
         print(f"{src.stem}: {seconds:.0f} s", flush=True)
-    items = "\n".join(f'<li><a href="{s}.html">{html.escape(t)}</a> <small>({sec:.0f} s)</small></li>' for s, t, sec in rows)
+    items = "\n".join(
+        f'<li><a href="{s}.html">{html.escape(t)}</a>' + (f' (<a href="{s}.pdf">PDF</a>)' if printed else "")
+        + f' <small>({sec:.0f} s)</small></li>' for s, t, sec, printed in rows
+    )
     (out / "index.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>minflow course</title>"
         f"<h1>minflow: the course</h1><p>Every chapter, executed.</p><ol>{items}</ol>\n"
