@@ -436,13 +436,14 @@ redraw(SHOW, angle_w.value, 3.0)  # draw once directly, so a headless run shows 
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How dangerous is the circle at |y| = 1000 for each model? From `scan`, compute
 # for each seed the fraction of the 360 directions whose spread exceeds 10x its in-distribution
 # spread. Store a dict seed -> fraction in `frac`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="for each seed s, count the rows r of scan[s] with r['spread'] / in_spread[s] > 10 and divide by len(scan[s])"
 frac = {s: sum(r["spread"] / in_spread[s] > 10 for r in scan[s]) / len(scan[s]) for s in SEEDS}
 print({s: f"{f:.0%}" for s, f in frac.items()})
 
@@ -455,7 +456,7 @@ assert max(frac.values()) > 5 * min(frac.values())  # ...but how many varies a l
 # rescue a far-OOD condition? For seed 0 at its worst direction (`y_far`), compute the spread at
 # T = 0.2 with `toy.diagnose(..., temperature=0.2)` and compare with the in-distribution spread.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="toy.diagnose(m0, y_far, n=N_OOD, n_jac=0, temperature=0.2) returns a dict with 'spread' and 'min_scale'; compare its spread with in_spread[SHOW]"
 cold = toy.diagnose(m0, y_far, n=N_OOD, n_jac=0, temperature=0.2)
 print(f"T = 0.2 far OOD: spread {cold['spread']:.3g} (in distribution at T = 1: {in_spread[SHOW]:.3g}); smallest s {cold['min_scale']:.1e}")
 # No: the stretch 1/s ~ 1e4 does not depend on z's size, so shrinking z by 5 leaves a huge spread.
@@ -468,7 +469,7 @@ assert cold["spread"] > 10 * in_spread[SHOW]
 # compute the smallest scale s at |y| = 10, 100 and 1000 along it, and find the first of these
 # distances at which s < 0.01. Store it in `onset`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="seed 3's worst direction is torch.tensor(far[3]['y']) / toy.FAR_OOD_RADIUS; call toy.diagnose(models[3], ...) at R times it for each R and keep 'min_scale' in a dict s_along"
 y3 = torch.tensor(far[3]["y"]) / toy.FAR_OOD_RADIUS
 s_along = {R: toy.diagnose(models[3], tuple((R * y3).tolist()), n=N_OOD, n_jac=0)["min_scale"] for R in (10.0, 100.0, 1000.0)}
 onset = next(R for R, s in s_along.items() if s < 0.01)
@@ -483,7 +484,7 @@ assert s_along[10.0] > 0.01 and onset == 1000.0
 # the one far OOD (`far[0]['max_sv']`). By roughly how many powers of ten do they differ? Store the
 # answer (a float, log10 of the ratio) in `decades`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="math.log10 of far[SHOW]['max_sv'] divided by toy.diagnose(m0, y_in, n=200, n_jac=16)['max_sv']"
 decades = math.log10(far[SHOW]["max_sv"] / toy.diagnose(m0, y_in, n=200, n_jac=16)["max_sv"])
 print(f"far OOD the sampling map stretches about 10^{decades:.1f} times more")
 

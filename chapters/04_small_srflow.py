@@ -423,13 +423,14 @@ print("checked: PSNR within 2 dB of bicubic, input-specific consistency (below b
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** Temperature 0 sends z = 0 through the flow: one deterministic answer. Draw 2
 # samples of `coffee` at T = 0 and compute their diversity (store it in `div0`), and the PSNR of
 # that answer against HR (`psnr0`). Is it better or worse than the T = 0.7 mean?
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="sr.super_resolve(model, v['lr'], temperature=0.0, num_samples=2, generator=...) with v = val['coffee']; then metrics.diversity and metrics.psnr(x, v['hr'], FACTOR) on the samples clamped to [0, 1]"
 v = val["coffee"]
 x0 = sr.super_resolve(model, v["lr"], temperature=0.0, num_samples=2, generator=torch.Generator(device).manual_seed(1)).cpu()
 div0 = metrics.diversity(x0.clamp(0, 1))
@@ -445,7 +446,7 @@ assert abs(psnr0 - res[("coffee", f"mean of {N_SAMPLES}")][0]) < 2.0
 # `china`, compute the PSNR of the mean of the first n samples for n = 1, 2, 4, 8 (a list
 # `psnr_n`), and plot it against n next to the bicubic PSNR.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="metrics.psnr(v['samples'][:n].mean(0), v['hr'], FACTOR) with v = val['china'], for n in 1, 2, 4, 8; res[('china', 'bicubic')][0] is the bicubic PSNR"
 v = val["china"]
 ns = [1, 2, 4, 8]
 psnr_n = [metrics.psnr(v["samples"][:n].mean(0), v["hr"], FACTOR) for n in ns]
@@ -465,7 +466,7 @@ assert psnr_n[-1] > psnr_n[0]  # averaging removes sample-specific detail, and w
 # the per-channel mean of `bicubic_down(x0) - lr` (`bias`, 3 numbers) and the RMS of that difference
 # (`rms`). Compare.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="data.bicubic_down(x0[0].clamp(0, 1), FACTOR) - val['coffee']['lr'] is the LR error; its mean over dims (1, 2) is the bias per channel, the square root of its mean square the RMS"
 err = data.bicubic_down(x0[0].clamp(0, 1), FACTOR) - val["coffee"]["lr"]
 bias = err.mean(dim=(1, 2))
 rms = err.pow(2).mean().sqrt().item()
@@ -479,7 +480,7 @@ assert bias.abs().max() < 0.5 * rms
 # **Exercise 4.** Where do the 0.6 M parameters act? Compute the fraction of all parameters that
 # sit in networks reading the condition (the encoder, the injectors, the couplings), `cond_frac`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="add groups['encoder'], groups['Injector'] and groups['Coupling'], and divide by total"
 cond_frac = (groups["encoder"] + groups["Injector"] + groups["Coupling"]) / total
 print(f"{cond_frac:.0%} of the parameters read the LR image")
 

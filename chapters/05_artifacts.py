@@ -686,13 +686,14 @@ if device.type == "cpu":  # the speck described above is the CPU generator's; a 
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How often does the paper's criterion fire *without* an explosion? From `main`
 # (T = 0.9), compute for the reference group the share of samples that have at least one artifact
 # pixel but did not explode (`tails_only`), and the same for the content group.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="each entry r of main holds per-sample tensors r['fraction'] and r['explosion']; take (r['fraction'] > 0) & ~r['explosion'] over a group's entries, concatenate, and average"
 def tails_share(results, group):
     flags = [(r["fraction"] > 0) & ~r["explosion"] for (g, _), r in results.items() if g == group]
     return torch.cat(flags).double().mean().item()
@@ -709,7 +710,7 @@ assert 0 < tails_only < 1
 # explosion share over the two photos for each kind of degradation, and store the kind with the
 # highest average in `most_dangerous` (ties: any of them).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="at07[('degradation', f'{p}/{kind}')]['summary']['explosions'], averaged over p in data.VAL_PHOTOS for each kind in kinds; then max(by_kind, key=by_kind.get)"
 by_kind = {kind: statistics.mean(at07[("degradation", f"{p}/{kind}")]["summary"]["explosions"] for p in data.VAL_PHOTOS) for kind in kinds}
 print({k: f"{v:.0%}" for k, v in by_kind.items()})
 most_dangerous = max(by_kind, key=by_kind.get)
@@ -723,7 +724,7 @@ assert by_kind[most_dangerous] == max(by_kind.values()) and most_dangerous in ("
 # image writers do), and compute its artifact-pixel fraction before (`raw_frac`) and after
 # (`clamped_frac`).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="r = main[worst[0]]; its worst sample is r['x'][int(r['fraction'].argmax())]; metrics.artifact_mask(x).double().mean() before and after x.nan_to_num(0.0, 0.0, 0.0).clamp(0, 1)"
 r = main[worst[0]]
 x_raw = r["x"][int(r["fraction"].argmax())]
 raw_frac = metrics.artifact_mask(x_raw).double().mean().item()
@@ -738,7 +739,7 @@ assert raw_frac > 0 and clamped_frac == 0
 # `china/noise_0.1` the largest temperature of `TEMPS` at which none of its samples exploded
 # (`safe_T`, or None if there is none).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="keep the temperatures T of TEMPS with sweep[T][('degradation', 'china/noise_0.1')]['summary']['explosions'] == 0, and take the largest (None if there is none)"
 safe = [T for T in TEMPS if sweep[T][("degradation", "china/noise_0.1")]["summary"]["explosions"] == 0]
 safe_T = max(safe) if safe else None
 print(f"china/noise_0.1: no explosion at T in {safe}; largest {safe_T}")

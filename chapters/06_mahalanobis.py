@@ -741,7 +741,8 @@ if spline_stats is None:
 #
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** We scored level 1's features. Level 0 reads a different 1x1 projection of the
 # same encoder trunk, copied 2x2. Before the copy it is also one vector per LR pixel:

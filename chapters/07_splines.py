@@ -1257,7 +1257,8 @@ print(f"bicubic PSNR {bic:.2f} dB; training wall time: " + ", ".join(f"{k} {m.ma
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** The displacement bound of section 2 for `FullyBoundedSpline`: draw 100 000 inputs
 # z up to 10⁶ in size and truly wild raw parameters (a, h, d, t each ~ N(0, 1000²), no clamping

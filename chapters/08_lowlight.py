@@ -528,7 +528,8 @@ for r in rows:
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How dark is too dark? For the coffee photo, darken with the exposure fixed at
 # e ∈ {0.3, 0.1, 0.03, 0.01, 0.003} (other parameters from the training ranges, generator seeded

@@ -133,8 +133,39 @@ def test_student_versions_are_current_and_hide_the_solutions(src):
 
 
 def test_stub_names_what_the_check_needs():
-    stub = notebooks.stub("a = 1\nb = a + 2\ntmp = 5", "assert b == 3 and a", hint="add two")
-    assert "a = ..." in stub and "b = ..." in stub and "tmp" not in stub and "# Hint: add two" in stub
+    solution = "a = 1\nb = a + 2\ntmp = 5\nfor f in range(3):\n    r = [s for s in range(f)]\ndef g(x):\n    local = x\n    return local"
+    stub = notebooks.stub(solution, "assert b == 3 and a and g(1) and f and r and s and local", hint="add two", number=2)
+    assert stub.startswith("# Exercise 2:") and "# Hint: add two" in stub
+    assert "a = ..." in stub and "b = ..." in stub and "g = ..." in stub and "r = ..." in stub
+    assert "tmp" not in stub and "f = ..." not in stub and "s = ..." not in stub and "local" not in stub
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=IDS)
+def test_every_solution_has_a_hint_of_its_own(src):
+    nb = notebooks.notebook(src)
+    hints = [c.metadata.get("hint") for c in nb.cells if "solution" in c.metadata.get("tags", [])]
+    assert all(hints), f"{src.stem}: a solution cell has no hint"
+    assert len(set(hints)) == len(hints), f"{src.stem}: two solutions share a hint"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=IDS)
+def test_an_unfilled_stub_says_which_exercise_is_not_done(src):
+    """Run each student stub, then its check: the check names the exercise and what to define."""
+    nb = notebooks.student_version(notebooks.notebook(src))
+    checked = 0
+    for i, cell in enumerate(nb.cells):
+        if "exercise" in cell.metadata.get("tags", []) and cell.cell_type == "markdown":
+            assert not cell.source.lstrip().startswith("#"), "a written answer's stub is plain text, no heading"
+        if "check" not in cell.metadata.get("tags", []) or "not done yet" not in cell.source:
+            continue
+        scope: dict = {}
+        for stub in nb.cells[:i]:
+            if "exercise" in stub.metadata.get("tags", []) and stub.cell_type == "code":
+                exec(stub.source, scope)
+        with pytest.raises(AssertionError, match=r"^Exercise \d+ is not done yet: define `\w+`$"):
+            exec(cell.source, scope)
+        checked += 1
+    assert checked >= 3
 
 
 @pytest.mark.parametrize("src", SOURCES, ids=IDS)

@@ -133,28 +133,88 @@ def _names(source: str, kind: type) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, kind)}
 
 
-def stub(solution: str, check: str, hint: str | None) -> str:
+def _defined(source: str) -> set[str]:
+    """Names a solution leaves for later cells: what it assigns, defines and imports, but not its
+    loop and comprehension variables nor the names local to its functions."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    names: set[str] = set()
+
+    def visit(node):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)  # and not what its body assigns
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            for child in [node.iter, *node.body, *node.orelse]:  # not the loop variable
+                visit(child)
+        elif not isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            for child in ast.iter_child_nodes(node):
+                visit(child)
+
+    visit(tree)
+    return names
+
+
+def needed(solution: str, check: str) -> list[str]:
+    """The names a solution defines that its check reads: what a student must define."""
+    return sorted(_defined(solution) & _names(check, ast.Load))
+
+
+DEFAULT_HINT = "re-read the exercise above; the check cell below tests your answer."
+
+
+def stub(solution: str, check: str, hint: str | None, number: int | None = None) -> str:
     """What a student sees instead of a solution: the names the check needs, and a hint."""
-    needed = sorted(_names(solution, ast.Store) & _names(check, ast.Load))
-    lines = ["# Your solution here."]
-    lines.append(f"# Hint: {hint}" if hint else "# Hint: re-read the exercise above; the check cell below tests your answer.")
-    lines += [f"{name} = ...  # define this; the check below uses it" for name in needed]
+    lines = [f"# Exercise {number}: your solution here." if number else "# Your solution here.", f"# Hint: {hint or DEFAULT_HINT}"]
+    lines += [f"{name} = ...  # define this; the check below uses it" for name in needed(solution, check)]
     return "\n".join(lines)
 
 
+def markdown_stub(hint: str | None) -> str:
+    """What a student sees instead of a written answer: plain text, no headings."""
+    return f"*Your answer here.* Hint: {hint or DEFAULT_HINT}"
+
+
+def not_done_guard(number: int | None, names: list[str]) -> str:
+    """The lines a student version puts before a check, so that an unfilled stub fails plainly."""
+    exercise = f"Exercise {number}" if number else "This exercise"
+    return (
+        f"for _name in {names!r}:  # a plain message while a stub is still `...`\n"
+        f'    assert globals().get(_name, ...) is not ..., f"{exercise} is not done yet: define `{{_name}}`"\n\n'
+    )
+
+
 def student_version(nb):
-    """A copy of a chapter with every `solution` cell replaced by a stub (checks stay)."""
+    """A copy of a chapter with every `solution` cell replaced by a stub, and a not-done-yet
+    guard before each check."""
     import copy
 
     nb = copy.deepcopy(nb)
+    number, names = None, []
     for i, cell in enumerate(nb.cells):
-        if "solution" in cell.metadata.get("tags", []):
-            # a solution may span several cells; the check is the first cell after them
-            after = (c for c in nb.cells[i + 1 :] if "solution" not in c.metadata.get("tags", []))
-            check = next(after, None)
-            check = check.source if check is not None else ""
-            cell.source = stub(cell.source, check, cell.metadata.get("hint"))
-            cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "solution"] + ["exercise"]
+        tags = cell.metadata.get("tags", [])
+        heading = re.search(r"^(?:#+ *|\*\*)Exercise (\d+)", cell.source, re.M) if cell.cell_type == "markdown" else None
+        if heading and "solution" not in tags:
+            number = int(heading.group(1))
+        if "solution" not in tags:
+            continue
+        # a solution may span several cells; the check is the first cell after them
+        check = next((c for c in nb.cells[i + 1 :] if "solution" not in c.metadata.get("tags", [])), None)
+        hint = cell.metadata.get("hint")
+        if cell.cell_type == "markdown":
+            cell.source = markdown_stub(hint)
+        else:
+            names += needed(cell.source, check.source if check else "")
+            cell.source = stub(cell.source, check.source if check else "", hint, number)
+        cell.metadata["tags"] = [t for t in tags if t != "solution"] + ["exercise"]
+        if check is not None and check is nb.cells[i + 1] and names:
+            check.source = not_done_guard(number, sorted(set(names))) + check.source
+            names = []
     return nb
 
 
