@@ -1,5 +1,5 @@
 # minflow course: the commands README.md names.
-#   make lab    create the environment if missing, then open JupyterLab on chapters/
+#   make lab    create the environment if missing, then open JupyterLab at the repository root
 #   make test   unit + property tests, every chapter under nbval in quick mode, pairing check
 #   make unit   the unit + property tests only (tests/)
 #   make test-newest  `make test` in .venv-newest with the newest torch pip finds on the registry
@@ -43,8 +43,11 @@ endif
 	$(PY) -c "import torch; print('torch', torch.__version__, 'in $(VENV)')"
 	touch $(STAMP)
 
+# JupyterLab at the repository root (chapters/, students/ and README side by side); as root (a
+# container, say) Jupyter refuses to start without --allow-root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab chapters/
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
 test: $(STAMP)
 	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests chapters --nbval-lax $(PYTEST_ARGS)

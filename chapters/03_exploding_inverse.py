@@ -375,11 +375,12 @@ assert h_far.min() < -11 < h_in.min()  # sigmoid(h + 2) < 1e-4 below h ~ -11: th
 # %%
 out = widgets.Output()
 seed_w = widgets.Dropdown(options=SEEDS, value=SHOW, description="seed")
-angle_w = widgets.IntSlider(value=int(round(toy.worst(scan[SHOW])["angle"])), min=0, max=359, description="angle (°)")
-logr_w = widgets.FloatSlider(value=2.0, min=-1.0, max=3.0, step=0.1, description="log10 |y|")
+# the sliders start where the first drawing below is, and redraw when released (a redraw takes a moment)
+angle_w = widgets.IntSlider(value=int(round(toy.worst(scan[SHOW])["angle"])), min=0, max=359, description="angle (°)", continuous_update=False)
+logr_w = widgets.FloatSlider(value=3.0, min=-1.0, max=3.0, step=0.1, description="log10 |y|", continuous_update=False)
 
 
-def redraw(seed=SHOW, angle=0, logr=2.0):
+def redraw(seed, angle, logr):
     r, a = 10.0**logr, math.radians(angle)
     d = toy.diagnose(models[seed], (r * math.cos(a), r * math.sin(a)), n=500, n_jac=0)
     with out:
@@ -406,7 +407,7 @@ def on_change(_):
 for w_ in (seed_w, angle_w, logr_w):
     w_.observe(on_change, names="value")
 display(widgets.HBox([seed_w, angle_w, logr_w]), out)
-redraw(SHOW, angle_w.value, 3.0)  # draw once directly, so a headless run shows (and tests) it too
+redraw(seed_w.value, angle_w.value, logr_w.value)  # draw once directly, so a headless run shows (and tests) it too
 
 # %% [markdown]
 # ## 7. Why: bounded one way, unbounded the other

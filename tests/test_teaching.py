@@ -222,3 +222,23 @@ def test_book_pages_decks_and_pdfs_show_every_figure(tmp_path, monkeypatch):
     if shutil.which("chromium"):
         assert (tmp_path / f"{src.stem}.pdf").read_bytes().startswith(b"%PDF")
         assert f'href="{src.stem}.pdf"' in index
+
+
+def test_make_lab_opens_the_repository_root_and_runs_as_root():
+    dry = subprocess.run(["make", "-n", "lab", "VENV=.venv-dry-run"], cwd=ROOT, capture_output=True, text=True, check=True)
+    command = dry.stdout.strip().splitlines()[-1]
+    assert "jupyter lab --notebook-dir=." in command
+    assert ("--allow-root" in command) == (os.geteuid() == 0)
+
+
+def test_readme_says_what_quick_mode_changes():
+    readme = (ROOT / "README.md").read_text()
+    full, quick = re.search(r"^steps = mf\.pick\((\d+), (\d+)\)$", (CHAPTERS / "01_change_of_variables.py").read_text(), re.M).groups()
+    assert f"chapter 1: {quick} instead of {full}" in readme.replace("\n", " ")
+    assert "`.ipynb`" in readme and "python3-venv" in readme and "--allow-root" in readme
+
+
+def test_chapter3_slider_starts_where_the_first_drawing_is():
+    source = (CHAPTERS / "03_exploding_inverse.py").read_text()
+    assert source.count("continuous_update=False") == 2  # the two sliders redraw when released
+    assert "redraw(seed_w.value, angle_w.value, logr_w.value)" in source  # the first drawing is the sliders' values
