@@ -259,9 +259,10 @@ assert all(a < b for a, b in zip(spreads, spreads[1:])), "spread should grow wit
 # Each affine coupling multiplies x_b by s = sigmoid(h + 2) + ε with ε = 10⁻⁴. Three properties:
 #
 # 1. **s never exceeds 1 + ε.** In the density direction (x → z, the one training uses) every
-#    coupling can shrink a coordinate but never stretch it by more than 1 + ε. Whatever the
-#    conditioner outputs, activations on the way to z stay bounded by what came in, so a bad
-#    step of the optimiser cannot blow up the forward pass.
+#    coupling can shrink a coordinate but never stretch it by more than 1 + ε: whatever the
+#    conditioner outputs, the slope of x_b ↦ (x_b + t) s is at most 1 + ε. The activations are
+#    not bounded by what came in, though: the shift t is unbounded and can move them far. What
+#    the scale cannot do is multiply them.
 # 2. **The gradient is tame.** log s is smooth in h with slope at most 1, and the log-determinant
 #    each coupling adds is at most log(1 + ε) ≈ 0: a coupling cannot buy likelihood by expanding.
 # 3. **At initialisation s = sigmoid(2) ≈ 0.88**, a mild contraction, so the untrained flow is

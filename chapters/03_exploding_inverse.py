@@ -147,13 +147,13 @@ print("in distribution, every model matches the data's spread (within 2x) and ra
 #
 # ## 3. Far out of distribution
 #
-# ### 3a. The point we fixed in advance, and why it was not enough
+# ### 3a. One point is not enough
 #
 # A ReLU network is piecewise linear, so far along any ray y = r·d the conditioner output h is
 # eventually a linear function of r. Its slope may be negative (h → −∞, s → ε: explosion) or
 # positive (h → +∞, s → 1: nothing happens) — and which one depends on the direction d and on the
-# training run. So a single OOD point tests a single direction. Here is what our pre-registered
-# point, y = 100 · (1, 1)/√2, and a coarse ring of 16 directions at |y| = 100, gave:
+# training run. So a single OOD point tests a single direction. Here is what the point we tried
+# first, y = 100 · (1, 1)/√2, and a coarse ring of 16 directions at |y| = 100, gave:
 
 # %%
 N_OOD = mf.pick(1000, 200)
@@ -285,8 +285,10 @@ plt.show()
 #
 # `ConditionalFlow.trace` runs the sampling pass layer by layer and records, after each layer, the
 # variance across samples (the paper's Fig. 3b). In distribution it wanders within a couple of
-# orders of magnitude; far OOD, one layer multiplies it by many orders of magnitude (up to 10⁸ in
-# variance is 10⁴ in standard deviation, i.e. 1/ε): the inverse of an affine coupling.
+# orders of magnitude; far OOD, the inverse of an affine coupling multiplies it by many orders of
+# magnitude (the factor is printed below). Dividing by s ≥ ε stretches the samples by at most
+# 1/ε = 10⁴, i.e. 10⁸ in variance, but the shift t is not bounded and adds its own spread, so
+# one layer's factor can exceed 10⁸; and more than one coupling may sit at the floor.
 
 # %%
 SHOW = 0  # the model we look at closely
@@ -323,6 +325,9 @@ plt.show()
 assert d_far["jump"]["name"] == "Coupling" and d_far["jump"]["factor"] > 1e4
 assert max(r["variance"] for r in d_in["rows"]) < 100 * min(r["variance"] for r in d_in["rows"])
 print(f"the jump: layer {j['index']} ({j['name']}), variance x{j['factor']:.2e}")
+floored = [r["index"] for r in d_far["rows"] if r["name"] == "Coupling" and r["min_scale"] < 1e-3]
+print(f"couplings whose smallest s is below 1e-3 far OOD: {floored}")
+assert j["index"] in floored
 
 # %% [markdown]
 # ## 5. 1/s against the conditioner's output
@@ -417,15 +422,16 @@ redraw(seed_w.value, angle_w.value, logr_w.value)  # draw once directly, so a he
 # own bound.
 #
 # - **Density direction (training).** One coupling maps x_b to (x_b + t) s, slope s ≤ 1 + ε. It
-#   can never stretch by more than 1 + ε, whatever the conditioner does, so activations on the
-#   way to z stay bounded and training is stable. This is why SRFlow chose the sigmoid.
+#   can never stretch x_b by more than 1 + ε, whatever the conditioner does (the shift t is not
+#   bounded: it moves values, it does not multiply them), and it cannot buy likelihood by
+#   expanding. This is why SRFlow chose the sigmoid.
 # - **Sampling direction (inference).** The inverse x_b = z_b / s − t has slope 1/s, bounded only
 #   by 1/ε = 10⁴. Training never needs that bound: in distribution the learned s stays well away
 #   from ε (section 2's table). Nothing in the objective controls s for conditions it never saw.
 # - **Compounding.** In a stack of K couplings the sampling slopes multiply, up to 10⁴ per layer;
 #   worse, a coupling's t and h depend on x_a, which the previous layers may already have blown up,
 #   so one large stretch feeds the next conditioner an input as far out of distribution as y.
-#   The trace above shows both: one jump of ~10⁴ in standard deviation, then large values carried on.
+#   The trace of section 4 shows both: a jump at a coupling's inverse, then large values carried on.
 #
 # **Remark 2 of the paper**, in our words: to keep the inverse from exploding, the element-wise map
 # needs a derivative whose lower and upper bounds are close wherever the input is large — ideally

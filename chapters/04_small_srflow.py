@@ -249,15 +249,16 @@ print(f"mean bpd of the first 5 steps {first:.3f}, of the last 5 {last:.3f}")
 assert last < first - 0.2, "the loss should fall clearly within a few steps"
 
 # %% [markdown]
-# The loss falls quickly at first, then slowly: the shipped model needed 1800 steps, 20 to 30
-# minutes on one CPU core. We load it instead of waiting. Its manifest records how it was made.
+# The loss falls quickly at first, then slowly: the shipped model trained for many more steps, on
+# one CPU core. We load it instead of waiting. Its manifest records how it was made, and how long
+# it took.
 
 # %%
 model = load_pretrained("sr_affine", device=device)
 man = model.manifest
 print(f"command: {man['command']}")
 print(f"{man['steps']} steps, seed {man['seed']}, {man['wall_time_s'] / 60:.0f} min of training; "
-      f"validation bpd {man['metrics']['val_bpd']:.3f} (the 20-step model above: about {last:.1f})")
+      f"validation bpd {man['metrics']['val_bpd']:.3f} (the {STEPS}-step model above: about {last:.1f})")
 
 # %% [markdown]
 # ## 4. Super-resolving held-out photos
@@ -415,7 +416,9 @@ print("checked: PSNR within 2 dB of bicubic, input-specific consistency (below b
 # - Trained by maximum likelihood, it gives a *distribution* of answers: many HR images that fit
 #   the input and carry invented detail, instead of the one blurred average that minimises squared error.
 # - PSNR rewards the blurred average. This small model does not beat bicubic in PSNR, and its
-#   single samples score lower than their mean, by construction. Its samples are tied to their
+#   single samples score lower than their mean (asserted above). For squared error that holds by
+#   construction (the error of the mean is at most the mean error); for the mean of per-sample
+#   PSNRs it is a measurement, since the logarithm could reverse it. Its samples are tied to their
 #   input, but less tightly than bicubic's output: a short-trained model is not a converged one.
 # - Every scale in this model is s = sigmoid(h + 2) + 10⁻⁴, and sampling divides by it. On these
 #   photos at T = 0.7 nothing went wrong. Chapter 5 feeds the model inputs it has never seen.

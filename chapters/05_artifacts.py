@@ -66,14 +66,14 @@ if device.type == "cpu":  # small convolutions: on a few shared cores, extra thr
 print(f"device={device}, quick={QUICK}")
 
 # %% [markdown]
-# ## 1. Protocol, fixed before looking
+# ## 1. Protocol
 #
 # - **Models:** the shipped `sr_affine` (1800 training steps) and `sr_affine_early`, a snapshot
 #   that the same training run saved a few hundred steps in (the step is printed below).
 # - **Inputs:** every input of `data.ood_sets(factor=4, lr_size=64)`: LR images of 64x64, so every
 #   sample is 256x256, as in chapter 4. Four groups: *reference* (the validation photos with the
-#   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs a
-#   pilot study found harmless).
+#   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs an earlier,
+#   exploratory model found harmless).
 # - **Samples:** the same number for every input, 8 (4 in quick mode), from a generator seeded with
 #   0 for every input, so all inputs see the same latent random numbers.
 # - **Temperatures:** 0.9 for the main table; a sweep over 0 … 1.0 on the reference and
@@ -135,7 +135,7 @@ def run_all(model, keys, temperature, n=N, desc=""):
 #
 # Here is every LR input, by group. The *content* group holds images unlike any training photo; the
 # *degradation* group holds the two validation photos, degraded in seven ways the model never saw;
-# *benign* holds odd inputs that a pilot study with another model found harmless.
+# *benign* holds odd inputs that an earlier, exploratory model found harmless.
 
 # %%
 fig, axes = plt.subplots(4, 14, figsize=(16, 5.4))
@@ -217,10 +217,10 @@ print_groups(groups_main, f"artifact rates per set, final model, T = {T_MAIN}")
 #   thousands of non-finite values, and the smallest scale used sits at the floor, 1.0e-04.
 # - The **reference photos** may explode too at this temperature: in our run (CPU, seed 0) a third
 #   or more of their samples did; the table above shows what happened in yours. A small model
-#   trained for half an hour is not safe at T = 0.9 even in distribution. The pilot study saw the
-#   same, and SRFlow users know the effect as black blotches that go away at lower temperature.
+#   trained for half an hour is not safe at T = 0.9 even in distribution; SRFlow users know the
+#   effect as black blotches that go away at lower temperature.
 # - The **benign** group is not entirely benign for this model: the scanned `page`, harmless in
-#   the pilot, explodes here in most samples, while text, cell and the inverted coffee stay
+#   the exploratory model, explodes here in most samples, while text, cell and the inverted coffee stay
 #   clean. Whether an odd input is dangerous depends on the model, not only on how odd it looks.
 
 # %%
@@ -294,8 +294,8 @@ print_groups(groups07, "per set, T = 0.7")
 # and the smallest scale used stays far above the floor. A handful of pixels may still fall outside
 # [−0.5, 1.5]: section 9 looks at the largest such specks.
 #
-# **The OOD degradations** do explode, but not all of them. The two the pilot study named as
-# triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
+# **The OOD degradations** do explode, but not all of them. The two the exploratory model singled
+# out as triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
 # blur and JPEG explode only now and then at this temperature. So "the degradation set explodes
 # in most samples" is true for the strong degradations and not for the set as a whole; the cell
 # below checks the version that holds, and prints the set-wide rate.
@@ -410,8 +410,9 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Early in training the model is blurrier, but it keeps its scales away from the floor almost
-# everywhere; by step 1800 it has learned to use small scales, and with them, OOD inputs can push
+# Early in training the model's samples are not blurrier, they are grainy colour noise (top
+# row); yet the model keeps its scales away from the floor almost everywhere; by the end of
+# training it has learned to use small scales, and with them, OOD inputs can push
 # a scale to the floor. If the snapshot explodes anywhere, it is on a few inputs only (listed
 # below). Training does not create the weakness in one step; it makes it common.
 
@@ -422,7 +423,7 @@ print(f"inputs on which the step-{early.manifest['steps']} snapshot explodes at 
 # %% [markdown]
 # ## 8. Inside an explosion: one pixel, layer by layer
 #
-# Take the pilot's clearest trigger, coffee downscaled without antialiasing, and its clean twin, the
+# Take one of the two strong triggers, coffee downscaled without antialiasing, and its clean twin, the
 # reference coffee: same HR content, *same latent random numbers*, T = 0.7. We run the sampling
 # pass with `model.trace(..., keep=True)`, which keeps every layer's output, and follow one HR
 # pixel backwards through the flow: after each layer, the largest |value| over the channels at the
