@@ -242,3 +242,15 @@ def test_chapter3_slider_starts_where_the_first_drawing_is():
     source = (CHAPTERS / "03_exploding_inverse.py").read_text()
     assert source.count("continuous_update=False") == 2  # the two sliders redraw when released
     assert "redraw(seed_w.value, angle_w.value, logr_w.value)" in source  # the first drawing is the sliders' values
+
+
+LEARNER_FACING = [*SOURCES, ROOT / "README.md", ROOT / "minflow" / "data.py"]
+
+
+@pytest.mark.parametrize("path", LEARNER_FACING, ids=[p.name for p in LEARNER_FACING])
+def test_learner_facing_text_speaks_of_the_course_and_the_paper(path):
+    """No tracker numbers, no study-internal jargon, no pass/fail printouts: a finding that goes
+    against an expectation is told as a lesson."""
+    text = path.read_text()
+    for pattern in [r"(?i)\bissue \d", r"(?i)\bpilot\b", r"(?i)pre-registered", r"(?i)fixed before", r"\bFAILS\b"]:
+        assert not re.search(pattern, text), f"{path.name}: {pattern}"
