@@ -83,7 +83,7 @@ def test_colab_cell_clones_and_installs_and_the_chapter_imports_work(tmp_path):
     nb = notebooks.notebook(src)
     imports = [c for c in nb.cells if c.cell_type == "code"][1].source
     script = "\n".join([
-        "import sys, types, json",
+        "import sys, types",
         "colab = types.ModuleType('google.colab')",
         "colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: print('WIDGET MANAGER ON'))",
         "sys.modules['google.colab'] = colab",
@@ -99,6 +99,8 @@ def test_colab_cell_clones_and_installs_and_the_chapter_imports_work(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "WIDGET MANAGER ON" in run.stdout
     assert f"MINFLOW FROM {tmp_path / 'minflow' / 'minflow' / '__init__.py'}" in run.stdout
+    clone_head, our_head = (subprocess.run(["git", "rev-parse", "HEAD"], cwd=d, capture_output=True, text=True).stdout for d in (tmp_path / "minflow", ROOT))
+    assert clone_head == our_head, "the cell cloned this repository's HEAD"
     would_install = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
     assert would_install == ["minflow"], "on a runtime that has the dependencies, pip adds only minflow"
 
