@@ -36,7 +36,8 @@ if "google.colab" in sys.modules:
             raise RuntimeError(
                 f"Could not clone {REPO}: {clone.stderr.strip()}\n"
                 "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
-                "folder), set REPO at the top of this cell to its URL, and run the cell again."
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
             )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
     sys.path.insert(0, str(course))

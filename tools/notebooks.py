@@ -50,7 +50,8 @@ if "google.colab" in sys.modules:
             raise RuntimeError(
                 f"Could not clone {REPO}: {clone.stderr.strip()}\\n"
                 "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
-                "folder), set REPO at the top of this cell to its URL, and run the cell again."
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
             )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
     sys.path.insert(0, str(course))@WIDGETS@"""
@@ -83,6 +84,13 @@ def point_at_repository(text: str, setup: bool = True) -> str:
     return text
 
 
+def _rewrite(path: Path, setup: bool = True) -> None:
+    """Point `path` at REPOSITORY (see point_at_repository), writing it only if that changes it."""
+    text = path.read_text()
+    if (new := point_at_repository(text, setup)) != text:
+        path.write_text(new)
+
+
 def sources() -> list[Path]:
     """Every chapter source chapters/NN_name.py, in order."""
     return sorted(p for p in CHAPTERS.glob("[0-9][0-9]_*.py"))
@@ -113,11 +121,10 @@ def sync(paths: list[Path] | None = None) -> list[Path]:
     """Write the .ipynb of every source (after pointing its set-up cell and badge at REPOSITORY)."""
     import nbformat
 
-    readme = ROOT / "README.md"
-    readme.write_text(point_at_repository(readme.read_text(), setup=False))
+    _rewrite(ROOT / "README.md", setup=False)
     written = []
     for src in paths or sources():
-        src.write_text(point_at_repository(src.read_text()))
+        _rewrite(src)
         out = src.with_suffix(".ipynb")
         nbformat.write(notebook(src), out)
         written.append(out)
