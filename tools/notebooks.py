@@ -2,7 +2,8 @@
 
     python tools/notebooks.py sync            # chapters/NN_*.py -> NN_*.ipynb (no outputs)
     python tools/notebooks.py check           # exit 1 if a pair's cells differ
-    python tools/notebooks.py book --out build  # execute every chapter: HTML, index, slide decks
+    python tools/notebooks.py book --out build  # execute every chapter: HTML, index, slide decks, PDFs
+    python tools/notebooks.py book 01 03        # only chapters 1 and 3
     python tools/notebooks.py student         # students/NN_*.ipynb: solutions replaced by stubs
 
 The .py files (jupytext percent format) are the sources; the .ipynb files are generated.
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check")
     b = sub.add_parser("book")
     b.add_argument("--out", type=Path, default=ROOT / "build")
+    b.add_argument("only", nargs="*", help="chapter numbers (01, 03, ...) to render; default: all")
     st = sub.add_parser("student")
     st.add_argument("--out", type=Path, default=STUDENTS)
     args = parser.parse_args(argv)
@@ -329,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in students(args.out):
             print(f"wrote {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     else:
-        book(args.out)
+        chosen = [src for src in sources() if src.name[:2] in args.only]
+        if args.only and len(chosen) != len(set(args.only)):
+            parser.error(f"no chapter for some of {args.only}")
+        book(args.out, chapters=chosen or None)
     return 0
 
 
