@@ -1,4 +1,4 @@
-"""The small SRFlow (minflow.sr), its training command (minflow.train) and the shipped checkpoint."""
+"""The small SRFlow (minflow.sr), its training command (python -m minflow train-sr) and the shipped checkpoint."""
 
 from __future__ import annotations
 
@@ -141,9 +141,9 @@ ARGS = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--bl
 
 
 def run(tmp_path, name, *extra):
-    from minflow.train import main
+    from minflow.cli import main
 
-    return main(["--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+    return main(["train-sr", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
 
 
 def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
@@ -158,7 +158,7 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", runs / "b")[1]["steps"] == 1
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
     assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "bicubic_psnr" in metrics
-    assert mb["command"].startswith("python -m minflow.train --name b") and mb["seed"] == 0
+    assert mb["command"].startswith("python -m minflow train-sr --name b") and mb["seed"] == 0
     model = load_pretrained("b", root=runs / "b")
     assert model.config["levels"] == 2
     with pytest.raises(SystemExit, match="other settings"):
@@ -186,9 +186,9 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
-    from minflow.train import validation_pairs
+    from minflow.train import SR, validation_pairs
 
-    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, metrics["val_size"]))
+    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, SR, metrics["val_size"]))
 
 
 @pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
