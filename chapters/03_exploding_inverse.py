@@ -62,7 +62,7 @@ print(f"device={device}, quick={QUICK}")
 # ## 1. Five models, and what "far out of distribution" means here
 #
 # Training one toy flow takes a minute or two, so we load five that ship with the course, made by
-# `python -m minflow.toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (same
+# `python -m minflow train-toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (same
 # architecture as chapter 2: four steps of ActNorm, invertible 2x2 map and an SRFlow affine
 # coupling with s = sigmoid(h + 2) + 10⁻⁴). Each checkpoint carries the command, seed, wall time
 # and metrics that produced it, and its file's checksum is verified on loading.
