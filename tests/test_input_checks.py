@@ -285,3 +285,15 @@ def test_checkpoint_holding_code_is_refused_and_the_code_does_not_run(tmp_path):
     with pytest.raises(RuntimeError, match="holds more than tensors"):
         load_pretrained("evil", root=tmp_path)
     assert not marker.exists()
+
+
+def test_one_image_check_with_or_without_the_value_checks():
+    for bad, error in [(torch.rand(3, 4, 4).numpy(), TypeError), (torch.rand(2, 4, 4), ValueError), (torch.ones(3, 4, 4, dtype=torch.uint8), TypeError)]:
+        for values in (True, False):
+            with pytest.raises(error):
+                check_image(bad, "x", 3, values=values)
+    exploded = torch.full((3, 4, 4), math.inf)
+    check_image(exploded, "x", 3, values=False)  # what data functions accept (exploded samples)
+    with pytest.raises(ValueError, match="non-finite"):
+        check_image(exploded, "x", 3)
+    assert data.bicubic_down(torch.full((3, 8, 8), 300.0), 4).shape == (3, 2, 2)  # no value check in the data functions

@@ -205,3 +205,27 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoints" / "sr_affine.pt").unlink()
     with pytest.raises(FileNotFoundError, match="is missing. Recreate it with: python -m minflow.train"):
         load_state("sr_affine", tmp_path)
+
+
+def test_config_dataclass_builds_the_same_model_and_checks_itself():
+    from minflow import checkpoints
+    from minflow.imageflow import ImageFlow
+    from minflow.lowlight import LLFlow, LLFlowConfig
+    from minflow.sr import SRFlowConfig
+
+    cfg = SRFlowConfig(levels=2, steps=1, width=8, nf=8, blocks=1)
+    torch.manual_seed(0)
+    a = SRFlow(cfg)
+    torch.manual_seed(0)
+    b = checkpoints.build("srflow", dict(a.config))  # as a manifest stores it
+    assert a.config == b.config == dict(vars(cfg)) and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert SRFlow(cfg, coupling="tanh").config["coupling"] == "tanh" and a.lr_multiple == cfg.lr_multiple == 1
+    for bad, match in [({"factor": 3}, "power of 2"), ({"prior": "x"}, "prior"), ({"coupling": "nope"}, "unknown coupling")]:
+        with pytest.raises(ValueError, match=match):
+            SRFlowConfig(**bad)
+    with pytest.raises(TypeError):
+        SRFlowConfig(nope=1)
+    # one base owns dequantisation, bits per dim and padded sampling for both image flows
+    for cls in (SRFlow, LLFlow):
+        assert issubclass(cls, ImageFlow) and all(name not in vars(cls) for name in ("dequantize", "nll_bpd", "sample_images"))
+    assert LLFlowConfig().lr_multiple == 8 and LLFlowConfig.factor == 1

@@ -371,3 +371,61 @@ def test_the_printed_resume_command_resumes_with_half_the_lr(tmp_path, data, mon
     assert manifest["metrics"] == metrics and manifest["steps"] == 4
     assert manifest["training"]["lr_history"] == state(tmp_path, "d")["lr_history"] == [[0, 4e-4], [1, 2e-4]]
     assert manifest["training"]["lr"] == 2e-4 and manifest["command"] == shlex.join(words)
+
+
+# ----------------------------------------------------------------------------- configs and the library's shape
+
+
+def test_train_config_refuses_meaningless_values(tmp_path):
+    good = dict(name="n", runs=tmp_path)
+    assert train_mod.TrainConfig(**good).runs == tmp_path and train_mod.TrainConfig(name="n", runs=str(tmp_path)).runs == tmp_path
+    for bad, match in [({"name": "../up"}, "plain file name"), ({"steps": 0}, "steps must be"), ({"batch": 1.5}, "whole number"),
+                       ({"lr": 0.0}, "lr must be"), ({"lr": math.nan}, "lr must be"), ({"seed": -1}, "seed must be"),
+                       ({"threads": True}, "threads must be"), ({"crop": 0}, "crop must be")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            train_mod.TrainConfig(**{**good, **bad})
+
+
+def test_check_run_refuses_sizes_the_model_cannot_take(tmp_path):
+    from minflow.lowlight import LLFlowConfig
+    from minflow.sr import SRFlowConfig
+
+    cfg = train_mod.TrainConfig(name="n", runs=tmp_path, steps=5, crop=30)
+    with pytest.raises(ValueError, match="crop 30 must be a multiple of 4"):
+        train_mod.check_run(SRFlowConfig(levels=2), cfg)
+    with pytest.raises(ValueError, match="crop 30 must be a multiple of 8"):
+        train_mod.check_run(LLFlowConfig(), cfg)
+    ok = train_mod.TrainConfig(name="n", runs=tmp_path, steps=5, crop=32)
+    with pytest.raises(ValueError, match="early 5 must be smaller than steps 5"):
+        train_mod.check_run(SRFlowConfig(), ok, early=5)
+    with pytest.raises(ValueError, match="val_size 2 must be 0"):
+        train_mod.check_run(SRFlowConfig(), ok, val_size=2)
+    train_mod.check_run(SRFlowConfig(), ok, early=4, val_size=64)
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The modules `path` imports at its top level (relative ones as '.name')."""
+    import ast
+
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            out |= {base} if node.module else {f".{a.name}" for a in node.names}
+    return out
+
+
+def test_library_modules_hold_no_programs_and_models_never_import_training():
+    package = REPO / "minflow"
+    for path in [*package.glob("*.py"), *package.glob("data/*.py")]:
+        text = path.read_text()
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        assert "argparse" not in module_level_imports(path) and "ArgumentParser" not in text, path
+        if 'if __name__ == "__main__":' in text:  # only a thin alias of a cli command
+            alias = text.split('if __name__ == "__main__":')[1]
+            assert "from .cli import main" in alias and len(alias.splitlines()) <= 6, path
+    for model in ("sr", "lowlight", "toy", "imageflow", "flow", "couplings", "transforms", "splines"):
+        assert not {".train", ".cli"} & module_level_imports(package / f"{model}.py"), model
