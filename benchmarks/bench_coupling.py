@@ -17,7 +17,7 @@ element (2 unused): it pays the spline's wider last conv and nothing else, the f
   inverse without autograd;
 - flow: ``SRFlow(coupling="spline")`` against ``SRFlow(coupling="affine")`` at the training
   defaults (3 levels, 3 steps, width 32), batch 16 of 64 x 64 HR / 16 x 16 LR; training step =
-  ``nll_bpd(hr, lr).mean()`` forward + backward + Adam step (what `python -m minflow.train` does);
+  ``nll_bpd(hr, lr).mean()`` forward + backward + Adam step (what `python -m minflow train-sr` does);
   sampling = ``model.sample(lr, temperature=0.7)`` without autograd.
 
 The conditioners' zero-initialised last layers get small random weights first, so both bijections

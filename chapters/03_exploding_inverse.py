@@ -72,7 +72,7 @@ print(f"device={device}, quick={QUICK}")
 # ## 1. Five models, and what "far out of distribution" means here
 #
 # Training one toy flow takes a minute or two, so we load five that ship with the course, made by
-# `python -m minflow.toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (same
+# `python -m minflow train-toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (same
 # architecture as chapter 2: four steps of ActNorm, invertible 2x2 map and an SRFlow affine
 # coupling with s = sigmoid(h + 2) + 10⁻⁴). Each checkpoint carries the command, seed, wall time
 # and metrics that produced it, and its file's checksum is verified on loading.
@@ -158,7 +158,7 @@ print("in distribution, every model matches the data's spread (within 2x) and ra
 
 # %%
 N_OOD = mf.pick(1000, 200)
-pre = {s: toy.diagnose(m, tuple(toy.PREREGISTERED_RADIUS * v for v in toy.OOD_DIRECTION), n=N_OOD, n_jac=0) for s, m in models.items()}
+pre = {s: toy.diagnose(m, tuple(toy.FIRST_OOD_RADIUS * v for v in toy.OOD_DIRECTION), n=N_OOD, n_jac=0) for s, m in models.items()}
 ring16 = {s: toy.ring(m, radius=100.0, n_directions=16, n=N_OOD) for s, m in models.items()}
 print(f"{'seed':>4} {'at 100(1,1)/sqrt2: spread ratio':>32} {'min s':>9} {'16 directions at |y|=100: worst ratio':>39}")
 for s in SEEDS:

@@ -71,7 +71,7 @@ print(f"device={device}, quick={QUICK}")
 #
 # - **Models:** the shipped `sr_affine` (1800 training steps) and `sr_affine_early`, a snapshot
 #   that the same training run saved a few hundred steps in (the step is printed below).
-# - **Inputs:** every input of `data.ood_sets(factor=4, lr_size=64)`: LR images of 64x64, so every
+# - **Inputs:** every input of `data.ood_sets(factor=4, size=64)`: LR images of 64x64, so every
 #   sample is 256x256, as in chapter 4. Four groups: *reference* (the validation photos with the
 #   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs an earlier,
 #   exploratory model found harmless).

@@ -451,7 +451,7 @@ if spline_file.exists():
 else:
     sr_spline = spline_res = spline_stats = None
     print(f"SKIPPED: {spline_file} does not exist, so the spline comparison below does not run. "
-          f"Make it with the command in chapter 7 (python -m minflow.train --coupling spline ... --ship).")
+          f"Make it with the command in chapter 7 (python -m minflow train-sr --coupling spline ... --ship).")
 
 # %%
 models = {"affine": affine_stats} if spline_stats is None else {"affine": affine_stats, "spline": spline_stats}

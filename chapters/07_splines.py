@@ -258,7 +258,7 @@ plt.show()
 #
 # Same task, architecture, optimiser, steps and seeds as chapter 3's five affine models; only the
 # element-wise map of each coupling differs. The spline checkpoints ship with the course, made by
-# `python -m minflow.toy --coupling spline --seed S --steps 2000` for S = 0 … 4. We repeat
+# `python -m minflow train-toy --coupling spline --seed S --steps 2000` for S = 0 … 4. We repeat
 # chapter 3's measurements on both families: in-distribution spread, the 360-direction scan at
 # |y| = 1000 (chapter 3's "far OOD": the worst direction, same rule for every model), and the sweep
 # from in distribution outwards. Chapter 3's claims are about the affine models; what we expect
@@ -492,7 +492,7 @@ assert all(v <= 10 for v in capped_ratio.values())
 # A variant that bounds both: `FullyBoundedSpline` maps d to 3·tanh(d / 3) (so the
 # interior derivative stays in (e⁻³, e³)) and t to 3·tanh(t / 3) (so a layer shifts by less than 3).
 # A sampling pass then moves an element by at most 3 + 1 per coupling, whatever the condition. Five
-# toy models trained with it (`python -m minflow.toy --coupling spline_bounded --seed S --steps 2000`,
+# toy models trained with it (`python -m minflow train-toy --coupling spline_bounded --seed S --steps 2000`,
 # same seeds) on the same test:
 
 # %%
@@ -996,7 +996,7 @@ print(mf.format_trace([rows16[0]] + [r for r in rows16 if r["name"] == "Split" o
 # ## 5. The other remedies, on the same axes
 #
 # Splines are not the only proposed fix. On the toy (same task, seeds 0–2, 2000 steps each,
-# `python -m minflow.toy --coupling NAME`), four affine variants that change only the scale s(h):
+# `python -m minflow train-toy --coupling NAME`), four affine variants that change only the scale s(h):
 #
 # - **softclamp**: log s = c·(2/π)·atan(h / c), c = 2 (HCFlow, FrEIA): s ∈ (e⁻², e²), so one
 #   coupling's sampling slope is at most e² ≈ 7.4, and four of them at most e⁸ ≈ 3000;

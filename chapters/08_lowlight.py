@@ -56,7 +56,7 @@ from matplotlib.colors import to_rgb
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import lowlight, metrics, ood
+from minflow import data, lowlight, metrics, ood
 from minflow.checkpoints import load_pretrained
 from minflow.plotting import COLORS, style
 
@@ -72,8 +72,8 @@ print(f"device={device}, quick={QUICK}")
 # ## 1. Synthetic low light
 #
 # Real low-light pairs (the LOL data set: the same scene shot twice, with a short and a long
-# exposure) are a download away (`lowlight.load_lol`, off by default). The course makes its pairs
-# from its own photos instead, with a small camera model, `lowlight.darken`. Per image it draws
+# exposure) are a download away (`data.load_lol`, off by default). The course makes its pairs
+# from its own photos instead, with a small camera model, `data.darken`. Per image it draws
 #
 # $$y = x^{\gamma}\cdot e \cdot g_c, \qquad y \leftarrow a\,\mathrm{Poisson}(y/a) + b\,\mathcal N(0,1), \qquad y \leftarrow \mathrm{round}(255\,\mathrm{clip}(y))/255,$$
 #
@@ -82,7 +82,7 @@ print(f"device={device}, quick={QUICK}")
 # shot noise with a photon scale a ∈ [5·10⁻⁴, 5·10⁻³] (1/a photons fill the range) and read noise of
 # std b ∈ [10⁻³, 10⁻²], then an 8-bit capture. Training draws every parameter from these ranges.
 #
-# The out-of-distribution inputs (`lowlight.ood_sets`) push one parameter far outside its range
+# The out-of-distribution inputs (`data.lowlight_ood_sets`) push one parameter far outside its range
 # and leave the others as in training: **darker** (e = 0.02), **brighter** (e = 1 and γ = 1: a
 # normally lit photo, nothing to enhance), heavy **noise** (a = 0.05, b = 0.05), a strong colour
 # **cast** (c = 0.8); and **content** that is not a photo of a scene (a chessboard photo, a page,
@@ -92,7 +92,7 @@ print(f"device={device}, quick={QUICK}")
 
 # %%
 SIZE = 128
-sets = lowlight.ood_sets(SIZE)
+sets = data.lowlight_ood_sets(SIZE)
 inputs = {(group, name): inp for group, members in sets.items() for name, inp in members.items()}
 OOD_GROUPS = [g for g in sets if g != "reference"]
 print(f"{len(inputs)} inputs of {SIZE}x{SIZE}: " + ", ".join(f"{g} {len(m)}" for g, m in sets.items()))
@@ -103,7 +103,7 @@ for (g, name), inp in inputs.items():
 # %%
 fig, axes = plt.subplots(2, 6, figsize=(16, 6.2), layout="constrained")
 coffee = sets["reference"]["coffee"].normal
-draws = [lowlight.darken(coffee, torch.Generator().manual_seed(s))[0] for s in range(4)]
+draws = [data.darken(coffee, torch.Generator().manual_seed(s))[0] for s in range(4)]
 row0 = [("normal light", coffee), *[(f"training draw {s}", d) for s, d in enumerate(draws)], ("draw 0, x 8 (to see it)", (8 * draws[0]).clamp(0, 1))]
 row1 = [(f"{g}: coffee", sets[g]["coffee"].dark) for g in ("darker", "brighter", "noise", "cast")]
 row1 += [("content: page", sets["content"]["page"].dark), ("content: stripes_2px", sets["content"]["stripes_2px"].dark)]
@@ -112,7 +112,7 @@ for ax, (title, img) in zip([*axes[0], *axes[1]], row0 + row1):
     ax.set(title=title, xticks=[], yticks=[])
 axes[0, 0].set_ylabel("in distribution")
 axes[1, 0].set_ylabel("out of distribution")
-fig.suptitle("lowlight.darken: training draws of one photo (top) and the test inputs that leave the training ranges (bottom)")
+fig.suptitle("data.darken: training draws of one photo (top) and the test inputs that leave the training ranges (bottom)")
 plt.show()
 
 # %% [markdown]
@@ -152,7 +152,7 @@ assert heq.min() == 0 and heq.amax((1, 2)).eq(1).all()  # every channel stretche
 # A sample at temperature T takes z = μ(y) + T ε instead.
 #
 # We load the two shipped checkpoints of the main comparison (their training commands are printed;
-# `python -m minflow.lowlight train ...` reproduces them), then rebuild the T = 0 enhancement by
+# `python -m minflow train-lowlight ...` reproduces them, as does the older form they were recorded in), then rebuild the T = 0 enhancement by
 # hand, one layer at a time, and check it against `lowlight.enhance`.
 
 # %%
@@ -418,7 +418,7 @@ def level1(model, dark):
 @torch.no_grad()
 def fit_scorer(model):
     train = model.manifest["training"]
-    stream = lowlight.LowLightPairs(mf.data.load_photos(mf.data.TRAIN_PHOTOS), train["crop"], train["batch"], seed=model.manifest["seed"])
+    stream = data.LowLightPairs(mf.data.load_photos(mf.data.TRAIN_PHOTOS), train["crop"], train["batch"], seed=model.manifest["seed"])
     scorer = ood.Mahalanobis()
     for _, (_, dark) in zip(range(N_FIT_BATCHES), stream):
         scorer.partial_fit_maps(level1(model, dark))
@@ -540,10 +540,10 @@ for r in rows:
 # with 0 each time) and record the affine model's smallest scale s at T = 0 in `s_by_exposure`
 # (a dict e -> s), using the `run` helper.
 
-# %% tags=["solution"] hint="for each e: dark = lowlight.darken(coffee, torch.Generator().manual_seed(0), exposure=e)[0]; then _, s, _ = run(ll['affine'], dark, 0.0, 1) and keep s.min().item()"
+# %% tags=["solution"] hint="for each e: dark = data.darken(coffee, torch.Generator().manual_seed(0), exposure=e)[0]; then _, s, _ = run(ll['affine'], dark, 0.0, 1) and keep s.min().item()"
 s_by_exposure = {}
 for e in (0.3, 0.1, 0.03, 0.01, 0.003):
-    dark_e = lowlight.darken(coffee, torch.Generator().manual_seed(0), exposure=e)[0]
+    dark_e = data.darken(coffee, torch.Generator().manual_seed(0), exposure=e)[0]
     _, s_e, _ = run(ll["affine"], dark_e, 0.0, 1)
     s_by_exposure[e] = s_e.min().item()
 print({e: f"{s:.2e}" for e, s in s_by_exposure.items()})

@@ -4,11 +4,7 @@ Direction convention: ``forward`` is x -> z (density), ``inverse`` is z -> x (sa
 return ``(output, logdet)``.
 """
 
-import warnings
-
-# `python -m minflow.lowlight` imports this package, which imports lowlight, before running it as
-# __main__; runpy then warns about it. Harmless here (the module has no import-time side effects).
-warnings.filterwarnings("ignore", message=r"'minflow\.\w+' found in sys\.modules", category=RuntimeWarning)
+import importlib
 
 from .bijections import SCALES, Affine, Bijection, bijection_names, make_bijection, register_bijection
 from .couplings import Coupling, Injector, conditioner, conv_net, mlp
@@ -30,7 +26,21 @@ from .transforms import (
 from .utils import get_device, pick, quick_mode, seed_everything
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .checkpoints import available, load_pretrained
-from . import bijections, checkpoints, data, diagnostics, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
+from . import bijections, checkpoints, data, diagnostics, ood, splines
+
+LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "sr", "toy", "train")
+"""Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *LAZY])
+
 
 __version__ = "0.1.0"
 

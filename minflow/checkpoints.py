@@ -7,13 +7,18 @@ and the SHA-256 of the builder and config (``config_sha256``, see `config_digest
 checks both, so neither an edited .pt file nor an edited config loads another model silently.
 NAME is a plain file name (letters, digits, ``_``, ``-``, ``.``) inside the checkpoints folder.
 
+The builder is a name in `BUILDERS`: the course's models are listed there as "module:function"
+and imported only when a checkpoint needs them (`builder`); `register_builder` adds your own.
+
 The data folder is ``$MINFLOW_DATA`` when set, else the repository's ``data/`` beside the package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
+import importlib
 import json
 import os
 import pickle
@@ -25,7 +30,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+BUILDERS: dict[str, str | Callable[..., nn.Module]] = {
+    "srflow": "minflow.sr:build_srflow",
+    "llflow": "minflow.lowlight:build_llflow",
+    "toy": "minflow.toy:toy_flow",
+}
+"""Builder name -> the model constructor, or "module:function" to import it from when first needed."""
 
 
 def register_builder(name: str):
@@ -36,6 +46,24 @@ def register_builder(name: str):
         return fn
 
     return wrap
+
+
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The constructor registered as `name`, importing its module on first use."""
+    if name not in BUILDERS:
+        raise KeyError(f"unknown builder {name!r}; registered: {sorted(BUILDERS)} (add one with register_builder)")
+    fn = BUILDERS[name]
+    if isinstance(fn, str):
+        module, _, attr = fn.partition(":")
+        fn = BUILDERS[name] = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def build(name: str, config: dict | object) -> nn.Module:
+    """The model of builder `name` for `config`: a dict as manifests store it, or a config dataclass."""
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    return builder(name)(**config)
 
 
 def data_dir() -> Path:
@@ -78,11 +106,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: nn.Module, name: str, builder: str, config: dict, record: dict, root: Path | None = None) -> Path:
-    """Write NAME.pt and its manifest NAME.json; `record` holds command, seed, wall time, metrics."""
+def save_checkpoint(model: nn.Module, name: str, builder: str, config: dict | object, record: dict,
+                    root: Path | None = None) -> Path:
+    """Write NAME.pt and its manifest NAME.json; `record` holds command, seed, wall time, metrics.
+    `config` is a dict or a config dataclass (stored as a dict)."""
     pt, js = _paths(name, root)
     if builder not in BUILDERS:
         raise KeyError(f"unknown builder {builder!r}; registered: {sorted(BUILDERS)}")
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
     config = json.loads(json.dumps(config))  # as it will be read back (tuples become lists)
     digest = config_digest(builder, config)
     reserved = {"name", *REQUIRED, "bytes", "torch", "machine", "created"} & set(record)
@@ -157,8 +189,8 @@ def load_pretrained(name: str, device: torch.device | str = "cpu", root: Path | 
     """Rebuild the model of checkpoint `name` from its manifest, load its weights, eval mode."""
     state, manifest = load_state(name, root)
     if manifest["builder"] not in BUILDERS:
-        raise KeyError(f"checkpoint {name!r} needs builder {manifest['builder']!r}; import the module that registers it")
-    model = BUILDERS[manifest["builder"]](**manifest["config"])
+        raise KeyError(f"checkpoint {name!r} needs builder {manifest['builder']!r}; register it with register_builder")
+    model = build(manifest["builder"], manifest["config"])
     model.load_state_dict(state)
     model.manifest = manifest
     return model.to(device).eval()

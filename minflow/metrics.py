@@ -171,8 +171,12 @@ def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
 
 
 def min_scale(rows: list[dict]) -> float:
-    """The smallest scale s any coupling or injector used, from `ConditionalFlow.trace` rows (nan ignored)."""
-    scales = [r["min_scale"] for r in rows if r.get("min_scale") is not None and not math.isnan(r["min_scale"])]
+    """The smallest scale s any coupling or injector used, from `ConditionalFlow.trace` rows.
+
+    nan is ignored (as in `utils.nanmin`): nan when every layer that reports a scale reported nan;
+    a ValueError when no row reports one at all (a trace of a flow without couplings).
+    """
+    scales = [r["min_scale"] for r in rows if r.get("min_scale") is not None]
     if not scales:
         raise ValueError("no layer in these trace rows reports a scale")
-    return min(scales)
+    return nanmin(torch.tensor(scales, dtype=torch.float64)).item()

@@ -15,6 +15,8 @@ from typing import NamedTuple, Sequence, Union
 import numpy as np
 import torch
 
+from .utils import check_tensor
+
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
 PIVOT_RTOL = 1e-10
@@ -23,15 +25,6 @@ after regressing it on features 0..i-1 (the squared Cholesky pivot L_ii^2) is at
 times its own variance Sigma_ii, i.e. feature i is (to float64 accuracy) constant or a linear
 combination of others. Its distances would be noise amplified by > 1e5, so we raise instead."""
 _NOT_FITTED = "Mahalanobis scorer is not fitted: call fit() or partial_fit() first"
-
-
-def _check(x: torch.Tensor, name: str, ndim: int, shape: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
@@ -97,7 +90,7 @@ class Mahalanobis:
     def partial_fit(self, features: torch.Tensor) -> Mahalanobis:
         """Add an (n, D) chunk to the running float64 sums of z, z z^T, ||z||^2 z and ||z||^4,
         z = x - (first chunk's mean). Returns self; the fit is finalized lazily."""
-        _check(features, "features", 2, "(N, D)")
+        check_tensor(features, "features", (2,), floating=True, shape="(N, D)")
         if self._ref is not None:
             self._check_like_fit(features, "features")
         _check_finite(features, "features")
@@ -168,7 +161,7 @@ class Mahalanobis:
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distance (not squared) of each row of (N, D) features: shape (N,), in the
         input's dtype, on its device (which must be the fit's device)."""
-        _check(features, "features", 2, "(N, D)")
+        check_tensor(features, "features", (2,), floating=True, shape="(N, D)")
         self._fitted()
         self._check_like_fit(features, "features")
         _check_finite(features, "features")
@@ -178,17 +171,17 @@ class Mahalanobis:
 
     def fit_maps(self, maps: torch.Tensor) -> Mahalanobis:
         """Fit on (B, C, H, W) feature maps, each spatial location a C-vector."""
-        _check(maps, "maps", 4, "(B, C, H, W)")
+        check_tensor(maps, "maps", (4,), floating=True, shape="(B, C, H, W)")
         return self.fit(maps_to_rows(maps))
 
     def partial_fit_maps(self, maps: torch.Tensor) -> Mahalanobis:
         """Streaming counterpart of fit_maps."""
-        _check(maps, "maps", 4, "(B, C, H, W)")
+        check_tensor(maps, "maps", (4,), floating=True, shape="(B, C, H, W)")
         return self.partial_fit(maps_to_rows(maps))
 
     def score_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Per-pixel distances of (B, C, H, W) feature maps: shape (B, H, W)."""
-        _check(maps, "maps", 4, "(B, C, H, W)")
+        check_tensor(maps, "maps", (4,), floating=True, shape="(B, C, H, W)")
         b, _, h, w = maps.shape
         return self.score(maps_to_rows(maps)).reshape(b, h, w)
 

@@ -13,28 +13,28 @@ and a top prior N(0, I). As in SRFlow the split prior of the dropped half is a G
 mean and log-std come from the kept half only; ``prior="conditional"`` lets it read g(y) too, so
 its variance depends on the condition: a second exploding path (chapter 7).
 
-What is modelled: the HR image itself, not its residual to bicubic. SRFlow does so, the pilot
-showed the effect in this setting, and the artifact criterion (> 1.5, < -0.5, non-finite) reads
-the flow's output directly, with nothing added after the flow that could mask or shift it.
+`SRFlowConfig` holds the architecture; ``SRFlow(config)`` or ``SRFlow(**fields)`` builds it, and
+``model.config`` is the same as a dict (what checkpoint manifests store).
 
-Dequantisation: x = HR + u, u ~ U(-1/(2q), 1/(2q)) (one bin of q levels); the reported
-bits per dim are -log2 p(x | y) / D + log2 q, an upper bound on the NLL of q-level images.
+What is modelled: the HR image itself, not its residual to bicubic, as in SRFlow; the artifact
+criterion (> 1.5, < -0.5, non-finite) then reads the flow's output directly, with nothing added
+after the flow that could mask or shift it.
+
+Dequantisation, bits per dim and sampling whole images come from `imageflow.ImageFlow`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bijections import Spec, make_bijection, spec_name
-from .checkpoints import register_builder
 from .couplings import Coupling, Injector
-from .flow import ConditionalFlow
+from .imageflow import ImageFlow, ImageFlowConfig
 from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
-from .utils import check_image
 
 def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: Spec, lu: bool) -> list:
     """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
@@ -108,55 +108,60 @@ class Encoder(nn.Module):
         return Features(out)
 
 
-class SRFlow(ConditionalFlow):
+@dataclass(frozen=True)
+class SRFlowConfig(ImageFlowConfig):
+    """The architecture of an `SRFlow` (checked when made): upscaling `factor` (a power of 2), L =
+    `levels`, T = `transitions` and K = `steps` per level, conditioner `width`, encoder `nf`,
+    `blocks` and growth `gc`, `cond_channels` per level, the `coupling` bijection's name, the split
+    `prior` ("srflow" or "conditional"), `quant` levels, LU-parametrised 1x1 convs, `channels`."""
+
+    factor: int = 4
+    levels: int = 3
+    steps: int = 3
+    transitions: int = 1
+    width: int = 32
+    nf: int = 32
+    blocks: int = 4
+    gc: int = 16
+    cond_channels: int = 32
+    coupling: Spec = "affine"
+    prior: str = "srflow"
+    quant: int = 32
+    lu: bool = True
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.factor < 1 or self.factor & (self.factor - 1):
+            raise ValueError(f"factor must be a power of 2, got {self.factor}")
+        if self.prior not in ("srflow", "conditional"):
+            raise ValueError(f"prior must be 'srflow' or 'conditional', got {self.prior!r}")
+        # fail early on a bad name; a registered factory is recorded by its name
+        object.__setattr__(self, "coupling", spec_name(self.coupling))
+        make_bijection(self.coupling)
+
+
+class SRFlow(ImageFlow):
     """SRFlow-like conditional flow on HR images given LR images (see the module docstring).
 
     ``coupling`` picks the bijection of every injector and coupling: a name of `minflow.bijections`
     (e.g. "affine", SRFlow's) or a factory of one.
     """
 
-    def __init__(
-        self,
-        factor: int = 4,
-        levels: int = 3,
-        steps: int = 3,
-        transitions: int = 1,
-        width: int = 32,
-        nf: int = 32,
-        blocks: int = 4,
-        gc: int = 16,
-        cond_channels: int = 32,
-        coupling: Spec = "affine",
-        prior: str = "srflow",
-        quant: int = 32,
-        lu: bool = True,
-        channels: int = 3,
-    ):
-        if factor < 1 or factor & (factor - 1):
-            raise ValueError(f"factor must be a power of 2, got {factor}")
-        if prior not in ("srflow", "conditional"):
-            raise ValueError(f"prior must be 'srflow' or 'conditional', got {prior!r}")
-        coupling = spec_name(coupling)  # fail early on a bad name; a registered factory is recorded by name
-        make_bijection(coupling)
-        encoder = Encoder(factor, levels, nf, blocks, gc, cond_channels, channels)
-        layers, c = [], channels
-        for level in range(levels):
+    cond_name, cond_size = "LR", "h, w"
+
+    def __init__(self, config: SRFlowConfig | None = None, **fields):
+        cfg = replace(config or SRFlowConfig(), **fields)
+        encoder = Encoder(cfg.factor, cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels, cfg.channels)
+        layers, c = [], cfg.channels
+        for level in range(cfg.levels):
             c *= 4
-            layers += flow_level(c, transitions, steps, cond_channels, width, coupling, lu)
-            if level < levels - 1:
-                layers.append(Split(c, cond_channels=cond_channels if prior == "conditional" else 0))
+            layers += flow_level(c, cfg.transitions, cfg.steps, cfg.cond_channels, cfg.width, cfg.coupling, cfg.lu)
+            if level < cfg.levels - 1:
+                layers.append(Split(c, cond_channels=cfg.cond_channels if cfg.prior == "conditional" else 0))
                 c -= c // 2
         super().__init__(layers, encoder=encoder)
-        self.factor, self.levels, self.quant, self.channels, self.top_channels = factor, levels, quant, channels, c
-        self.config = dict(
-            factor=factor, levels=levels, steps=steps, transitions=transitions, width=width, nf=nf, blocks=blocks,
-            gc=gc, cond_channels=cond_channels, coupling=coupling, prior=prior, quant=quant, lu=lu, channels=channels,
-        )  # fmt: skip
-
-    @property
-    def lr_multiple(self) -> int:
-        """LR height and width must be multiples of this (HR of 2^levels)."""
-        return max(1, 2**self.levels // self.factor)
+        self.settings, self.top_channels = cfg, c
+        self.config = asdict(cfg)
 
     def latent_shape(self, feats: Cond, num_samples: int) -> tuple[int, ...]:
         h, w = min(feats, key=lambda k: k[0] * k[1])  # the last level's size
@@ -169,55 +174,17 @@ class SRFlow(ConditionalFlow):
             raise ValueError(f"HR {tuple(x.shape[2:])} must be {self.factor}x the LR size {tuple(cond.shape[2:])}")
         return super().forward(x, cond)
 
-    def dequantize(self, hr: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x = hr + u, u ~ U(-1/(2q), 1/(2q)): one quantisation bin of uniform noise."""
-        u = torch.rand(hr.shape, generator=generator, dtype=hr.dtype, device=hr.device) - 0.5
-        return hr + u / self.quant
 
-    def nll_bpd(self, hr: Tensor, lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Bits per dim of dequantised HR given LR, -log2 p(hr + u | lr) / D + log2 q, shape (B,)."""
-        return self.bits_per_dim(self.dequantize(hr, generator), lr) + math.log2(self.quant)
-
-
-@register_builder("srflow")
 def build_srflow(**config) -> SRFlow:
-    """The registered builder: `SRFlow(**config)` (config as stored in a checkpoint manifest)."""
+    """The checkpoint builder "srflow": `SRFlow(**config)` (config as stored in a checkpoint manifest)."""
     return SRFlow(**config)
 
 
-@torch.no_grad()
-def super_resolve(
-    model: SRFlow,
-    lr: Tensor,
-    temperature: float = 0.7,
-    num_samples: int = 1,
-    generator: torch.Generator | None = None,
-    chunk: int = 8,
-) -> Tensor:
-    """Samples of HR given full LR images of any size, *unclamped* (explosions are returned as is).
+def super_resolve(model: SRFlow, lr: Tensor, temperature: float = 0.7, num_samples: int = 1,
+                  generator: torch.Generator | None = None, chunk: int = 8) -> Tensor:
+    """Samples of HR given full LR images of any size, *unclamped*: `ImageFlow.sample_images`.
 
-    lr: (C, h, w) -> (num_samples, C, f h, f w); (B, C, h, w) -> (B, num_samples, C, f h, f w).
-    An LR whose size is not a multiple of `model.lr_multiple` is padded on the bottom/right by
-    replicating its edge, and the output is cropped back to f h x f w. Samples are drawn `chunk`
-    at a time. lr must be a float image in [0, 1] (`utils.check_image`), temperature >= 0.
+    lr: (C, h, w) -> (num_samples, C, f h, f w); (B, C, h, w) -> (B, num_samples, C, f h, f w),
+    edge-padded to a size the flow accepts and cropped back.
     """
-    check_image(lr, "LR", model.channels, "h, w")
-    for arg, value in (("num_samples", num_samples), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
-    param = next(model.parameters())
-    single = lr.dim() == 3
-    lr = (lr[None] if single else lr).to(param.device, param.dtype)
-    h, w, m = lr.shape[2], lr.shape[3], model.lr_multiple
-    if h % m or w % m:
-        lr = F.pad(lr, (0, -w % m, 0, -h % m), mode="replicate")
-    out = []
-    for image in lr:
-        parts = []
-        for start in range(0, num_samples, chunk):
-            n = min(chunk, num_samples - start)
-            cond = image[None].expand(n, -1, -1, -1).contiguous()
-            parts.append(model.sample(cond, temperature=temperature, generator=generator))
-        out.append(torch.cat(parts))
-    x = torch.stack(out)[..., : h * model.factor, : w * model.factor]
-    return x[0] if single else x
+    return model.sample_images(lr, temperature, num_samples, generator, chunk)

@@ -24,26 +24,23 @@ along a ray y = r * direction, and `ring` scans a whole circle of conditions in 
 Train a checkpoint (into runs/NAME/checkpoints/; with ``--ship`` into the shipped folder
 data/checkpoints/ or $MINFLOW_DATA/checkpoints/, where only ``--force`` replaces one):
 
-    python -m minflow.toy --coupling affine --seed 0 --steps 2000 --name toy_affine_s0
+    python -m minflow train-toy --coupling affine --seed 0 --steps 2000 --name toy_affine_s0
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .bijections import ALIASES, Spec, bijection_names, make_bijection
-from .checkpoints import register_builder, save_checkpoint
+from .bijections import Spec, make_bijection, spec_name
 from .couplings import Coupling
-from .flow import ConditionalFlow
 from .diagnostics import recording
+from .flow import ConditionalFlow
+from .metrics import min_scale
 from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
 
@@ -56,17 +53,16 @@ TRUE_NLL = math.log(4.0 * abs(float(torch.linalg.det(A))))
 """The best achievable NLL in nats: the entropy of the uniform law, log(area) = log(0.6)."""
 
 OOD_DIRECTION = (1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0))
-"""The direction of the pre-registered far-OOD point, y = PREREGISTERED_RADIUS * OOD_DIRECTION."""
-PREREGISTERED_RADIUS = 100.0
-"""The first far-OOD setting, fixed before any shipped seed was trained (the pilot's y = (20, 20),
-|y| = 28, had given sample-std ratios of only ~5-40). It turned out to explode only 1 of the 5
-shipped seeds: chapter 3 shows those numbers and why (OOD is not one place)."""
+"""The direction of the first far-OOD point the course tries, y = FIRST_OOD_RADIUS * OOD_DIRECTION."""
+FIRST_OOD_RADIUS = 100.0
+"""The first far-OOD setting, chosen before any shipped seed was trained. It explodes only 1 of the
+5 shipped seeds: chapter 3 shows those numbers and why (OOD is not one place)."""
 FAR_OOD_RADIUS = 1000.0
 RING_DIRECTIONS = 360
 """Far OOD as chapter 3 asserts it: the worst of RING_DIRECTIONS evenly spaced directions (1 degree
-apart) at |y| = FAR_OOD_RADIUS, the same rule for every seed. Chosen after the pre-registered point
-and then a ring of 16 directions at |y| = 100 failed the claims for some seeds (a ReLU conditioner
-is linear far along a ray, so h runs to +inf or -inf depending on the direction, and in some seeds
+apart) at |y| = FAR_OOD_RADIUS, the same rule for every seed. Chosen after the first point and then
+a ring of 16 directions at |y| = 100 missed the explosion for some seeds (a ReLU conditioner is
+linear far along a ray, so h runs to +inf or -inf depending on the direction, and in some seeds
 only a narrow wedge of directions explodes); of the radii tried with the full 360-direction scan
 (100, 200, 1000) it is the first at which every shipped seed explodes. Chapter 3 reports them all."""
 IN_DIST_Y = ((0.0, 0.0), (1.0, 0.0), (-1.0, 1.0), (0.5, -1.5), (-1.5, -0.5))
@@ -133,7 +129,21 @@ def inside_fraction(x: Tensor, y: Tensor, margin: float = 0.0) -> float:
 # ----------------------------------------------------------------------------- the models
 
 
-@register_builder("toy")
+@dataclass(frozen=True)
+class ToyFlowConfig:
+    """The architecture of a `toy_flow`: the `coupling` bijection's name, `steps` coupling blocks,
+    conditioner `hidden` width and `depth` (what toy checkpoint manifests store)."""
+
+    coupling: Spec = "affine"
+    steps: int = 4
+    hidden: int = 64
+    depth: int = 4
+
+    def __post_init__(self) -> None:
+        # fail early on a bad name; a registered factory is recorded by its name
+        object.__setattr__(self, "coupling", spec_name(self.coupling))
+
+
 def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
     """The toy conditional flow: `steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
 
@@ -259,12 +269,6 @@ def jacobian_sv(flow: ConditionalFlow, y, z: Tensor) -> Tensor:
     if finite.any():
         out[finite.cpu()] = torch.linalg.matrix_norm(jac[finite].double(), ord=2).cpu()
     return out
-
-
-def min_scale(rows: list[dict]) -> float:
-    """The smallest forward slope s any coupling used in a traced sampling pass."""
-    scales = [r["min_scale"] for r in rows if r["min_scale"] is not None and not math.isnan(r["min_scale"])]
-    return min(scales) if scales else float("nan")
 
 
 def jump(rows: list[dict]) -> dict:
@@ -395,70 +399,9 @@ def worst(results: list[dict]) -> dict:
     return max(results, key=lambda r: r["spread"] if math.isfinite(r["spread"]) else math.inf)
 
 
-# ----------------------------------------------------------------------------- the command
+if __name__ == "__main__":  # the old form `python -m minflow.toy ...`: `python -m minflow train-toy ...`
+    import sys
 
+    from .cli import main
 
-def main(argv: list[str] | None = None) -> Path:
-    """``python -m minflow.toy ...``: train a toy flow and save it (see the module docstring); its path."""
-    # imported here: `python -m minflow.train` must not find minflow.train imported already
-    from .train import TrainError, add_training_args, checkpoint_name, checkpoint_root, command_line, positive_int
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m minflow.toy", description="Train a toy conditional flow and save a checkpoint.")
-    p.add_argument("--coupling", default="affine", choices=bijection_names() + sorted(ALIASES))
-    p.add_argument("--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)")
-    add_training_args(p, steps=2000, batch=512, lr=1e-3, threads=1)
-    p.add_argument("--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)")
-    p.add_argument("--flow-steps", type=positive_int, default=4, help="coupling blocks")
-    p.add_argument("--hidden", type=positive_int, default=64, help="conditioner width")
-    p.add_argument("--depth", type=positive_int, default=4, help="conditioner layers")
-    args = p.parse_args(argv)
-    if args.root is not None and not args.ship:
-        p.error("--root names the data folder that --ship writes into; add --ship")
-    args.name = args.name or f"toy_{args.coupling}_s{args.seed}"
-    try:
-        root = checkpoint_root(args, [args.name], args.root)
-    except TrainError as err:
-        sys.exit(f"error: {err}")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-
-    from .utils import seed_everything
-
-    seed_everything(args.seed)  # the model's initial weights
-    config = {"coupling": args.coupling, "steps": args.flow_steps, "hidden": args.hidden, "depth": args.depth}
-    flow = toy_flow(**config)
-    start = time.time()
-    try:
-        history = train_toy(flow, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, progress=not args.no_progress)
-    except FloatingPointError as err:
-        sys.exit(f"error: {err}; nothing was saved")
-    wall = time.time() - start
-    gen = torch.Generator().manual_seed(7)
-    x0 = sample_at(flow, (0.0, 0.0), 4000, generator=gen)
-    tail = history[-100:]
-    metrics = {
-        "train_nll_last100": sum(tail) / len(tail),
-        "val_nll": validation_nll(flow),
-        "true_nll": TRUE_NLL,
-        "spread_y0": spread(x0),
-        "true_spread": true_spread(),
-        "inside_frac_y0": inside_fraction(x0, torch.zeros(2)),
-    }
-    record = {
-        "command": command_line("minflow.toy", argv),
-        "seed": args.seed,
-        "steps": args.steps,
-        "batch": args.batch,
-        "lr": args.lr,
-        "threads": torch.get_num_threads(),
-        "wall_time_s": round(wall, 1),
-        "metrics": {k: round(v, 5) for k, v in metrics.items()},
-    }
-    path = save_checkpoint(flow, args.name, builder="toy", config=config, record=record, root=root)
-    print(f"saved {path} in {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return path
-
-
-if __name__ == "__main__":
-    main()
+    main(["train-toy", *sys.argv[1:]])

@@ -1,45 +1,51 @@
-"""Train the small SRFlow of chapters 4-5 and save it as a checkpoint.
+"""Training: one resumable loop (`fit`) for every image flow, the SR and low-light tasks, the toy.
 
-    python -m minflow.train --coupling affine --steps 1800 --seed 0 --name sr_affine --early 400
+    python -m minflow train-sr --coupling affine --steps 1800 --seed 0 --name sr_affine --early 400
 
-Each step draws `--batch` random HR crops of `--crop` pixels from the training photos, makes
-their LR by antialiased bicubic downscaling, and takes one Adam step on the bits per dim of the
-dequantised HR given the LR (`SRFlow.nll_bpd`). Every `--save-every` steps the whole state
-(model, optimiser, random generator, step, wall time, learning-rate history) goes to
-runs/NAME/state.pt, so a killed run resumes when the same command is run again. At step
-`--early` the model is also saved as NAME_early (before artifacts emerge); at the end as NAME,
-with validation metrics in its manifest: bits per dim (fixed dequantisation noise), and PSNR /
-SSIM against HR of the mean of a few samples at temperature 0.7, next to the bicubic baseline's.
+(``python -m minflow --help`` lists the commands; `minflow.cli` turns their options into the
+configs here.) A run is a `TrainConfig` plus a model config (`SRFlowConfig`, `LLFlowConfig`,
+`ToyFlowConfig`). An image task (`SR`, `LOWLIGHT`: a `Task`) trains on random crops of the
+training photos and their degradation (SR: antialiased bicubic downscaling; low light: `darken`),
+one Adam step per step on the bits per dim of the dequantised image given its condition
+(`ImageFlow.nll_bpd`). Every ``save_every`` steps the whole state (model, optimiser, random
+generator, step, wall time, learning-rate history) goes to runs/NAME/state.pt, so a killed run
+resumes when the same command is run again. At step ``early`` (SR) the model is also saved as
+NAME_early; at the end as NAME, with validation metrics in its manifest (`evaluate`): bits per dim
+(fixed dequantisation noise), and PSNR / SSIM against the truth of the mean of a few samples next to
+the task's baseline (bicubic, histogram equalisation).
 
 Where checkpoints go: into the run folder, runs/NAME/checkpoints/ (load them with
-``load_pretrained(NAME, root=Path("runs/NAME"))``). ``--ship`` writes them into the shipped
-folder data/checkpoints/ (or $MINFLOW_DATA/checkpoints/) instead, and only ``--ship --force``
-replaces a checkpoint already there; the check comes before any training.
+``load_pretrained(NAME, root=Path("runs/NAME"))``). ``ship=True`` (``--ship``) writes them into the
+shipped folder data/checkpoints/ (or $MINFLOW_DATA/checkpoints/) instead, and only with ``force``
+(``--ship --force``) replaces a checkpoint already there; the check comes before any training.
 
 A run that diverges (a non-finite loss or gradient) stops before the optimiser moves, saves the
-state from before the update that led there, and prints the command that retakes that update
-with half the learning rate. A run may go on with a smaller ``--lr`` (never a larger one, nor
-any other changed setting); the manifest records the learning rates as ``lr_history``.
+state from before the update that led there, and names the command that retakes that update
+with half the learning rate. A run may go on with a smaller lr (never a larger one, nor any
+other changed setting); the manifest records the learning rates as ``lr_history``.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import shlex
-import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from . import checkpoints
-from .data import TRAIN_PHOTOS, VAL_PHOTOS, bicubic_down, bicubic_up, center_crop, load_photos, mod_crop, random_crops
+from . import checkpoints, toy
+from .data import TRAIN_PHOTOS, VAL_PHOTOS, bicubic_down, bicubic_up, center_crop, darken, load_photos, mod_crop, random_crops
+from .imageflow import ImageFlow, ImageFlowConfig
+from .lowlight import LLFlowConfig, equalize
 from .metrics import psnr, ssim
-from .sr import SRFlow, super_resolve
+from .sr import SRFlowConfig
+from .toy import ToyFlowConfig
+from .utils import seed_everything
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 
@@ -52,127 +58,63 @@ class NonFiniteLoss(TrainError):
     """Raised when a training step produces a non-finite loss or gradient."""
 
 
-def validation_pairs(model: SRFlow, size: int = 0) -> list[tuple[str, Tensor, Tensor]]:
-    """(name, HR, LR) for each validation photo: whole (or its centre `size` crop), cropped to a
-    size the flow accepts, LR by the training degradation."""
-    out = []
-    for name, hr in zip(VAL_PHOTOS, load_photos(VAL_PHOTOS)):
-        hr = mod_crop(center_crop(hr, size) if size else hr, model.factor * model.lr_multiple)
-        out.append((name, hr, bicubic_down(hr, model.factor)))
-    return out
+def _at_least(low: int | float, **values) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise ValueError(f"{key} must be a number >= {low}, got {value!r}")
 
 
-@torch.no_grad()
-def validation_bpd(model: SRFlow, hr: Tensor, lr: Tensor, seed: int = 0) -> float:
-    """Bits per dim of one (3, H, W) HR given its LR, with dequantisation noise from `seed`."""
-    return model.nll_bpd(hr[None], lr[None], torch.Generator().manual_seed(seed)).item()
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a run trains, checked when made: run `name` (folder ``runs / name``, checkpoint NAME),
+    `steps` optimiser iterations of `batch` examples (image crops of `crop` pixels), Adam at `lr`,
+    random `seed`, the state saved every `save_every` steps, `threads` torch CPU threads (0: torch's
+    default), a progress bar, and where the checkpoint goes (`ship`, `force`: see the module docstring)."""
+
+    name: str
+    steps: int = 1800
+    batch: int = 16
+    crop: int = 64
+    lr: float = 5e-4
+    seed: int = 0
+    save_every: int = 100
+    threads: int = 0
+    runs: Path = RUNS
+    progress: bool = True
+    ship: bool = False
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        checkpoints.check_name(self.name)
+        _at_least(1, steps=self.steps, batch=self.batch, crop=self.crop, save_every=self.save_every)
+        _at_least(0, seed=self.seed, threads=self.threads)
+        for key in ("steps", "batch", "crop", "save_every", "seed", "threads"):
+            if not isinstance(getattr(self, key), int):
+                raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        object.__setattr__(self, "runs", Path(self.runs))
 
 
-@torch.no_grad()
-def evaluate(model: SRFlow, size: int = 0, temperature: float = 0.7, num_samples: int = 3, seed: int = 0) -> dict:
-    """Validation metrics, deterministic for a given seed (dequantisation noise and samples).
+def checkpoint_root(cfg: TrainConfig, names: list[str], data: Path | None = None) -> Path:
+    """The folder whose checkpoints/ receives this run's checkpoints `names`; checked before training.
 
-    Per photo: bpd; PSNR / SSIM (border of `factor` px shaved) of the mean of `num_samples`
-    samples (clamped to [0, 1] for the metric only) and of bicubic upscaling; and of the raw
-    samples: max |x| and the non-finite count, so an explosion cannot hide behind the mean.
+    Without ``cfg.ship``: the run folder ``cfg.runs / cfg.name``. With it: the data folder
+    (`data`, default `checkpoints.data_dir()`), whose checkpoints/ is the shipped one. A name that
+    is already there is a `TrainError` unless ``cfg.force``; in the run folder of a run that
+    resumes from its state the checkpoints are the run's own, and are replaced.
     """
-    was_training = model.training
-    model.eval()
-    f, rows = model.factor, {}
-    for name, hr, lr in validation_pairs(model, size):
-        bpd = validation_bpd(model, hr, lr, seed)
-        x = super_resolve(model, lr, temperature, num_samples, generator=torch.Generator().manual_seed(seed))
-        mean, bic = x.mean(0).clamp(0, 1), bicubic_up(lr, f)
-        finite = torch.isfinite(x)
-        rows[name] = {
-            "bpd": bpd,
-            "psnr": psnr(mean, hr, f), "ssim": ssim(mean, hr, f),
-            "bicubic_psnr": psnr(bic, hr, f), "bicubic_ssim": ssim(bic, hr, f),
-            "max_abs": x[finite].abs().max().item() if finite.any() else math.nan,
-            "nonfinite": int((~finite).sum()),
-        }  # fmt: skip
-    model.train(was_training)
-    avg = {k: sum(r[k] for r in rows.values()) / len(rows) for k in ("bpd", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
-    return {
-        "val_bpd": avg["bpd"], "psnr": avg["psnr"], "ssim": avg["ssim"],
-        "bicubic_psnr": avg["bicubic_psnr"], "bicubic_ssim": avg["bicubic_ssim"],
-        "temperature": temperature, "num_samples": num_samples, "eval_seed": seed, "val_size": size, "per_image": rows,
-    }  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- command lines
-
-
-def _int_at_least(low: int, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (steps, sizes, counts)."""
-    return _int_at_least(1, text)
-
-
-def nonnegative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 (where 0 means "off" or "default")."""
-    return _int_at_least(0, text)
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def checkpoint_name(text: str) -> str:
-    """argparse type: a run and checkpoint name (a plain file name, as `checkpoints.save_checkpoint` needs)."""
-    try:
-        return checkpoints.check_name(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def add_training_args(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, threads: int) -> None:
-    """The options every training command shares (with its own defaults)."""
-    p.add_argument("--steps", type=positive_int, default=steps, help="training steps")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--batch", type=positive_int, default=batch)
-    p.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate (a resumed run may lower it)")
-    p.add_argument("--threads", type=nonnegative_int, default=threads, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--runs", type=Path, default=RUNS, help="where run folders go: RUNS/NAME holds a run's state and checkpoints")
-    p.add_argument("--ship", action="store_true", help="save the checkpoint into the shipped folder data/checkpoints "
-                   "($MINFLOW_DATA/checkpoints when set) instead of the run folder")  # fmt: skip
-    p.add_argument("--force", action="store_true", help="replace an existing checkpoint of this name")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def check_model(p: argparse.ArgumentParser, args: argparse.Namespace, build: Callable[[], nn.Module]) -> dict:
-    """argparse errors for a model `build()` refuses, or a --crop / --val-size it cannot take; its config."""
-    try:
-        model = build()
-    except ValueError as err:
-        p.error(str(err))
-    multiple = model.factor * model.lr_multiple
-    if args.crop % multiple:
-        p.error(f"--crop {args.crop} must be a multiple of {multiple} for this model")
-    if 0 < args.val_size < multiple:
-        p.error(f"--val-size {args.val_size} must be 0 (whole photos) or at least {multiple} for this model")
-    return dict(model.config)
-
-
-def command_line(module: str, argv: list[str]) -> str:
-    """The shell command that runs `python -m module` with `argv`, quoted to copy and paste."""
-    return shlex.join(["python", "-m", module, *argv])
+    if cfg.ship:
+        root = data or checkpoints.data_dir()
+    else:
+        root = cfg.runs / cfg.name
+        if (root / "state.pt").exists():
+            return root
+    taken = [n for n in names if n in checkpoints.available(root)]
+    if taken and not cfg.force:
+        what = f"checkpoint {taken[0]} already exists" if len(taken) == 1 else f"checkpoints {', '.join(taken)} already exist"
+        raise TrainError(f"{what} in {root / 'checkpoints'}; add --force to replace, or choose another --name")
+    return root
 
 
 def with_lr(command: str, lr: float) -> str:
@@ -190,59 +132,8 @@ def with_lr(command: str, lr: float) -> str:
     return shlex.join(words)
 
 
-def checkpoint_root(args: argparse.Namespace, names: list[str], data: Path | None = None) -> Path:
-    """The folder whose checkpoints/ receives this run's checkpoints `names`; checked before training.
 
-    Without ``args.ship``: the run folder ``args.runs / args.name``. With it: the data folder
-    (`data`, default `checkpoints.data_dir()`), whose checkpoints/ is the shipped one. A name that
-    is already there is a `TrainError` unless ``args.force``; in the run folder of a run that
-    resumes from its state the checkpoints are the run's own, and are replaced.
-    """
-    if args.ship:
-        root = data or checkpoints.data_dir()
-    else:
-        root = args.runs / args.name
-        if (root / "state.pt").exists():
-            return root
-    taken = [n for n in names if n in checkpoints.available(root)]
-    if taken and not args.force:
-        what = f"checkpoint {taken[0]} already exists" if len(taken) == 1 else f"checkpoints {', '.join(taken)} already exist"
-        raise TrainError(f"{what} in {root / 'checkpoints'}; add --force to replace, or choose another --name")
-    return root
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The arguments of ``python -m minflow.train``; meaningless ones are argparse errors (exit status 2)."""
-    p = argparse.ArgumentParser(prog="python -m minflow.train", description=__doc__.split("\n")[0])
-    p.add_argument("--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)")
-    p.add_argument("--coupling", default="affine", help="'affine' (SRFlow), an Affine scale name, or a spline")
-    p.add_argument("--prior", default="srflow", choices=["srflow", "conditional"])
-    add_training_args(p, steps=1800, batch=16, lr=5e-4, threads=0)
-    p.add_argument("--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)")
-    p.add_argument("--crop", type=positive_int, default=64, help="HR crop size")
-    p.add_argument("--factor", type=positive_int, default=4)
-    p.add_argument("--levels", type=positive_int, default=3)
-    p.add_argument("--flow-steps", type=positive_int, default=3, help="conditional steps K per level")
-    p.add_argument("--width", type=positive_int, default=32, help="conditioner width")
-    p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
-    p.add_argument("--blocks", type=positive_int, default=4, help="encoder residual dense blocks")
-    p.add_argument("--save-every", type=positive_int, default=100)
-    p.add_argument("--val-size", type=nonnegative_int, default=0, help="validate on centre crops of this size (0: whole photos)")
-    p.add_argument("--val-samples", type=positive_int, default=3)
-    args = p.parse_args(argv)
-    if args.early >= args.steps:
-        p.error(f"--early {args.early} must be smaller than --steps {args.steps}")
-    check_model(p, args, lambda: SRFlow(**model_config(args)))
-    return args
-
-
-def model_config(args: argparse.Namespace) -> dict:
-    """The JSON-able SRFlow config for these arguments."""
-    return dict(SRFlow(factor=args.factor, levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf,
-                       blocks=args.blocks, coupling=args.coupling, prior=args.prior).config)  # fmt: skip
+# ----------------------------------------------------------------------------- the loop
 
 
 class Progress(NamedTuple):
@@ -270,7 +161,7 @@ def _clone(obj):
     return obj
 
 
-def _resumed_lr_history(state: dict, config: dict, hyper: dict, args: argparse.Namespace, path: Path) -> list[list]:
+def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path) -> list[list]:
     """The saved run's lr history, after checking that it may go on with these settings."""
     saved = dict(state["hyper"])
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
@@ -281,9 +172,9 @@ def _resumed_lr_history(state: dict, config: dict, hyper: dict, args: argparse.N
     if differ:
         raise TrainError(f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
                          f"or delete {path.parent} to start over")  # fmt: skip
-    if args.lr > history[-1][1]:
+    if cfg.lr > history[-1][1]:
         raise TrainError(f"{path} goes on at --lr {history[-1][1]!r} (lr history {history}); a run may go on with the "
-                         f"same or a smaller --lr, not {args.lr!r}; use another --name, or delete {path.parent} to start over")  # fmt: skip
+                         f"same or a smaller --lr, not {cfg.lr!r}; use another --name, or delete {path.parent} to start over")  # fmt: skip
     return history
 
 
@@ -300,15 +191,15 @@ def _divergence(what: str, loss: Tensor, failed: int, saved: dict, retake: bool,
             f"is saved in {path} (step {saved['step']}). Resume it with half the learning rate:{again}")  # fmt: skip
 
 
-def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args: argparse.Namespace, config: dict,
+def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg: TrainConfig, config: dict,
         on_step: Callable[[Progress], None] | None = None, command: str | None = None) -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
     Each step takes ``x, cond = batches(gen)`` and one Adam step (betas 0.9, 0.99) on
-    ``model.nll_bpd(x, cond, gen).mean()``; `gen` (seeded with ``args.seed``) drives all the
-    randomness, so a run is reproducible and resumes exactly. Every ``args.save_every`` steps the
-    state goes to ``args.runs / args.name / "state.pt"``. A saved state resumes with the same config
-    and hyper-parameters and the same or a smaller ``args.lr`` (recorded in ``lr_history``); anything
+    ``model.nll_bpd(x, cond, gen).mean()``; `gen` (seeded with ``cfg.seed``) drives all the
+    randomness, so a run is reproducible and resumes exactly. Every ``cfg.save_every`` steps the
+    state goes to ``cfg.runs / cfg.name / "state.pt"``. A saved state resumes with the same config
+    and hyper-parameters and the same or a smaller ``cfg.lr`` (recorded in ``lr_history``); anything
     else is refused. A non-finite loss or gradient raises `NonFiniteLoss` before the optimiser moves,
     once the last good state (model, optimiser, generator from before the update that led there) is
     saved and loaded back into `model`: resuming retakes that update on the same batch (the state
@@ -316,27 +207,27 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args
     command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
     checkpoint).
     """
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    hyper = {k: getattr(args, k) for k in ("seed", "batch", "crop")}
-    optim = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    gen = torch.Generator().manual_seed(args.seed)
-    run = args.runs / args.name
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    hyper = {k: getattr(cfg, k) for k in ("seed", "batch", "crop")}
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    run = cfg.runs / cfg.name
     run.mkdir(parents=True, exist_ok=True)
-    state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, args.lr]]
+    state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, cfg.lr]]
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
-        lr_history = _resumed_lr_history(state, config, hyper, args, state_path)
+        lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         gen.set_state(state["generator"])
         step, wall = state["step"], state["wall"]
         for group in optim.param_groups:
-            group["lr"] = args.lr
-        if args.lr < lr_history[-1][1] and step < args.steps:
-            lr_history = [e for e in lr_history if e[0] < step] + [[step, args.lr]]
-            print(f"learning rate {args.lr!r} from step {step} on (lr history {lr_history})", flush=True)
-        print(f"resuming {args.name} from step {step} ({state_path})", flush=True)
+            group["lr"] = cfg.lr
+        if cfg.lr < lr_history[-1][1] and step < cfg.steps:
+            lr_history = [e for e in lr_history if e[0] < step] + [[step, cfg.lr]]
+            print(f"learning rate {cfg.lr!r} from step {step} on (lr history {lr_history})", flush=True)
+        print(f"resuming {cfg.name} from step {step} ({state_path})", flush=True)
 
     def snapshot(copy: bool) -> dict:
         keep = _clone if copy else (lambda obj: obj)
@@ -345,13 +236,13 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args
 
     model.train()
     bar = None
-    if not args.no_progress and step < args.steps:
+    if cfg.progress and step < cfg.steps:
         from tqdm import tqdm
 
-        bar = tqdm(total=args.steps, initial=step, desc=args.name, mininterval=5, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, mininterval=5, dynamic_ncols=True)
     ema, before = None, None  # before: the state before the last update
     try:
-        while step < args.steps:
+        while step < cfg.steps:
             t0 = time.perf_counter()
             now = snapshot(copy=True)
             x, cond = batches(gen)
@@ -376,16 +267,16 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], args
                 bar.set_postfix(bpd=f"{ema:.3f}", refresh=False)
             if on_step is not None:
                 on_step(Progress(step, wall, lr_history))
-            if step % args.save_every == 0 or step == args.steps:
+            if step % cfg.save_every == 0 or step == cfg.steps:
                 _save_state(state_path, snapshot(copy=False))
-                print(f"step {step}/{args.steps}  bpd(ema) {ema:.4f}  train wall {wall:.0f} s", flush=True)
+                print(f"step {step}/{cfg.steps}  bpd(ema) {ema:.4f}  train wall {wall:.0f} s", flush=True)
     finally:
         if bar is not None:
             bar.close()
     return Progress(step, wall, lr_history)
 
 
-def ship(model, name: str, builder: str, config: dict, args: argparse.Namespace, command: str, progress: Progress,
+def ship(model: nn.Module, name: str, builder: str, config: dict, cfg: TrainConfig, command: str, progress: Progress,
          evaluate: Callable[[], dict], root: Path, **training) -> dict:
     """Validate with ``evaluate()`` and save checkpoint `name` under `root` (see `checkpoint_root`)
     with the record every manifest carries: the command, seed, steps, training and evaluation
@@ -393,54 +284,176 @@ def ship(model, name: str, builder: str, config: dict, args: argparse.Namespace,
     lr history, plus ``training``). Returns the metrics."""
     t0 = time.perf_counter()
     metrics = evaluate()
-    settings = {k: getattr(args, k) for k in ("batch", "crop", "lr", "threads")}
-    record = {"command": command, "seed": args.seed, "steps": progress.step, "wall_time_s": round(progress.wall, 1),
+    settings = {k: getattr(cfg, k) for k in ("batch", "crop", "lr", "threads")}
+    record = {"command": command, "seed": cfg.seed, "steps": progress.step, "wall_time_s": round(progress.wall, 1),
               "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
               "training": settings | {"adam_betas": [0.9, 0.99], "lr_history": progress.lr_history, **training}}  # fmt: skip
     checkpoints.save_checkpoint(model, name, builder=builder, config=config, record=record, root=root)
     return metrics
 
 
-def _ship(model: SRFlow, name: str, config: dict, args, command: str, progress: Progress, root: Path) -> dict:
-    metrics = ship(model, name, "srflow", config, args, command, progress,
-                   lambda: evaluate(model, args.val_size, num_samples=args.val_samples, seed=0), root)  # fmt: skip
-    print(f"saved checkpoint {name} at step {progress.step} in {root / 'checkpoints'}: val bpd {metrics['val_bpd']:.3f}, "
-          f"PSNR {metrics['psnr']:.2f} dB (bicubic {metrics['bicubic_psnr']:.2f}), "
-          f"SSIM {metrics['ssim']:.3f} (bicubic {metrics['bicubic_ssim']:.3f})", flush=True)  # fmt: skip
-    return metrics
+# ----------------------------------------------------------------------------- image tasks
 
 
-def train(args: argparse.Namespace, command: str) -> dict:
-    """Run (or resume) SR training as described in the module docstring; returns the final metrics."""
-    state_path = args.runs / args.name / "state.pt"
+@dataclass(frozen=True)
+class Task:
+    """What an image task plugs into training and validation.
+
+    `degrade(model, x, gen)` makes the condition of clean images x (training batches and validation
+    photos); `baseline(model, cond)` is the classical answer the flow is compared with, called
+    `baseline_name` in the metrics; validation draws `temperature` samples, PSNR / SSIM shave a border
+    of `factor` pixels when `shave`; `training` is recorded in the manifest's training settings.
+    """
+
+    builder: str
+    degrade: Callable[[ImageFlow, Tensor, torch.Generator], Tensor]
+    baseline: Callable[[ImageFlow, Tensor], Tensor]
+    baseline_name: str
+    temperature: float
+    shave: bool
+    training: dict = field(default_factory=dict)
+
+
+SR = Task("srflow", degrade=lambda model, hr, gen: bicubic_down(hr, model.factor),
+          baseline=lambda model, lr: bicubic_up(lr, model.factor), baseline_name="bicubic", temperature=0.7, shave=True)
+"""Super-resolution: HR given its bicubic LR, against bicubic upscaling (chapters 4-7)."""
+LOWLIGHT = Task("llflow", degrade=lambda model, x, gen: darken(x, gen)[0],
+                baseline=lambda model, dark: equalize(dark[None])[0], baseline_name="histeq", temperature=0.0,
+                shave=False, training={"data": "darken(TRAIN_PHOTOS crops)"})  # fmt: skip
+"""Low light: the photo given its `darken` capture, against histogram equalisation (chapter 8)."""
+
+
+def validation_pairs(model: ImageFlow, task: Task, size: int = 0, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, x, condition) for each validation photo: whole (or its centre `size` crop), cropped to a
+    size the flow accepts, its condition by the task's degradation (photo i with generator seed + i)."""
+    out = []
+    for i, (name, x) in enumerate(zip(VAL_PHOTOS, load_photos(VAL_PHOTOS))):
+        x = mod_crop(center_crop(x, size) if size else x, model.factor * model.lr_multiple)
+        out.append((name, x, task.degrade(model, x, torch.Generator().manual_seed(seed + i))))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, seed: int = 0) -> dict:
+    """Validation metrics, deterministic for a given seed (dequantisation noise and samples).
+
+    Per photo: bpd; PSNR / SSIM of the mean of `num_samples` samples at the task's temperature
+    (clamped to [0, 1] for the metric only) and of the task's baseline; and of the raw samples: max
+    |x| and the non-finite count, so an explosion cannot hide behind the mean.
+    """
+    was_training = model.training
+    model.eval()
+    shave, base, rows = model.factor if task.shave else 0, task.baseline_name, {}
+    for name, x, cond in validation_pairs(model, task, size, seed):
+        bpd = model.nll_bpd(x[None], cond[None], torch.Generator().manual_seed(seed)).item()
+        samples = model.sample_images(cond, task.temperature, num_samples, torch.Generator().manual_seed(seed))
+        mean, baseline = samples.mean(0).clamp(0, 1), task.baseline(model, cond)
+        finite = torch.isfinite(samples)
+        rows[name] = {
+            "bpd": bpd, "psnr": psnr(mean, x, shave), "ssim": ssim(mean, x, shave),
+            f"{base}_psnr": psnr(baseline, x, shave), f"{base}_ssim": ssim(baseline, x, shave),
+            "max_abs": samples[finite].abs().max().item() if finite.any() else math.nan,
+            "nonfinite": int((~finite).sum()),
+        }  # fmt: skip
+    model.train(was_training)
+    keys = ("bpd", "psnr", "ssim", f"{base}_psnr", f"{base}_ssim")
+    avg = {k: sum(r[k] for r in rows.values()) / len(rows) for k in keys}
+    return {"val_bpd": avg.pop("bpd"), **avg, "temperature": task.temperature, "num_samples": num_samples,
+            "eval_seed": seed, "val_size": size, "per_image": rows}  # fmt: skip
+
+
+def check_run(config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_size: int = 0, val_samples: int = 1) -> None:
+    """A clear error unless these settings of `train_images` suit each other and the model: the
+    crop and `val_size` (0: whole photos) multiples of what the model accepts, `early` below the steps."""
+    _at_least(0, early=early, val_size=val_size)
+    _at_least(1, val_samples=val_samples)
+    multiple = config.factor * config.lr_multiple
+    if cfg.crop % multiple:
+        raise ValueError(f"crop {cfg.crop} must be a multiple of {multiple} for this model")
+    if 0 < val_size < multiple:
+        raise ValueError(f"val_size {val_size} must be 0 (whole photos) or at least {multiple} for this model")
+    if early >= cfg.steps:
+        raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
+
+
+def train_images(task: Task, config: SRFlowConfig | LLFlowConfig, cfg: TrainConfig, command: str, early: int = 0,
+                 val_size: int = 0, val_samples: int = 1) -> dict:
+    """Run (or resume) training of an image task as the module docstring says; returns the final metrics.
+
+    Saves NAME at the end and NAME_early at step `early` (0: none; it must be below ``cfg.steps``);
+    validates on centre crops of `val_size` (0: whole photos) with `val_samples` samples each.
+    `command` is the command line recorded in the manifests.
+    """
+    check_run(config, cfg, early, val_size, val_samples)
+    state_path = cfg.runs / cfg.name / "state.pt"
     done = torch.load(state_path, weights_only=True)["step"] if state_path.exists() else 0
-    early = [f"{args.name}_early"] if args.early > done else []  # saved again only if not reached yet
-    root = checkpoint_root(args, [args.name, *early])
-    config = model_config(args)
-    torch.manual_seed(args.seed)
-    model = SRFlow(**config)
+    early_name = [f"{cfg.name}_early"] if early > done else []  # saved again only if not reached yet
+    root = checkpoint_root(cfg, [cfg.name, *early_name])
+    torch.manual_seed(cfg.seed)
+    model = checkpoints.build(task.builder, config)
+    model_config = model.config
     images = load_photos(TRAIN_PHOTOS)
 
     def batches(gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        hr = random_crops(images, args.crop, args.batch, gen)
-        return hr, bicubic_down(hr, args.factor)
+        x = random_crops(images, cfg.crop, cfg.batch, gen)
+        return x, task.degrade(model, x, gen)
 
-    def ship_early(progress: Progress) -> None:
-        if progress.step == args.early:
-            _ship(model, f"{args.name}_early", config, args, command, progress, root)
+    def save(name: str, progress: Progress) -> dict:
+        metrics = ship(model, name, task.builder, model_config, cfg, command, progress,
+                       lambda: evaluate(model, task, val_size, val_samples, seed=0), root, **task.training)  # fmt: skip
+        base = task.baseline_name
+        print(f"saved checkpoint {name} at step {progress.step} in {root / 'checkpoints'}: val bpd {metrics['val_bpd']:.3f}, "
+              f"PSNR {metrics['psnr']:.2f} dB ({base} {metrics[f'{base}_psnr']:.2f}), "
+              f"SSIM {metrics['ssim']:.3f} ({base} {metrics[f'{base}_ssim']:.3f})", flush=True)  # fmt: skip
+        return metrics
 
-    progress = fit(model, batches, args, config, on_step=ship_early, command=command)
-    return _ship(model, args.name, config, args, command, progress, root)
+    def save_early(progress: Progress) -> None:
+        if early and progress.step == early:
+            save(f"{cfg.name}_early", progress)
+
+    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command)
+    return save(cfg.name, progress)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+# ----------------------------------------------------------------------------- the toy
+
+
+def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, data: Path | None = None) -> Path:
+    """Train a toy flow (`toy.train_toy`, from the weights `cfg.seed` gives) and save it as checkpoint
+    ``cfg.name`` with its metrics (held-out NLL, spread and inside fraction at y = 0); its path.
+    `data` is the data folder ``cfg.ship`` writes into (default `checkpoints.data_dir()`)."""
+    root = checkpoint_root(cfg, [cfg.name], data)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)  # the model's initial weights
+    flow = checkpoints.build("toy", config)
+    start = time.time()
     try:
-        return train(args, command_line("minflow.train", argv))
-    except TrainError as err:
-        sys.exit(f"error: {err}")
+        history = toy.train_toy(flow, cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed, progress=cfg.progress)
+    except FloatingPointError as err:
+        raise TrainError(f"{err}; nothing was saved") from None
+    wall = time.time() - start
+    x0 = toy.sample_at(flow, (0.0, 0.0), 4000, generator=torch.Generator().manual_seed(7))
+    tail = history[-100:]
+    metrics = {
+        "train_nll_last100": sum(tail) / len(tail),
+        "val_nll": toy.validation_nll(flow),
+        "true_nll": toy.TRUE_NLL,
+        "spread_y0": toy.spread(x0),
+        "true_spread": toy.true_spread(),
+        "inside_frac_y0": toy.inside_fraction(x0, torch.zeros(2)),
+    }
+    record = {"command": command, "seed": cfg.seed, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr,
+              "threads": torch.get_num_threads(), "wall_time_s": round(wall, 1),
+              "metrics": {k: round(v, 5) for k, v in metrics.items()}}  # fmt: skip
+    path = checkpoints.save_checkpoint(flow, cfg.name, builder="toy", config=asdict(config), record=record, root=root)
+    print(f"saved {path} in {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return path
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the old form, `python -m minflow.train ...`: `python -m minflow train-sr ...`
+    import sys
+
+    from .cli import main
+
+    main(["train-sr", *sys.argv[1:]])

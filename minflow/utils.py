@@ -41,14 +41,23 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def check_tensor(x: torch.Tensor, name: str, ndim: tuple[int, ...], channels: int | None = None) -> None:
-    """Raise a clear error unless `x` is a tensor with one of the allowed ranks and `channels` in dim 1."""
+def check_tensor(x: torch.Tensor, name: str, ndim: tuple[int, ...], channels: int | None = None,
+                 floating: bool = False, shape: str | None = None) -> None:
+    """Raise a clear error unless `x` is a tensor with one of the allowed ranks and `channels` in dim 1.
+
+    The one input check of minflow (`check_image` builds on it): a non-tensor or, with `floating`,
+    a non-float dtype is a TypeError; a wrong rank or channel count a ValueError, whose message
+    shows `shape` (e.g. ``"(N, D)"``) when given.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() not in ndim:
-        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dimensions, got shape {tuple(x.shape)}")
+        want = f"shape {shape}" if shape else f"{' or '.join(map(str, ndim))} dimensions"
+        raise ValueError(f"{name} must have {want}, got shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels in dim 1, got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
 PIXEL_LIMIT = 16.0
@@ -56,19 +65,24 @@ PIXEL_LIMIT = 16.0
 (chapter 7's contrast x16 without clamping, -7.5 to 8.5); beyond it is taken for a 0..255 image."""
 
 
-def check_image(x: torch.Tensor, name: str, channels: int, size: str = "H, W") -> None:
+def check_image(x: torch.Tensor, name: str, channels: int = 3, size: str = "H, W", values: bool = True) -> None:
     """Raise a clear error unless `x` is a (channels, H, W) or (B, channels, H, W) float image in [0, 1].
 
-    Values outside [0, 1] are allowed (unclamped bicubic output overshoots a little, and the
-    course feeds stretched inputs on purpose), but not non-finite ones, nor what looks like a
-    0..255 image: an integer or bool dtype, |values| above `PIXEL_LIMIT`, or whole numbers in
-    0..255 that exceed 1. `size` names the spatial dimensions in the messages.
+    With ``values=False`` only the type, shape and dtype are checked (the data functions, which
+    also take exploded samples). Otherwise values outside [0, 1] are allowed (unclamped bicubic
+    output overshoots a little, and the course feeds stretched inputs on purpose), but not
+    non-finite ones, nor what looks like a 0..255 image: |values| above `PIXEL_LIMIT`, or whole
+    numbers in 0..255 that exceed 1. `size` names the spatial dimensions in the messages.
     """
     shape = f"({channels}, {size}) or (B, {channels}, {size})"
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != channels:
-        raise ValueError(f"{name} must be a {shape} tensor, got {getattr(x, 'shape', type(x))}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
+    if x.dim() not in (3, 4) or x.shape[-3] != channels:
+        raise ValueError(f"{name} must be a {shape} tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float image in [0, 1], got dtype {x.dtype}; convert an 8-bit image with x.float() / 255")
+    if not values:
+        return
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains non-finite values")
     if x.numel() == 0:

@@ -65,13 +65,13 @@ def test_split_is_fixed_and_disjoint():
 
 
 def test_core_imports_only_torch_and_numpy():
-    tree = ast.parse((ROOT / "minflow" / "data.py").read_text())
     top = set()
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            top |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            top.add(node.module.split(".")[0])
+    for path in (ROOT / "minflow" / "data").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                top |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                top.add(node.module.split(".")[0])
     assert not top & {"skimage", "sklearn", "matplotlib", "PIL", "scipy"}, top
     with pytest.raises(ImportError, match=re.escape("pip install minflow[course]")):
         data._require("surely_not_an_installed_module")
@@ -272,15 +272,16 @@ def test_ood_sets_have_the_documented_groups_names_shapes_and_range(ood):
 
 
 def test_ood_sets_are_deterministic_and_sized_by_the_caller(ood):
-    a, b = data.ood_sets(factor=2, lr_size=16), data.ood_sets(factor=2, lr_size=16)
+    a, b = data.ood_sets(factor=2, size=16), data.ood_sets(factor=2, size=16)
     for group in a:
         for name in a[group]:
             assert a[group][name].lr.shape == (3, 16, 16)
             assert torch.equal(a[group][name].lr, b[group][name].lr), name
     assert a["degradation"]["coffee/nearest"].hr.shape == (3, 32, 32)
     assert torch.equal(ood["content"]["checker_1px"].lr[0, :2, :2], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
-    with pytest.raises(ValueError, match="lr_size"):
-        data.ood_sets(lr_size=2)
+    for bad in (2, 16.0, True):
+        with pytest.raises(ValueError, match="size must be an int >= 4"):
+            data.ood_sets(size=bad)
 
 
 # ------------------------------------------------------------------------------------------ DIV2K
@@ -310,7 +311,7 @@ def test_div2k_download_unpacks_the_archive(tmp_path, monkeypatch):
             for f in (FIXTURE / "DIV2K_valid_HR").glob("*.png"):
                 z.write(f, f"DIV2K_valid_HR/{f.name}")
 
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", fake_urlretrieve)
+    monkeypatch.setattr(data.images.urllib.request, "urlretrieve", fake_urlretrieve)
     images = data.load_div2k(tmp_path / "div2k", "valid", download=True)
     assert len(images) == 1 and images[0].shape == (3, 48, 64)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minflow as mf
-from minflow import data, lowlight
+from minflow import data
 from minflow.checkpoints import (config_digest, data_dir, load_pretrained, load_state, read_manifest, register_builder,
                                  save_checkpoint, sha256)  # fmt: skip
 from minflow.lowlight import LLFlow, enhance
@@ -66,7 +66,7 @@ def course_inputs() -> dict[str, torch.Tensor]:
     """Every input the course feeds a model: the SR and low-light test sets, chapter 7's stretched
     photos (contrast x8 and x16 about 0.5, unclamped) and an unclamped bicubic upscale."""
     out = {f"sr {k}": v.lr for group in data.ood_sets(4, 8).values() for k, v in group.items()}
-    out |= {f"ll {k}": v.dark for group in lowlight.ood_sets(16).values() for k, v in group.items()}
+    out |= {f"ll {k}": v.dark for group in data.lowlight_ood_sets(16).values() for k, v in group.items()}
     lr = data.ood_sets(4, 8)["reference"]["coffee"].lr
     out |= {f"contrast x{c}": data.contrast(lr, float(c), clamp=False) for c in (8, 16)}
     out["bicubic_up unclamped"] = data.bicubic_up(data.synthetic_patterns(8)["checker_1px"], 2, clamp=False)
@@ -103,7 +103,7 @@ def test_super_resolve_and_enhance_refuse_integer_images(dtype):
 
 def test_super_resolve_and_enhance_refuse_0_255_float_images():
     photo = data.ood_sets(4, 8)["reference"]["coffee"].lr
-    dark = lowlight.ood_sets(16)["darker"]["coffee"].dark
+    dark = data.lowlight_ood_sets(16)["darker"]["coffee"].dark
     assert as_0_255(dark).max() <= PIXEL_LIMIT  # so dark that only its whole numbers give it away
     for image in (as_0_255(photo), as_0_255(photo) + 0.25, as_0_255(dark)):
         with pytest.raises(ValueError, match=r"LR has values in \[.*\]: it looks like a 0\.\.255 image.*divide it by 255"):
@@ -285,3 +285,15 @@ def test_checkpoint_holding_code_is_refused_and_the_code_does_not_run(tmp_path):
     with pytest.raises(RuntimeError, match="holds more than tensors"):
         load_pretrained("evil", root=tmp_path)
     assert not marker.exists()
+
+
+def test_one_image_check_with_or_without_the_value_checks():
+    for bad, error in [(torch.rand(3, 4, 4).numpy(), TypeError), (torch.rand(2, 4, 4), ValueError), (torch.ones(3, 4, 4, dtype=torch.uint8), TypeError)]:
+        for values in (True, False):
+            with pytest.raises(error):
+                check_image(bad, "x", 3, values=values)
+    exploded = torch.full((3, 4, 4), math.inf)
+    check_image(exploded, "x", 3, values=False)  # what data functions accept (exploded samples)
+    with pytest.raises(ValueError, match="non-finite"):
+        check_image(exploded, "x", 3)
+    assert data.bicubic_down(torch.full((3, 8, 8), 300.0), 4).shape == (3, 2, 2)  # no value check in the data functions

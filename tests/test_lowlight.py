@@ -1,4 +1,4 @@
-"""Low-light enhancement (minflow.lowlight): synthetic darkening, the LOL loader, the small LLFlow."""
+"""Low-light enhancement: synthetic darkening and the LOL loader (minflow.data), the small LLFlow (minflow.lowlight)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from helpers import check_shipped_checkpoint, randomize_zero_layers
-from minflow import lowlight
+from minflow import cli, data, lowlight, train
 from minflow.checkpoints import available, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling, Injector
-from minflow.lowlight import LLFlow, LowLightPairs, darken, encoder_inputs, enhance, equalize, load_lol
+from minflow.data import LowLightPairs, darken, load_lol
+from minflow.lowlight import LLFlow, LLFlowConfig, encoder_inputs, enhance, equalize
 from minflow.splines import BoundedSpline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lol_tiny"
@@ -52,7 +53,7 @@ def test_darken_ranges_and_determinism():
     assert y.shape == x.shape and y.dtype == x.dtype and 0 <= y.min() and y.max() <= 1
     assert torch.equal(y, torch.round(y * 255) / 255)  # 8-bit capture
     assert y.mean() < 0.25 * x.mean()
-    for name, (lo, hi) in lowlight.DARKEN_RANGES.items():
+    for name, (lo, hi) in data.DARKEN_RANGES.items():
         assert p[name].shape == (64,) and lo <= p[name].min() and p[name].max() <= hi, name
     logs = p["gains"].log()
     assert torch.allclose(logs.sum(1), torch.zeros(64, dtype=logs.dtype), atol=1e-12)
@@ -218,23 +219,23 @@ def test_clear_errors():
 
 
 def test_ood_sets_are_valid_deterministic_and_out_of_range():
-    sets = lowlight.ood_sets(32)
-    assert tuple(sets) == lowlight.LL_GROUPS
+    sets = data.lowlight_ood_sets(32)
+    assert tuple(sets) == data.LL_GROUPS
     for group in sets.values():
         for inp in group.values():
             for t in (inp.dark, inp.normal):
                 assert t.shape == (3, 32, 32) and 0 <= t.min() and t.max() <= 1 and torch.isfinite(t).all()
             assert inp.why
-    again = lowlight.ood_sets(32)
+    again = data.lowlight_ood_sets(32)
     assert all(torch.equal(again[g][n].dark, i.dark) for g in sets for n, i in sets[g].items())
     ref, darker, brighter = sets["reference"], sets["darker"], sets["brighter"]
     for name in darker:  # the same photo, much darker, and far brighter, than its training darkening
         assert darker[name].dark.mean() < ref[name].dark.mean() / 3
         assert brighter[name].dark.mean() > 3 * ref[name].dark.mean()
         assert torch.equal(darker[name].normal, ref[name].normal)
-    assert set(sets["content"]) == {*lowlight.OTHER_IMAGES, "checker_1px", "stripes_2px", "uniform_noise"}
+    assert set(sets["content"]) == {*data.OTHER_IMAGES, "checker_1px", "stripes_2px", "uniform_noise"}
     with pytest.raises(ValueError, match="size"):
-        lowlight.ood_sets(4)
+        data.lowlight_ood_sets(4)
 
 
 # ----------------------------------------------------------------------------- training
@@ -262,7 +263,7 @@ ARGS = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch"
 
 def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
-    run = lambda name, *extra: lowlight.main(["train", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+    run = lambda name, *extra: cli.main(["train-lowlight", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
     run("a", "--steps", "3", "--coupling", "spline")
     run("b", "--steps", "2", "--coupling", "spline")
     metrics = run("b", "--steps", "3", "--coupling", "spline")
@@ -272,18 +273,18 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     (sa, _), (sb, mb) = load_state("a", runs / "a"), load_state("b", runs / "b")
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
     assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "histeq_psnr" in metrics
-    assert mb["command"].startswith("python -m minflow.lowlight train --name b") and mb["builder"] == "llflow"
+    assert mb["command"].startswith("python -m minflow train-lowlight --name b") and mb["builder"] == "llflow"
     model = load_pretrained("b", root=runs / "b")
     assert isinstance(model, LLFlow) and model.config["coupling"] == "spline" and model.config["levels"] == 2
     with pytest.raises(SystemExit, match="other settings"):
         run("b", "--steps", "4", "--batch", "3", "--coupling", "spline")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        lowlight.main([])
-    assert exit_.value.code == 2 and "usage: python -m minflow.lowlight" in capsys.readouterr().err
+        cli.main(["train-lowlight"])
+    assert exit_.value.code == 2 and "usage: python -m minflow train-lowlight" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["ll_affine", "ll_spline", "ll_affine_k3", "ll_spline_k3"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
     check_shipped_checkpoint(name, "llflow", "python -m minflow.lowlight train",
-                             lambda m, metrics: lowlight.validation_pairs(m, metrics["val_size"], metrics["eval_seed"]))
+                             lambda m, metrics: train.validation_pairs(m, train.LOWLIGHT, metrics["val_size"], metrics["eval_seed"]))

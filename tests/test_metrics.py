@@ -252,3 +252,12 @@ def test_scales_ignore_nan():
     assert got[:2].tolist() == pytest.approx([1e-4, 0.2]) and math.isnan(got[2])
     rep = artifact_report(torch.zeros(3, 3, 2, 2), min_scale=got)
     assert rep["summary"]["min_scale"] == pytest.approx(1e-4)
+
+
+def test_min_scale_is_one_behaviour_for_the_toy_and_the_images():
+    from minflow import toy
+
+    assert toy.min_scale is metrics.min_scale
+    assert math.isnan(metrics.min_scale([{"min_scale": math.nan}, {"name": "ActNorm", "min_scale": None}]))
+    with pytest.raises(ValueError, match="no layer"):
+        metrics.min_scale([{"name": "ActNorm"}])

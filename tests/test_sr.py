@@ -1,4 +1,4 @@
-"""The small SRFlow (minflow.sr), its training command (minflow.train) and the shipped checkpoint."""
+"""The small SRFlow (minflow.sr), its training command (python -m minflow train-sr) and the shipped checkpoint."""
 
 from __future__ import annotations
 
@@ -141,9 +141,9 @@ ARGS = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--bl
 
 
 def run(tmp_path, name, *extra):
-    from minflow.train import main
+    from minflow.cli import main
 
-    return main(["--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+    return main(["train-sr", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
 
 
 def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
@@ -158,7 +158,7 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", runs / "b")[1]["steps"] == 1
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
     assert mb["metrics"] == metrics and math.isfinite(metrics["val_bpd"]) and "bicubic_psnr" in metrics
-    assert mb["command"].startswith("python -m minflow.train --name b") and mb["seed"] == 0
+    assert mb["command"].startswith("python -m minflow train-sr --name b") and mb["seed"] == 0
     model = load_pretrained("b", root=runs / "b")
     assert model.config["levels"] == 2
     with pytest.raises(SystemExit, match="other settings"):
@@ -186,9 +186,9 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
-    from minflow.train import validation_pairs
+    from minflow.train import SR, validation_pairs
 
-    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, metrics["val_size"]))
+    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, SR, metrics["val_size"]))
 
 
 @pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
@@ -205,3 +205,27 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     (tmp_path / "checkpoints" / "sr_affine.pt").unlink()
     with pytest.raises(FileNotFoundError, match="is missing. Recreate it with: python -m minflow.train"):
         load_state("sr_affine", tmp_path)
+
+
+def test_config_dataclass_builds_the_same_model_and_checks_itself():
+    from minflow import checkpoints
+    from minflow.imageflow import ImageFlow
+    from minflow.lowlight import LLFlow, LLFlowConfig
+    from minflow.sr import SRFlowConfig
+
+    cfg = SRFlowConfig(levels=2, steps=1, width=8, nf=8, blocks=1)
+    torch.manual_seed(0)
+    a = SRFlow(cfg)
+    torch.manual_seed(0)
+    b = checkpoints.build("srflow", dict(a.config))  # as a manifest stores it
+    assert a.config == b.config == dict(vars(cfg)) and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert SRFlow(cfg, coupling="tanh").config["coupling"] == "tanh" and a.lr_multiple == cfg.lr_multiple == 1
+    for bad, match in [({"factor": 3}, "power of 2"), ({"prior": "x"}, "prior"), ({"coupling": "nope"}, "unknown coupling")]:
+        with pytest.raises(ValueError, match=match):
+            SRFlowConfig(**bad)
+    with pytest.raises(TypeError):
+        SRFlowConfig(nope=1)
+    # one base owns dequantisation, bits per dim and padded sampling for both image flows
+    for cls in (SRFlow, LLFlow):
+        assert issubclass(cls, ImageFlow) and all(name not in vars(cls) for name in ("dequantize", "nll_bpd", "sample_images"))
+    assert LLFlowConfig().lr_multiple == 8 and LLFlowConfig.factor == 1

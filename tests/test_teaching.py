@@ -246,7 +246,7 @@ def test_chapter3_slider_starts_where_the_first_drawing_is():
     assert "redraw(seed_w.value, angle_w.value, logr_w.value)" in source  # the first drawing is the sliders' values
 
 
-LEARNER_FACING = [*SOURCES, ROOT / "README.md", ROOT / "minflow" / "data.py"]
+LEARNER_FACING = [*SOURCES, ROOT / "README.md", *sorted((ROOT / "minflow").rglob("*.py"))]  # docstrings too
 
 
 @pytest.mark.parametrize("path", LEARNER_FACING, ids=[p.name for p in LEARNER_FACING])

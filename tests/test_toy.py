@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers import randomize_zero_layers
 
-from minflow import toy
-from minflow.checkpoints import BUILDERS, available, data_dir, load_pretrained, read_manifest
+from minflow import cli, toy
+from minflow.checkpoints import available, builder, data_dir, load_pretrained, read_manifest
 
 
 def autograd_logdet(fn, v):
@@ -78,7 +78,7 @@ def test_inside_fraction_margin_and_nonfinite():
 
 
 def test_builder_registered_and_layout():
-    assert BUILDERS["toy"] is toy.toy_flow
+    assert builder("toy") is toy.toy_flow
     flow = toy.toy_flow()
     names = [type(layer).__name__ for layer in flow.layers]
     assert names == ["ActNorm", "InvConv1x1", "Coupling"] * 4
@@ -150,36 +150,36 @@ def test_train_stops_on_nonfinite_loss():
 
 def test_command_writes_a_loadable_checkpoint(tmp_path):
     args = ["--seed", "3", "--steps", "5", "--hidden", "16", "--depth", "1", "--batch", "64", "--no-progress", "--ship", "--root", str(tmp_path)]
-    path = toy.main(args)
+    path = cli.main(["train-toy", *args])
     assert path == tmp_path / "checkpoints" / "toy_affine_s3.pt"
     man = read_manifest("toy_affine_s3", tmp_path)
     assert man["builder"] == "toy" and man["seed"] == 3 and man["steps"] == 5
     assert man["config"] == {"coupling": "affine", "steps": 4, "hidden": 16, "depth": 1}
-    assert man["command"] == "python -m minflow.toy " + " ".join(args)
+    assert man["command"] == "python -m minflow train-toy " + " ".join(args)
     assert man["wall_time_s"] >= 0 and {"val_nll", "spread_y0", "inside_frac_y0"} <= set(man["metrics"])
     flow = load_pretrained("toy_affine_s3", root=tmp_path)
     assert not flow.training
     x, y = toy.sample_toy(8, torch.Generator().manual_seed(0))
     assert torch.isfinite(flow.log_prob(x, y)).all()
     # same seed, same command: the same weights
-    toy.main(args[:-2] + ["--name", "again", "--root", str(tmp_path)])
+    cli.main(["train-toy", *args[:-2], "--name", "again", "--root", str(tmp_path)])
     again = load_pretrained("again", root=tmp_path)
     assert torch.allclose(again.log_prob(x, y), flow.log_prob(x, y))
 
 
 def test_command_respects_minflow_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
-    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--name", "envtest", "--ship"])
+    cli.main(["train-toy", "--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--name", "envtest", "--ship"])
     assert available() == ["envtest"] and data_dir() == tmp_path
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    toy.main(["--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--ship", "--root", str(tmp_path)])
+    cli.main(["train-toy", "--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--ship", "--root", str(tmp_path)])
     pt = tmp_path / "checkpoints" / "toy_affine_s0.pt"
     data = bytearray(pt.read_bytes())
     data[-10] ^= 0xFF
     pt.write_bytes(bytes(data))
-    with pytest.raises(RuntimeError, match="corrupt.*python -m minflow.toy"):
+    with pytest.raises(RuntimeError, match="corrupt.*python -m minflow train-toy"):
         load_pretrained("toy_affine_s0", root=tmp_path)
 
 

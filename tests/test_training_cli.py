@@ -1,6 +1,6 @@
-"""The training commands (minflow.train, minflow.toy, minflow.lowlight train) and `train.fit`:
-where checkpoints go, what they refuse, and how a diverged run goes on. Nothing here writes into
-the repository's data/: every test uses tmp folders (--runs and $MINFLOW_DATA)."""
+"""The command line (python -m minflow train-sr | train-lowlight | train-toy, and the older forms)
+and `train.fit`: where checkpoints go, what they refuse, and how a diverged run goes on. Nothing
+here writes into the repository's data/: every test uses tmp folders (--runs and $MINFLOW_DATA)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from minflow import lowlight, toy
+from minflow import cli, toy
 from minflow import train as train_mod
 from minflow.checkpoints import available, data_dir, load_pretrained, load_state
 from minflow.sr import SRFlow
@@ -31,9 +30,9 @@ SR = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--bloc
 LL = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
       "--no-progress", "--threads", "1"]  # fmt: skip
 COMMANDS = {  # name -> (main, argv before the options, tiny options)
-    "toy": (toy.main, [], TOY),
-    "sr": (train_mod.main, [], [*SR, "--steps", "1"]),
-    "lowlight": (lowlight.main, ["train"], [*LL, "--steps", "1"]),
+    "toy": (cli.main, ["train-toy"], TOY),
+    "sr": (cli.main, ["train-sr"], [*SR, "--steps", "1"]),
+    "lowlight": (cli.main, ["train-lowlight"], [*LL, "--steps", "1"]),
 }
 
 
@@ -71,7 +70,7 @@ def no_training(monkeypatch) -> None:
         raise AssertionError("training started")
 
     monkeypatch.setattr(toy, "train_toy", boom)
-    monkeypatch.setattr(train_mod, "fit", boom)  # SR and low-light (lowlight imports it at call time)
+    monkeypatch.setattr(train_mod, "fit", boom)  # SR and low-light
 
 
 # ----------------------------------------------------------------------------- where checkpoints go
@@ -83,7 +82,7 @@ def test_checkpoints_go_into_the_run_folder_by_default(which, tmp_path, data):
     run = tmp_path / "runs" / "r"
     assert available(data) == [] and available(run) == ["r"]
     model = load_pretrained("r", root=run)
-    assert model.manifest["command"].startswith("python -m minflow.") and "--ship" not in model.manifest["command"]
+    assert model.manifest["command"].startswith("python -m minflow train-") and "--ship" not in model.manifest["command"]
 
 
 @pytest.mark.parametrize("which", COMMANDS)
@@ -167,14 +166,14 @@ def test_meaningless_arguments_are_argparse_errors(which, option, value, tmp_pat
         main([*argv, option, value])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: python -m minflow." in err and "error:" in err
+    assert f"usage: python -m minflow {head[0]}" in err and "error:" in err
     assert not (tmp_path / "runs").exists() and available(data) == []
 
 
 def test_the_argparse_types():
-    assert train_mod.positive_int("3") == 3 and train_mod.nonnegative_int("0") == 0 and train_mod.positive_float("1e-4") == 1e-4
-    for fn, text in ((train_mod.positive_int, "0"), (train_mod.nonnegative_int, "-2"), (train_mod.positive_int, "x"),
-                     (train_mod.positive_float, "0"), (train_mod.positive_float, "nan"), (train_mod.positive_float, "-inf")):  # fmt: skip
+    assert cli.positive_int("3") == 3 and cli.nonnegative_int("0") == 0 and cli.positive_float("1e-4") == 1e-4
+    for fn, text in ((cli.positive_int, "0"), (cli.nonnegative_int, "-2"), (cli.positive_int, "x"),
+                     (cli.positive_float, "0"), (cli.positive_float, "nan"), (cli.positive_float, "-inf")):  # fmt: skip
         with pytest.raises(Exception, match="must be|not a"):
             fn(text)
 
@@ -184,13 +183,39 @@ def run_module(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
 
-def test_lowlight_help_exits_0():
-    top = run_module("minflow.lowlight", "--help")
-    assert top.returncode == 0 and "usage: python -m minflow.lowlight" in top.stdout and "train" in top.stdout
-    sub = run_module("minflow.lowlight", "train", "--help")
-    assert sub.returncode == 0 and "usage: python -m minflow.lowlight train" in sub.stdout and "--ship" in sub.stdout
-    bare = run_module("minflow.lowlight")
-    assert bare.returncode == 2 and "usage: python -m minflow.lowlight" in bare.stderr
+def test_help_at_both_levels_exits_0():
+    top = run_module("minflow", "--help")
+    assert top.returncode == 0 and "usage: python -m minflow" in top.stdout
+    assert all(c in top.stdout for c in ("train-sr", "train-lowlight", "train-toy"))
+    for name in ("train-sr", "train-lowlight", "train-toy"):
+        sub = run_module("minflow", name, "--help")
+        assert sub.returncode == 0 and f"usage: python -m minflow {name}" in sub.stdout and "--ship" in sub.stdout
+    bare = run_module("minflow")
+    assert bare.returncode == 2 and "usage: python -m minflow" in bare.stderr and not bare.stdout
+
+
+@pytest.mark.parametrize("old, new", [(["minflow.train"], "train-sr"), (["minflow.toy"], "train-toy"),
+                                      (["minflow.lowlight", "train"], "train-lowlight")])  # fmt: skip
+def test_the_older_command_forms_are_aliases(old, new):
+    done = run_module(*old, "--help")
+    assert done.returncode == 0 and f"usage: python -m minflow {new}" in done.stdout and not done.stderr  # no runpy warning
+
+
+@pytest.mark.parametrize("old, which", [(["minflow.toy"], "toy"), (["minflow.lowlight", "train"], "lowlight")])
+def test_an_older_form_trains_and_records_the_new_form(old, which, tmp_path, data):
+    options = COMMANDS[which][2]
+    done = run_module(*old, "--name", "o", "--runs", str(tmp_path / "runs"), *options)
+    assert done.returncode == 0, done.stderr
+    command = load_state("o", tmp_path / "runs" / "o")[1]["command"]
+    assert command.startswith("python -m minflow train-") and "--name o" in command
+
+
+def test_importing_minflow_imports_no_model_or_program_module():
+    done = subprocess.run([sys.executable, "-c", "import sys, minflow; print(sorted(m for m in sys.modules if m.startswith('minflow')))"],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)  # fmt: skip
+    loaded = eval(done.stdout)
+    assert not {"minflow.sr", "minflow.toy", "minflow.lowlight", "minflow.train", "minflow.cli"} & set(loaded)
+    assert load_pretrained("toy_affine_s0").__class__.__name__ == "ConditionalFlow"  # builders resolve on demand
 
 
 # ----------------------------------------------------------------------------- fit: divergence and resuming
@@ -240,10 +265,10 @@ def batches(gen: torch.Generator):
     return torch.rand(2, generator=gen), None
 
 
-def fit_args(tmp_path: Path, name: str = "q", **kw) -> Namespace:
+def fit_args(tmp_path: Path, name: str = "q", **kw) -> train_mod.TrainConfig:
     base = dict(threads=0, seed=0, batch=2, crop=1, lr=1.0, runs=tmp_path / "runs", name=name, steps=4, save_every=100,
-                no_progress=True)  # fmt: skip
-    return Namespace(**{**base, **kw})
+                progress=False)  # fmt: skip
+    return train_mod.TrainConfig(**{**base, **kw})
 
 
 def state(tmp_path: Path, name: str = "q") -> dict:
@@ -261,13 +286,13 @@ def same(a, b) -> bool:
 
 
 def test_divergence_saves_the_state_before_the_update_that_led_there(tmp_path):
-    cmd = "python -m minflow.train --name q --lr 1.0"
+    cmd = "python -m minflow train-sr --name q --lr 1.0"
     model = Quadratic()
     with pytest.raises(train_mod.NonFiniteLoss) as err:
         train_mod.fit(model, batches, fit_args(tmp_path), {}, command=cmd)
     message = str(err.value)
     assert "non-finite loss at step 4" in message and "before the update of step 3" in message
-    assert message.splitlines()[-1].strip() == "python -m minflow.train --name q --lr 0.5"  # the resume command
+    assert message.splitlines()[-1].strip() == "python -m minflow train-sr --name q --lr 0.5"  # the resume command
     saved = state(tmp_path)
     assert saved["step"] == 2 and saved["lr_history"] == [[0, 1.0]]
     # exactly what a straight 2-step run leaves (model, optimiser, generator: the batch of step 3 is redrawn)
@@ -299,7 +324,7 @@ def test_a_nonfinite_first_loss_says_a_smaller_lr_cannot_help(tmp_path):
     with torch.no_grad():
         model.w.fill_(LIMIT)
     with pytest.raises(train_mod.NonFiniteLoss, match="step 1 .*before any update, so a smaller --lr cannot help"):
-        train_mod.fit(model, batches, fit_args(tmp_path), {}, command="python -m minflow.train --name q")
+        train_mod.fit(model, batches, fit_args(tmp_path), {}, command="python -m minflow train-sr --name q")
 
 
 def test_saving_and_snapshots_do_not_change_the_result(tmp_path):
@@ -336,13 +361,71 @@ def test_the_printed_resume_command_resumes_with_half_the_lr(tmp_path, data, mon
     with pytest.raises(SystemExit) as exit_:
         command("sr", tmp_path, "d", "--steps", "4", "--lr", "4e-4")
     words = shlex.split(str(exit_.value.code).splitlines()[-1])
-    assert words[:3] == ["python", "-m", "minflow.train"] and words[words.index("--lr") + 1] == "0.0002"
+    assert words[:4] == ["python", "-m", "minflow", "train-sr"] and words[words.index("--lr") + 1] == "0.0002"
     monkeypatch.setattr(SRFlow, "nll_bpd", nll)
     with pytest.raises(SystemExit, match="same or a smaller --lr, not 0.0008"):
-        train_mod.main([*words[3:-2], "--lr", "8e-4"])
-    metrics = train_mod.main(words[3:])
+        cli.main([*words[3:-2], "--lr", "8e-4"])
+    metrics = cli.main(words[3:])
     run = tmp_path / "runs" / "d"
     manifest = load_state("d", run)[1]
     assert manifest["metrics"] == metrics and manifest["steps"] == 4
     assert manifest["training"]["lr_history"] == state(tmp_path, "d")["lr_history"] == [[0, 4e-4], [1, 2e-4]]
     assert manifest["training"]["lr"] == 2e-4 and manifest["command"] == shlex.join(words)
+
+
+# ----------------------------------------------------------------------------- configs and the library's shape
+
+
+def test_train_config_refuses_meaningless_values(tmp_path):
+    good = dict(name="n", runs=tmp_path)
+    assert train_mod.TrainConfig(**good).runs == tmp_path and train_mod.TrainConfig(name="n", runs=str(tmp_path)).runs == tmp_path
+    for bad, match in [({"name": "../up"}, "plain file name"), ({"steps": 0}, "steps must be"), ({"batch": 1.5}, "whole number"),
+                       ({"lr": 0.0}, "lr must be"), ({"lr": math.nan}, "lr must be"), ({"seed": -1}, "seed must be"),
+                       ({"threads": True}, "threads must be"), ({"crop": 0}, "crop must be")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            train_mod.TrainConfig(**{**good, **bad})
+
+
+def test_check_run_refuses_sizes_the_model_cannot_take(tmp_path):
+    from minflow.lowlight import LLFlowConfig
+    from minflow.sr import SRFlowConfig
+
+    cfg = train_mod.TrainConfig(name="n", runs=tmp_path, steps=5, crop=30)
+    with pytest.raises(ValueError, match="crop 30 must be a multiple of 4"):
+        train_mod.check_run(SRFlowConfig(levels=2), cfg)
+    with pytest.raises(ValueError, match="crop 30 must be a multiple of 8"):
+        train_mod.check_run(LLFlowConfig(), cfg)
+    ok = train_mod.TrainConfig(name="n", runs=tmp_path, steps=5, crop=32)
+    with pytest.raises(ValueError, match="early 5 must be smaller than steps 5"):
+        train_mod.check_run(SRFlowConfig(), ok, early=5)
+    with pytest.raises(ValueError, match="val_size 2 must be 0"):
+        train_mod.check_run(SRFlowConfig(), ok, val_size=2)
+    train_mod.check_run(SRFlowConfig(), ok, early=4, val_size=64)
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The modules `path` imports at its top level (relative ones as '.name')."""
+    import ast
+
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            out |= {base} if node.module else {f".{a.name}" for a in node.names}
+    return out
+
+
+def test_library_modules_hold_no_programs_and_models_never_import_training():
+    package = REPO / "minflow"
+    for path in [*package.glob("*.py"), *package.glob("data/*.py")]:
+        text = path.read_text()
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        assert "argparse" not in module_level_imports(path) and "ArgumentParser" not in text, path
+        if 'if __name__ == "__main__":' in text:  # only a thin alias of a cli command
+            alias = text.split('if __name__ == "__main__":')[1]
+            assert "from .cli import main" in alias and len(alias.splitlines()) <= 6, path
+    for model in ("sr", "lowlight", "toy", "imageflow", "flow", "couplings", "transforms", "splines"):
+        assert not {".train", ".cli"} & module_level_imports(package / f"{model}.py"), model

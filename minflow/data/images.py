@@ -1,4 +1,4 @@
-"""Images for the course: bundled photos, training crops, degradations, OOD inputs, DIV2K.
+"""SR data: bundled photos, training crops, degradations, the SR OOD inputs, DIV2K.
 
 Every image is a float tensor in [0, 1], RGB (grey images replicated to 3 channels), shape
 (3, H, W) for one image and (N, 3, H, W) for a batch. Nothing downloads unless you ask
@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..utils import check_image
 
 Tensor = torch.Tensor
 
@@ -92,17 +94,8 @@ def load_photos(names: Sequence[str]) -> list[Tensor]:
     return [load_photo(n) for n in names]
 
 
-def _check(x: Tensor, name: str = "image") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (3, 4) or x.shape[-3] != 3:
-        raise ValueError(f"{name} must have shape (3, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {x.dtype}")
-
-
 def _check_factor(x: Tensor, factor: int, name: str = "hr", divisible: bool = True) -> None:
-    _check(x, name)
+    check_image(x, name, values=False)
     if not isinstance(factor, int) or factor < 1:
         raise ValueError(f"factor must be a positive int, got {factor!r}")
     h, w = x.shape[-2:]
@@ -122,19 +115,19 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def random_crops(images: Sequence[Tensor], size: int, n: int, generator: torch.Generator | None = None,
-                 flips: bool = True) -> Tensor:
-    """`n` random `size` x `size` crops, shape (n, 3, size, size).
+                 flips: bool = True, channels: int = 3) -> Tensor:
+    """`n` random `size` x `size` crops, shape (n, channels, size, size).
 
     Each crop comes from a uniformly chosen image at a uniform position and, with `flips`, is
     flipped left-right and up-down with probability 1/2 each. The same generator seed gives the
-    same crops.
+    same crops. (`paired_crops` crops image pairs stacked into `channels` = 6.)
     """
     if len(images) == 0:
         raise ValueError("images is empty")
     for i, img in enumerate(images):
-        _check(img, f"images[{i}]")
+        check_image(img, f"images[{i}]", channels, values=False)
         if img.dim() != 3 or min(img.shape[-2:]) < size:
-            raise ValueError(f"images[{i}] must be (3, H, W) with H, W >= size={size}, got {tuple(img.shape)}")
+            raise ValueError(f"images[{i}] must be ({channels}, H, W) with H, W >= size={size}, got {tuple(img.shape)}")
     which = torch.randint(len(images), (n,), generator=generator)
     crops = []
     for k in which.tolist():
@@ -152,7 +145,7 @@ def random_crops(images: Sequence[Tensor], size: int, n: int, generator: torch.G
 
 def center_crop(x: Tensor, size: int) -> Tensor:
     """The central `size` x `size` window of a CHW or NCHW image."""
-    _check(x)
+    check_image(x, "image", values=False)
     h, w = x.shape[-2:]
     if min(h, w) < size:
         raise ValueError(f"cannot take a {size}x{size} crop of a {h}x{w} image")
@@ -164,7 +157,7 @@ def fit_square(x: Tensor, size: int, whole: bool = False) -> Tensor:
     """A `size` x `size` version of an image, to give every test input one size: the centre crop
     at native scale when the image is large enough, else (or with `whole`) its centre square
     resized to `size` (antialiased bicubic, clamped)."""
-    _check(x)
+    check_image(x, "image", values=False)
     side = min(x.shape[-2:])
     if side >= size and not whole:
         return center_crop(x, size)
@@ -199,7 +192,7 @@ class CropDataset:
 
 def mod_crop(x: Tensor, factor: int) -> Tensor:
     """Crop the bottom and right edges so that H and W are multiples of `factor`."""
-    _check(x)
+    check_image(x, "image", values=False)
     h, w = x.shape[-2:]
     return x[..., : h - h % factor, : w - w % factor]
 
@@ -286,7 +279,7 @@ def blur_down(hr: Tensor, kernel: Tensor, factor: int) -> Tensor:
 
 def add_noise(lr: Tensor, sigma: float, generator: torch.Generator | None = None, clamp: bool = True) -> Tensor:
     """Additive white Gaussian noise of std `sigma` on the LR (clamped to [0, 1] by default)."""
-    _check(lr, "lr")
+    check_image(lr, "lr", values=False)
     noise = torch.randn(lr.shape, generator=generator).to(lr)
     out = lr + sigma * noise
     return out.clamp(0, 1) if clamp else out
@@ -294,7 +287,7 @@ def add_noise(lr: Tensor, sigma: float, generator: torch.Generator | None = None
 
 def jpeg(lr: Tensor, quality: int) -> Tensor:
     """JPEG-compress each image at `quality` (1-100) with Pillow, in memory: 8x8 blocking, ringing."""
-    _check(lr, "lr")
+    check_image(lr, "lr", values=False)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
     image = _require("PIL.Image")
@@ -312,14 +305,14 @@ def jpeg(lr: Tensor, quality: int) -> Tensor:
 def contrast(x: Tensor, factor: float, center: float = 0.5, clamp: bool = True) -> Tensor:
     """Scale contrast by `factor` about `center`. With clamp=False the values leave [0, 1]: at x8,
     x16 that breaks even the bounded spline flow (chapter 7), so clamping is the default."""
-    _check(x)
+    check_image(x, "image", values=False)
     out = center + factor * (x - center)
     return out.clamp(0, 1) if clamp else out
 
 
 def gamma(x: Tensor, g: float) -> Tensor:
     """Gamma curve x ** g (g < 1 brightens the shadows, g > 1 darkens); stays in [0, 1]."""
-    _check(x)
+    check_image(x, "image", values=False)
     if g <= 0:
         raise ValueError(f"gamma must be positive, got {g}")
     return x.clamp(0, 1) ** g
@@ -327,7 +320,7 @@ def gamma(x: Tensor, g: float) -> Tensor:
 
 def invert(x: Tensor) -> Tensor:
     """The photographic negative 1 - x."""
-    _check(x)
+    check_image(x, "image", values=False)
     return 1 - x
 
 
@@ -338,8 +331,8 @@ def invert(x: Tensor) -> Tensor:
 class OODInput:
     """One test input: the LR condition, its HR ground truth when one exists, and why it is here."""
 
-    lr: Tensor  # (3, lr_size, lr_size)
-    hr: Tensor | None  # (3, lr_size * factor, lr_size * factor), None for inputs made at LR size
+    lr: Tensor  # (3, size, size)
+    hr: Tensor | None  # (3, size * factor, size * factor), None for inputs made at LR size
     why: str
 
 
@@ -361,6 +354,13 @@ def _rendered_text(size: int) -> Tensor:
     return to_tensor(np.asarray(canvas))
 
 
+def check_size(size: int, least: int) -> int:
+    """`size`, or a clear error unless it is an int >= `least` (the side of an OOD test input)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < least:
+        raise ValueError(f"size must be an int >= {least}, got {size!r}")
+    return size
+
+
 def synthetic_patterns(size: int) -> dict[str, Tensor]:
     """Three (3, size, size) test images that no photo looks like: "checker_1px" (all energy at the
     highest frequency), "stripes_2px" (vertical stripes, one pure high frequency) and
@@ -371,8 +371,8 @@ def synthetic_patterns(size: int) -> dict[str, Tensor]:
             "uniform_noise": torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))}  # fmt: skip
 
 
-def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput]]:
-    """Named test inputs in four groups (`OOD_GROUPS`); every LR is (3, lr_size, lr_size) in [0, 1].
+def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
+    """Named SR test inputs in four groups (`OOD_GROUPS`); every LR is (3, size, size) in [0, 1].
 
     - "reference": the validation photos with the training degradation (in distribution).
     - "content": images unlike the training photos (an earlier, exploratory affine model exploded on the
@@ -382,18 +382,20 @@ def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput
     - "benign": odd inputs that model found harmless (flat, close to the training features), so
       not every strange input looks dangerous. Page, text and cell are unusual *content*, but
       they live here, not in "content".
-    Images are brought to HR size lr_size * factor by `fit_square` (retina and cell whole).
+    Images are brought to HR size size * factor by `fit_square` (retina and cell whole). The low-light
+    counterpart is `lowlight_ood_sets(size)`: in both, `size` is the side of every condition image.
     Deterministic: the random inputs use fixed seeds.
     """
-    if not isinstance(factor, int) or factor < 1 or not isinstance(lr_size, int) or lr_size < 4:
-        raise ValueError(f"need an int factor >= 1 and an int lr_size >= 4, got {factor!r} and {lr_size!r}")
-    hr_size = lr_size * factor
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"need an int factor >= 1, got {factor!r}")
+    check_size(size, 4)
+    hr_size = size * factor
     hr_of = {n: fit_square(load_photo(n), hr_size, whole=n in ("retina", "cell")) for n in (*VAL_PHOTOS, *OTHER_IMAGES)}
 
     def pair(hr: Tensor, why: str) -> OODInput:
         return OODInput(bicubic_down(hr, factor), hr, why)
 
-    patterns = synthetic_patterns(lr_size)
+    patterns = synthetic_patterns(size)
     reference = {p: pair(hr_of[p], "in distribution: validation photo, bicubic LR as in training") for p in VAL_PHOTOS}
     content = {
         "checkerboard": pair(hr_of["checkerboard"], "photo of a chessboard: flat saturated squares, straight edges"),
