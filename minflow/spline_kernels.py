@@ -312,18 +312,20 @@ class _Compiled:
     """
 
     failure: ClassVar[str | None] = None  # why torch.compile failed here, once it has
+    cache: ClassVar[dict[str, Callable]] = {}  # function name -> its compiled version, made on first use
 
     def __init__(self, fn: Callable):
-        self.fn, self.compiled = fn, None
+        self.fn = fn
 
     def __call__(self, x: Tensor, *args) -> tuple[Tensor, Tensor]:
         if torch.compiler.is_compiling():  # inside a caller's own torch.compile: let it trace the fused ops
             return self.fn(x, *args, FUSED_OPS)
         if _Compiled.failure is None:
             try:
-                if self.compiled is None:
-                    self.compiled = torch.compile(self.fn, dynamic=True)
-                return self.compiled(x.contiguous(), *args, FUSED_OPS)
+                name = self.fn.__name__
+                if name not in _Compiled.cache:
+                    _Compiled.cache[name] = torch.compile(self.fn, dynamic=True)
+                return _Compiled.cache[name](x.contiguous(), *args, FUSED_OPS)
             except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
                 _Compiled.failure = f"{type(err).__name__}: {err}"
                 warnings.warn(f"minflow.spline_kernels: torch.compile failed ({_Compiled.failure[:300]}); "
