@@ -248,7 +248,8 @@ def _bounded(x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: 
         x = x - t
     B = x.new_full((), s.bound)
     u, _ = _into_box(x, -s.bound, s.bound)  # a safe in-box value before any arithmetic
-    sigma = torch.copysign(x.new_ones(()), k_in - u)  # +1 left bin, -1 right bin (at the knot: left)
+    # +1 left bin, -1 right bin (the knot starts the right bin, as in the reference); constant, no gradient
+    sigma = torch.copysign(x.new_ones(()), (u - k_in).detach()).neg_()
     w_in, w_out = torch.addcmul(B, sigma, k_in), torch.addcmul(B, sigma, k_out)  # bin sizes on each axis
     w, h = (w_out, w_in) if inverse else (w_in, w_out)  # the bin of the forward map: [0, w] -> [0, h]
     corr, ladj = _rq_bin(torch.addcmul(B, sigma, u), w, h, 1.0, deriv, inverse)
