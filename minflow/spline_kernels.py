@@ -13,7 +13,8 @@ float masks (`_mask`), selects are `addcmul`s (`_select`), `RQSpline` finds its 
 as the outer dimension and runs large inputs in cache-sized slices. Compiled (`COMPILED`), each
 map becomes one fused loop over the elements, several times faster (benchmarks/README.md), with
 the parts that fuse swapped in (`Ops`): the bin found by K comparisons, tanh through exp. If
-compiling fails it warns once and runs the eager kernels from then on. No host-device
+compiling fails it warns once and runs the eager kernels from then on; so does each setting past
+torch's limit of 8 compilations per map. No host-device
 synchronisation and no branching on tensor values either way.
 """
 
@@ -304,9 +305,27 @@ def _rq_sliced(x: Tensor, planes: Tensor, pdim: int, s: RQSettings, inverse: boo
 # ----------------------------------------------------------------------------- eager and compiled
 
 
+def _traced_ops() -> Ops:
+    """`FUSED_OPS` while torch.compile traces a map, `EAGER_OPS` when torch runs it eagerly instead
+    (past its limit of 8 compilations per function, each new setting runs uncompiled)."""
+    return FUSED_OPS if torch.compiler.is_compiling() else EAGER_OPS
+
+
+def _spline_traced(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    return _spline(x, a, b, d, inverse, _traced_ops())
+
+
+def _bounded_traced(x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool) -> tuple[Tensor, Tensor]:
+    return _bounded(x, planes, pdim, s, inverse, _traced_ops())
+
+
+def _rq_traced(x: Tensor, planes: Tensor, pdim: int, s: RQSettings, inverse: bool) -> tuple[Tensor, Tensor]:
+    return _rq_sliced(x, planes, pdim, s, inverse, _traced_ops())
+
+
 class _Compiled:
-    """fn(x, *args, FUSED_OPS) through torch.compile, made on first call; if compiling fails, one
-    warning (for every map) and fn(x, *args, EAGER_OPS) from then on: the same numbers.
+    """fn(x, ...) through torch.compile, made on first call; if compiling fails, one warning (for
+    every map) and fn eagerly from then on: the same numbers.
 
     x is passed contiguous: it is a channel slice in a coupling and a whole tensor in an injector,
     and each memory layout would otherwise cost a compilation (torch allows 8 per function).
@@ -319,19 +338,18 @@ class _Compiled:
         self.fn = fn
 
     def __call__(self, x: Tensor, *args) -> tuple[Tensor, Tensor]:
-        if torch.compiler.is_compiling():  # inside a caller's own torch.compile: let it trace the fused ops
-            return self.fn(x, *args, FUSED_OPS)
-        if _Compiled.failure is None:
-            try:
-                name = self.fn.__name__
-                if name not in _Compiled.cache:
-                    _Compiled.cache[name] = torch.compile(self.fn, dynamic=True)
-                return _Compiled.cache[name](x.contiguous(), *args, FUSED_OPS)
-            except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
-                _Compiled.failure = f"{type(err).__name__}: {err}"
-                warnings.warn(f"minflow.spline_kernels: torch.compile failed ({_Compiled.failure[:300]}); "
-                              "running eagerly from now on", RuntimeWarning, stacklevel=4)
-        return self.fn(x, *args, EAGER_OPS)
+        if torch.compiler.is_compiling() or _Compiled.failure is not None:  # (in a caller's torch.compile: traced)
+            return self.fn(x, *args)
+        try:
+            name = self.fn.__name__
+            if name not in _Compiled.cache:
+                _Compiled.cache[name] = torch.compile(self.fn, dynamic=True)
+            return _Compiled.cache[name](x.contiguous(), *args)
+        except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
+            _Compiled.failure = f"{type(err).__name__}: {err}"
+            warnings.warn(f"minflow.spline_kernels: torch.compile failed ({_Compiled.failure[:300]}); "
+                          "running eagerly from now on", RuntimeWarning, stacklevel=4)
+            return self.fn(x, *args)
 
 
 def _kernels(spline: Callable, bounded: Callable, rq: Callable) -> Kernels:
@@ -352,5 +370,5 @@ def _kernels(spline: Callable, bounded: Callable, rq: Callable) -> Kernels:
 FAST = _kernels(*(functools.partial(fn, ops=EAGER_OPS) for fn in (_spline, _bounded, _rq_sliced)))
 """The eager kernels, the bijections' default (``backend="fast"``)."""
 
-COMPILED = _kernels(_Compiled(_spline), _Compiled(_bounded), _Compiled(_rq_sliced))
+COMPILED = _kernels(_Compiled(_spline_traced), _Compiled(_bounded_traced), _Compiled(_rq_traced))
 """The kernels through `torch.compile` (``backend="compiled"``): one fused loop per map and direction."""

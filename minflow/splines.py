@@ -241,7 +241,7 @@ def rq_knots(
     ``widths``, ``heights``: (..., K), through `cumulative_sizes`. ``derivatives``: (..., K-1)
     interior raw values through `softplus_derivatives`, the two boundary derivatives 1 (the slope
     is then continuous with the identity outside), or (..., K+1) raw values for all knots.
-    `RQSpline` computes the same spline without building these (K+1)-long tensors.
+    `RQSpline`'s fast kernels compute the same spline without building these (K+1)-long tensors.
     """
     k = widths.shape[-1]
     if heights.shape[-1] != k or derivatives.shape[-1] not in (k - 1, k + 1):
