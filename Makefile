@@ -1,11 +1,11 @@
 # minflow course: the commands README.md names.
-#   make lab    create the environment if missing, then open JupyterLab on chapters/
+#   make lab    create the environment if missing, then open JupyterLab at the repository root
 #   make test   unit + property tests, every chapter under nbval in quick mode, pairing check
 #   make unit   the unit + property tests only (tests/)
 #   make test-newest  `make test` in .venv-newest with the newest torch pip finds on the registry
 #   make unit-oldest  `make unit` in .venv-oldest with the oldest torch the package allows
 #   make ci     all three, as .ci/run does
-#   make book   execute every chapter (full mode) into HTML under build/
+#   make book   execute every chapter (full mode) into HTML (and PDF, if Chromium is installed) under build/
 #   make students  regenerate students/ (chapters with solutions replaced by stubs)
 #   make slides    the book, whose run also writes a reveal.js deck per chapter to build/slides/
 PYTHON ?= python3
@@ -43,8 +43,11 @@ endif
 	$(PY) -c "import torch; print('torch', torch.__version__, 'in $(VENV)')"
 	touch $(STAMP)
 
+# JupyterLab at the repository root (chapters/, students/ and README side by side); as root (a
+# container, say) Jupyter refuses to start without --allow-root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab chapters/
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
 test: $(STAMP)
 	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests chapters --nbval-lax $(PYTEST_ARGS)
@@ -76,7 +79,7 @@ slides: book
 
 book: $(STAMP)
 	mkdir -p build
-	MINFLOW_QUICK=0 MPLBACKEND=Agg $(PY) tools/notebooks.py book --out build
+	MINFLOW_QUICK=0 $(PY) tools/notebooks.py book --out build
 
 clean:
 	rm -rf build .pytest_cache

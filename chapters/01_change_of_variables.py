@@ -19,20 +19,27 @@
 # flow on the two-moons data set.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -509,7 +516,8 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
-# Each exercise has a solution cell and a check cell. Try it yourself before reading the solution.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # ### Exercise 1: the additive coupling
 #
@@ -518,7 +526,7 @@ plt.show()
 # `shift_and_scale`, ignore `s`). What is its log-determinant? Check it against autograd, and against
 # `mf.Coupling(D, 0, mf.Affine("additive"), ...)` with the weights of `net`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="split x into x[:, :n_a] and x[:, n_a:], take t from shift_and_scale(net, x_a) and add it to the second half (the inverse subtracts it); a shift changes no volume, so what is the logdet of every row?"
 def additive_forward(net, x):
     x_a, x_b = x[:, :n_a], x[:, n_a:]
     t, _ = shift_and_scale(net, x_a)
@@ -550,14 +558,14 @@ print("additive coupling: correct")
 # two-moons flow: `flow(x)` returns `(z, logdet)` and `flow.inverse(z)` returns `(x, logdet)`. Push
 # `x_test` forward, then back, and keep the results as `logdet_fwd`, `x_rec` and `logdet_inv`.
 
-# %% [markdown] tags=["solution"]
+# %% [markdown] tags=["solution"] hint="write the chain rule for f⁻¹(f(x)) = x as a product of two Jacobians, then take determinants of both sides"
 # *Solution.* Differentiate `f⁻¹(f(x)) = x` with the chain rule: `J_{f⁻¹}(f(x)) J_f(x) = I`.
 # Determinants multiply, so `det J_{f⁻¹}(z) · det J_f(x) = 1`; take `log|·|` of both sides. For a
 # flow made of layers the same holds layer by layer, which is why every `minflow` transform returns
 # minus its forward logdet from `inverse`. For the coupling you can also read it off directly: the
 # inverse's Jacobian block is `diag(1/s)`, whose log-determinant is `-Σ log s`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="flow(x_test) returns (z, logdet); pass that z to flow.inverse, all under torch.no_grad()"
 with torch.no_grad():
     z_fwd, logdet_fwd = flow(x_test)
     x_rec, logdet_inv = flow.inverse(z_fwd)
@@ -575,7 +583,7 @@ assert torch.allclose(x_rec, x_test, atol=1e-4)
 # are above) and compare the held-out log-likelihood (call it `ll_exp`) and the training curves. Then evaluate its density on the grid of section 4: is it
 # finite everywhere? Why can `exp` misbehave far from the data, where `sigmoid` cannot?
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="make_flow('exp') builds the flow and train(flow_exp, x_train, steps, desc=...) trains it; ll_exp is the mean of log_prob on x_test, and log_prob(points) is its density on the grid"
 flow_exp = make_flow("exp")
 losses_exp = train(flow_exp, x_train, steps, desc="exp scale")
 with torch.no_grad():
@@ -592,7 +600,7 @@ ax.set(xlabel="training step", ylabel="-log p (nats per point)", title="Two scal
 ax.legend()
 plt.show()
 
-# %% [markdown] tags=["solution"]
+# %% [markdown] tags=["solution"] hint="far from the data a ReLU network's h grows linearly with the distance: what does exp make of that over six couplings, and what bound does sigmoid put on s?"
 # On the data both train to a similar likelihood. Away from the data they differ: the ReLU
 # network's `h` grows linearly with the distance from the data, and `exp(h)` then grows
 # exponentially, compounding over six couplings, so the forward map can overflow to `inf` and
@@ -612,7 +620,7 @@ assert math.isfinite(ll_exp) and ll_exp > ll_gauss + 0.5
 # hidden layers of width 64 to `2 × 1` numbers, repeated `N_STEPS_FLOW` times. Write it as
 # `count_by_hand`, then check it against PyTorch's count.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="ActNorm(2) has a bias and a log-scale per coordinate, InvConv1x1(2) its 2 x 2 matrix, and a Linear(a, b) has a * b + b parameters (widths 1, HIDDEN_2D, HIDDEN_2D, 2)"
 actnorm_params = 2 + 2  # bias and log-scale per coordinate
 invconv_params = 2 * 2  # the full matrix W (lu=False)
 width = HIDDEN_2D

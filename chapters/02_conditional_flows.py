@@ -18,20 +18,27 @@
 # by asking why that choice makes training so well behaved, which is the door to chapter 3.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -253,9 +260,10 @@ assert all(a < b for a, b in zip(spreads, spreads[1:])), "spread should grow wit
 # Each affine coupling multiplies x_b by s = sigmoid(h + 2) + ε with ε = 10⁻⁴. Three properties:
 #
 # 1. **s never exceeds 1 + ε.** In the density direction (x → z, the one training uses) every
-#    coupling can shrink a coordinate but never stretch it by more than 1 + ε. Whatever the
-#    conditioner outputs, activations on the way to z stay bounded by what came in, so a bad
-#    step of the optimiser cannot blow up the forward pass.
+#    coupling can shrink a coordinate but never stretch it by more than 1 + ε: whatever the
+#    conditioner outputs, the slope of x_b ↦ (x_b + t) s is at most 1 + ε. The activations are
+#    not bounded by what came in, though: the shift t is unbounded and can move them far. What
+#    the scale cannot do is multiply them.
 # 2. **The gradient is tame.** log s is smooth in h with slope at most 1, and the log-determinant
 #    each coupling adds is at most log(1 + ε) ≈ 0: a coupling cannot buy likelihood by expanding.
 # 3. **At initialisation s = sigmoid(2) ≈ 0.88**, a mild contraction, so the untrained flow is
@@ -275,12 +283,9 @@ s_h, _ = affine.scale(h)
 s_exp, _ = mf.Affine("exp").scale(h)
 # the scales our trained flow actually uses, in distribution (sampling pass at many y)
 _, yin = toy.sample_toy(N, gen, device)
-flow.trace(yin, z=toy.latent(N, 1.0, gen, flow))
-used = []
-for layer in flow.layers:
-    if isinstance(layer, mf.Coupling):
-        used.append(layer.last_min_scale.cpu())  # per sample: the s that coupling used
-used = torch.cat(used)
+with torch.no_grad(), mf.recording() as rec:  # records, per sample, the smallest s each coupling used
+    flow.sample(yin, z=toy.latent(N, 1.0, gen, flow))
+used = torch.cat([s.cpu() for _, s in rec.scales])
 
 fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
 ax0.semilogy(h, s_h, color=COLORS["affine"], label="sigmoid(h + 2) + 1e-4 (SRFlow)")
@@ -303,13 +308,14 @@ assert used.min() > 0.01  # in distribution, two orders of magnitude or more abo
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How much can one SRFlow coupling stretch its input in the *sampling* direction
 # when h = -20? Compute `max_stretch = 1 / s(-20)` with `mf.Affine("sigmoid").scale`, and compare
 # with the ceiling 1/ε.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="mf.Affine('sigmoid').scale(torch.tensor(-20.0)) returns (s, log s); the sampling stretch is 1 / s"
 s_m20, _ = mf.Affine("sigmoid").scale(torch.tensor(-20.0))
 max_stretch = (1 / s_m20).item()
 print(f"1 / s(-20) = {max_stretch:.1f}  (ceiling 1/eps = {1 / 1e-4:.0f})")
@@ -322,7 +328,7 @@ assert 9000 < max_stretch <= 1e4
 # $\int p(x \mid y)\,dx$ for y = (1, 1) by a Riemann sum on a grid over [-2.5, 3.5]² (the support
 # is centred at (0.5, 0.5)). Store it in `total`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="a 300 x 300 torch.meshgrid over [-2.5, 3.5]², flow.log_prob(points, toy.as_cond((1.0, 1.0), len(points), flow)).exp(), summed and multiplied by the area of one grid cell"
 g2 = torch.linspace(-2.5, 3.5, 300)
 gx2, gy2 = torch.meshgrid(g2, g2, indexing="xy")
 pts2 = torch.stack([gx2.flatten(), gy2.flatten()], 1).to(device)
@@ -338,7 +344,7 @@ assert abs(total - 1.0) < 0.05
 # strictly inside the true support (`toy.inside_fraction`, no margin) at T = 0.8 and T = 1.0 for
 # y = (0.5, -0.5), using the samples of section 5. Why is the first larger, and what does it cost?
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="toy.inside_fraction(samples_t[T], torch.tensor(y_t)) for T = 0.8 and T = 1.0; compare the spreads of section 5 too"
 yt5 = torch.tensor(y_t)
 inside_08 = toy.inside_fraction(samples_t[0.8], yt5)
 inside_10 = toy.inside_fraction(samples_t[1.0], yt5)
@@ -355,7 +361,7 @@ assert spreads[TEMPS.index(0.8)] < spreads[TEMPS.index(1.0)]
 # mean of x | y for y = (r, 0) at r = -2, -1, 0, 1, 2 from 2000 samples each, and fit the slope of
 # its first coordinate against r (it should be near 0.5). Store it in `slope`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="the mean of toy.sample_at(flow, (r, 0.0), 2000, generator=gen) for each r; the least-squares slope is Σ(r - r̄)(m - m̄) / Σ(r - r̄)² on the first coordinate m"
 rs = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
 means = torch.stack([toy.sample_at(flow, (r.item(), 0.0), 2000, generator=gen).cpu().mean(0) for r in rs])
 slope = (((rs - rs.mean()) * (means[:, 0] - means[:, 0].mean())).sum() / ((rs - rs.mean()) ** 2).sum()).item()

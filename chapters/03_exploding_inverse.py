@@ -20,20 +20,30 @@
 # and we say exactly where we looked for it.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
+    from google.colab import output
+
+    output.enable_custom_widget_manager()  # this chapter's sliders need it on Colab
 
 # %%
 import math
@@ -138,13 +148,13 @@ print("in distribution, every model matches the data's spread (within 2x) and ra
 #
 # ## 3. Far out of distribution
 #
-# ### 3a. The point we fixed in advance, and why it was not enough
+# ### 3a. One point is not enough
 #
 # A ReLU network is piecewise linear, so far along any ray y = r·d the conditioner output h is
 # eventually a linear function of r. Its slope may be negative (h → −∞, s → ε: explosion) or
 # positive (h → +∞, s → 1: nothing happens) — and which one depends on the direction d and on the
-# training run. So a single OOD point tests a single direction. Here is what our pre-registered
-# point, y = 100 · (1, 1)/√2, and a coarse ring of 16 directions at |y| = 100, gave:
+# training run. So a single OOD point tests a single direction. Here is what the point we tried
+# first, y = 100 · (1, 1)/√2, and a coarse ring of 16 directions at |y| = 100, gave:
 
 # %%
 N_OOD = mf.pick(1000, 200)
@@ -276,8 +286,10 @@ plt.show()
 #
 # `ConditionalFlow.trace` runs the sampling pass layer by layer and records, after each layer, the
 # variance across samples (the paper's Fig. 3b). In distribution it wanders within a couple of
-# orders of magnitude; far OOD, one layer multiplies it by many orders of magnitude (up to 10⁸ in
-# variance is 10⁴ in standard deviation, i.e. 1/ε): the inverse of an affine coupling.
+# orders of magnitude; far OOD, the inverse of an affine coupling multiplies it by many orders of
+# magnitude (the factor is printed below). Dividing by s ≥ ε stretches the samples by at most
+# 1/ε = 10⁴, i.e. 10⁸ in variance, but the shift t is not bounded and adds its own spread, so
+# one layer's factor can exceed 10⁸; and more than one coupling may sit at the floor.
 
 # %%
 SHOW = 0  # the model we look at closely
@@ -314,6 +326,9 @@ plt.show()
 assert d_far["jump"]["name"] == "Coupling" and d_far["jump"]["factor"] > 1e4
 assert max(r["variance"] for r in d_in["rows"]) < 100 * min(r["variance"] for r in d_in["rows"])
 print(f"the jump: layer {j['index']} ({j['name']}), variance x{j['factor']:.2e}")
+floored = [r["index"] for r in d_far["rows"] if r["name"] == "Coupling" and r["min_scale"] < 1e-3]
+print(f"couplings whose smallest s is below 1e-3 far OOD: {floored}")
+assert j["index"] in floored
 
 # %% [markdown]
 # ## 5. 1/s against the conditioner's output
@@ -333,7 +348,7 @@ def coupling_h(flow, d):
         if row["name"] == "Coupling":
             layer = flow.layers[row["index"]]
             with torch.no_grad():  # the coupling's input in the sampling pass is the previous row's output
-                h = mf.conditioner_output(layer, prev["output"], cond)[..., 1].flatten()
+                h = layer.conditioner_output(prev["output"], cond)[..., 1].flatten()
             s, _ = layer.bijection.scale(h)
             out.append((row["index"], h.cpu(), (1 / s).cpu()))
     return out
@@ -366,11 +381,12 @@ assert h_far.min() < -11 < h_in.min()  # sigmoid(h + 2) < 1e-4 below h ~ -11: th
 # %%
 out = widgets.Output()
 seed_w = widgets.Dropdown(options=SEEDS, value=SHOW, description="seed")
-angle_w = widgets.IntSlider(value=int(round(toy.worst(scan[SHOW])["angle"])), min=0, max=359, description="angle (°)")
-logr_w = widgets.FloatSlider(value=2.0, min=-1.0, max=3.0, step=0.1, description="log10 |y|")
+# the sliders start where the first drawing below is, and redraw when released (a redraw takes a moment)
+angle_w = widgets.IntSlider(value=int(round(toy.worst(scan[SHOW])["angle"])), min=0, max=359, description="angle (°)", continuous_update=False)
+logr_w = widgets.FloatSlider(value=3.0, min=-1.0, max=3.0, step=0.1, description="log10 |y|", continuous_update=False)
 
 
-def redraw(seed=SHOW, angle=0, logr=2.0):
+def redraw(seed, angle, logr):
     r, a = 10.0**logr, math.radians(angle)
     d = toy.diagnose(models[seed], (r * math.cos(a), r * math.sin(a)), n=500, n_jac=0)
     with out:
@@ -397,7 +413,7 @@ def on_change(_):
 for w_ in (seed_w, angle_w, logr_w):
     w_.observe(on_change, names="value")
 display(widgets.HBox([seed_w, angle_w, logr_w]), out)
-redraw(SHOW, angle_w.value, 3.0)  # draw once directly, so a headless run shows (and tests) it too
+redraw(seed_w.value, angle_w.value, logr_w.value)  # draw once directly, so a headless run shows (and tests) it too
 
 # %% [markdown]
 # ## 7. Why: bounded one way, unbounded the other
@@ -407,15 +423,16 @@ redraw(SHOW, angle_w.value, 3.0)  # draw once directly, so a headless run shows 
 # own bound.
 #
 # - **Density direction (training).** One coupling maps x_b to (x_b + t) s, slope s ≤ 1 + ε. It
-#   can never stretch by more than 1 + ε, whatever the conditioner does, so activations on the
-#   way to z stay bounded and training is stable. This is why SRFlow chose the sigmoid.
+#   can never stretch x_b by more than 1 + ε, whatever the conditioner does (the shift t is not
+#   bounded: it moves values, it does not multiply them), and it cannot buy likelihood by
+#   expanding. This is why SRFlow chose the sigmoid.
 # - **Sampling direction (inference).** The inverse x_b = z_b / s − t has slope 1/s, bounded only
 #   by 1/ε = 10⁴. Training never needs that bound: in distribution the learned s stays well away
 #   from ε (section 2's table). Nothing in the objective controls s for conditions it never saw.
 # - **Compounding.** In a stack of K couplings the sampling slopes multiply, up to 10⁴ per layer;
 #   worse, a coupling's t and h depend on x_a, which the previous layers may already have blown up,
 #   so one large stretch feeds the next conditioner an input as far out of distribution as y.
-#   The trace above shows both: one jump of ~10⁴ in standard deviation, then large values carried on.
+#   The trace of section 4 shows both: a jump at a coupling's inverse, then large values carried on.
 #
 # **Remark 2 of the paper**, in our words: to keep the inverse from exploding, the element-wise map
 # needs a derivative whose lower and upper bounds are close wherever the input is large — ideally
@@ -427,13 +444,14 @@ redraw(SHOW, angle_w.value, 3.0)  # draw once directly, so a headless run shows 
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How dangerous is the circle at |y| = 1000 for each model? From `scan`, compute
 # for each seed the fraction of the 360 directions whose spread exceeds 10x its in-distribution
 # spread. Store a dict seed -> fraction in `frac`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="for each seed s, count the rows r of scan[s] with r['spread'] / in_spread[s] > 10 and divide by len(scan[s])"
 frac = {s: sum(r["spread"] / in_spread[s] > 10 for r in scan[s]) / len(scan[s]) for s in SEEDS}
 print({s: f"{f:.0%}" for s, f in frac.items()})
 
@@ -446,7 +464,7 @@ assert max(frac.values()) > 5 * min(frac.values())  # ...but how many varies a l
 # rescue a far-OOD condition? For seed 0 at its worst direction (`y_far`), compute the spread at
 # T = 0.2 with `toy.diagnose(..., temperature=0.2)` and compare with the in-distribution spread.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="toy.diagnose(m0, y_far, n=N_OOD, n_jac=0, temperature=0.2) returns a dict with 'spread' and 'min_scale'; compare its spread with in_spread[SHOW]"
 cold = toy.diagnose(m0, y_far, n=N_OOD, n_jac=0, temperature=0.2)
 print(f"T = 0.2 far OOD: spread {cold['spread']:.3g} (in distribution at T = 1: {in_spread[SHOW]:.3g}); smallest s {cold['min_scale']:.1e}")
 # No: the stretch 1/s ~ 1e4 does not depend on z's size, so shrinking z by 5 leaves a huge spread.
@@ -459,7 +477,7 @@ assert cold["spread"] > 10 * in_spread[SHOW]
 # compute the smallest scale s at |y| = 10, 100 and 1000 along it, and find the first of these
 # distances at which s < 0.01. Store it in `onset`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="seed 3's worst direction is torch.tensor(far[3]['y']) / toy.FAR_OOD_RADIUS; call toy.diagnose(models[3], ...) at R times it for each R and keep 'min_scale' in a dict s_along"
 y3 = torch.tensor(far[3]["y"]) / toy.FAR_OOD_RADIUS
 s_along = {R: toy.diagnose(models[3], tuple((R * y3).tolist()), n=N_OOD, n_jac=0)["min_scale"] for R in (10.0, 100.0, 1000.0)}
 onset = next(R for R, s in s_along.items() if s < 0.01)
@@ -474,7 +492,7 @@ assert s_along[10.0] > 0.01 and onset == 1000.0
 # the one far OOD (`far[0]['max_sv']`). By roughly how many powers of ten do they differ? Store the
 # answer (a float, log10 of the ratio) in `decades`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="math.log10 of far[SHOW]['max_sv'] divided by toy.diagnose(m0, y_in, n=200, n_jac=16)['max_sv']"
 decades = math.log10(far[SHOW]["max_sv"] / toy.diagnose(m0, y_in, n=200, n_jac=16)["max_sv"])
 print(f"far OOD the sampling map stretches about 10^{decades:.1f} times more")
 

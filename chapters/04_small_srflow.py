@@ -21,20 +21,27 @@
 # what it does not (it does not beat bicubic interpolation in PSNR or in LR-consistency).
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -243,15 +250,16 @@ print(f"mean bpd of the first 5 steps {first:.3f}, of the last 5 {last:.3f}")
 assert last < first - 0.2, "the loss should fall clearly within a few steps"
 
 # %% [markdown]
-# The loss falls quickly at first, then slowly: the shipped model needed 1800 steps, 20 to 30
-# minutes on one CPU core. We load it instead of waiting. Its manifest records how it was made.
+# The loss falls quickly at first, then slowly: the shipped model trained for many more steps, on
+# one CPU core. We load it instead of waiting. Its manifest records how it was made, and how long
+# it took.
 
 # %%
 model = load_pretrained("sr_affine", device=device)
 man = model.manifest
 print(f"command: {man['command']}")
 print(f"{man['steps']} steps, seed {man['seed']}, {man['wall_time_s'] / 60:.0f} min of training; "
-      f"validation bpd {man['metrics']['val_bpd']:.3f} (the 20-step model above: about {last:.1f})")
+      f"validation bpd {man['metrics']['val_bpd']:.3f} (the {STEPS}-step model above: about {last:.1f})")
 
 # %% [markdown]
 # ## 4. Super-resolving held-out photos
@@ -409,7 +417,9 @@ print("checked: PSNR within 2 dB of bicubic, input-specific consistency (below b
 # - Trained by maximum likelihood, it gives a *distribution* of answers: many HR images that fit
 #   the input and carry invented detail, instead of the one blurred average that minimises squared error.
 # - PSNR rewards the blurred average. This small model does not beat bicubic in PSNR, and its
-#   single samples score lower than their mean, by construction. Its samples are tied to their
+#   single samples score lower than their mean (asserted above). For squared error that holds by
+#   construction (the error of the mean is at most the mean error); for the mean of per-sample
+#   PSNRs it is a measurement, since the logarithm could reverse it. Its samples are tied to their
 #   input, but less tightly than bicubic's output: a short-trained model is not a converged one.
 # - Every scale in this model is s = sigmoid(h + 2) + 10⁻⁴, and sampling divides by it. On these
 #   photos at T = 0.7 nothing went wrong. Chapter 5 feeds the model inputs it has never seen.
@@ -417,13 +427,14 @@ print("checked: PSNR within 2 dB of bicubic, input-specific consistency (below b
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** Temperature 0 sends z = 0 through the flow: one deterministic answer. Draw 2
 # samples of `coffee` at T = 0 and compute their diversity (store it in `div0`), and the PSNR of
 # that answer against HR (`psnr0`). Is it better or worse than the T = 0.7 mean?
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="sr.super_resolve(model, v['lr'], temperature=0.0, num_samples=2, generator=...) with v = val['coffee']; then metrics.diversity and metrics.psnr(x, v['hr'], FACTOR) on the samples clamped to [0, 1]"
 v = val["coffee"]
 x0 = sr.super_resolve(model, v["lr"], temperature=0.0, num_samples=2, generator=torch.Generator(device).manual_seed(1)).cpu()
 div0 = metrics.diversity(x0.clamp(0, 1))
@@ -439,7 +450,7 @@ assert abs(psnr0 - res[("coffee", f"mean of {N_SAMPLES}")][0]) < 2.0
 # `china`, compute the PSNR of the mean of the first n samples for n = 1, 2, 4, 8 (a list
 # `psnr_n`), and plot it against n next to the bicubic PSNR.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="metrics.psnr(v['samples'][:n].mean(0), v['hr'], FACTOR) with v = val['china'], for n in 1, 2, 4, 8; res[('china', 'bicubic')][0] is the bicubic PSNR"
 v = val["china"]
 ns = [1, 2, 4, 8]
 psnr_n = [metrics.psnr(v["samples"][:n].mean(0), v["hr"], FACTOR) for n in ns]
@@ -459,7 +470,7 @@ assert psnr_n[-1] > psnr_n[0]  # averaging removes sample-specific detail, and w
 # the per-channel mean of `bicubic_down(x0) - lr` (`bias`, 3 numbers) and the RMS of that difference
 # (`rms`). Compare.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="data.bicubic_down(x0[0].clamp(0, 1), FACTOR) - val['coffee']['lr'] is the LR error; its mean over dims (1, 2) is the bias per channel, the square root of its mean square the RMS"
 err = data.bicubic_down(x0[0].clamp(0, 1), FACTOR) - val["coffee"]["lr"]
 bias = err.mean(dim=(1, 2))
 rms = err.pow(2).mean().sqrt().item()
@@ -473,7 +484,7 @@ assert bias.abs().max() < 0.5 * rms
 # **Exercise 4.** Where do the 0.6 M parameters act? Compute the fraction of all parameters that
 # sit in networks reading the condition (the encoder, the injectors, the couplings), `cond_frac`.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="add groups['encoder'], groups['Injector'] and groups['Coupling'], and divide by total"
 cond_frac = (groups["encoder"] + groups["Injector"] + groups["Coupling"]) / total
 print(f"{cond_frac:.0%} of the parameters read the LR image")
 

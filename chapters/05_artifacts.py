@@ -20,20 +20,27 @@
 # through the sampling pass to the layer whose scale s collapsed.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -47,7 +54,7 @@ from tqdm.auto import tqdm
 import minflow as mf
 from minflow import data, metrics
 from minflow.checkpoints import load_pretrained
-from minflow.couplings import Coupling, Injector, conditioner_output
+from minflow.couplings import Coupling, Injector
 from minflow.plotting import COLORS, style
 from minflow.transforms import Split
 
@@ -60,14 +67,14 @@ if device.type == "cpu":  # small convolutions: on a few shared cores, extra thr
 print(f"device={device}, quick={QUICK}")
 
 # %% [markdown]
-# ## 1. Protocol, fixed before looking
+# ## 1. Protocol
 #
 # - **Models:** the shipped `sr_affine` (1800 training steps) and `sr_affine_early`, a snapshot
 #   that the same training run saved a few hundred steps in (the step is printed below).
 # - **Inputs:** every input of `data.ood_sets(factor=4, lr_size=64)`: LR images of 64x64, so every
 #   sample is 256x256, as in chapter 4. Four groups: *reference* (the validation photos with the
-#   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs a
-#   pilot study found harmless).
+#   training degradation: in distribution), *content*, *degradation* and *benign* (odd inputs an earlier,
+#   exploratory model found harmless).
 # - **Samples:** the same number for every input, 8 (4 in quick mode), from a generator seeded with
 #   0 for every input, so all inputs see the same latent random numbers.
 # - **Temperatures:** 0.9 for the main table; a sweep over 0 … 1.0 on the reference and
@@ -80,8 +87,8 @@ print(f"device={device}, quick={QUICK}")
 # - **max |x|** over the finite values and the **non-finite count**;
 # - **explosion**, this course's flag for a sample: a non-finite value, or max |x| > 10³;
 # - the **smallest scale s** that any injector or coupling used while sampling
-#   (`metrics.min_scale_used`, the per-sample version of what `model.trace` reports): sampling
-#   divides by it, and its floor is 10⁻⁴.
+#   (recorded per sample inside `with mf.recording() as rec:`, `rec.min_scale()`, the per-sample
+#   version of what `model.trace` reports): sampling divides by it, and its floor is 10⁻⁴.
 #
 # Why beside the criterion? On a 256x256 sample, one pixel out of 65 536 beyond 1.5 fires the
 # per-pixel criterion; the Gaussian tails of a healthy model do that now and then. A sample at
@@ -106,13 +113,10 @@ def sample_report(model, lr, temperature, n=N, seed=0, keep=False):
     cond = lr[None].expand(n, -1, -1, -1).contiguous().to(device)
     gen = torch.Generator(device).manual_seed(seed)
     rows = None
-    with torch.no_grad():
-        if keep:
-            x, rows = model.trace(cond, temperature=temperature, generator=gen, keep=True)
-        else:
-            x = model.sample(cond, temperature=temperature, generator=gen)
+    with torch.no_grad(), mf.recording(keep=keep) as rec:  # records the smallest scale of each sample
+        x = model.sample(cond, temperature=temperature, generator=gen)
     x = x.cpu()
-    return x, metrics.artifact_report(x, metrics.min_scale_used(model)), rows
+    return x, metrics.artifact_report(x, rec.min_scale()), rec.rows if keep else None
 
 
 def run_all(model, keys, temperature, n=N, desc=""):
@@ -129,7 +133,7 @@ def run_all(model, keys, temperature, n=N, desc=""):
 #
 # Here is every LR input, by group. The *content* group holds images unlike any training photo; the
 # *degradation* group holds the two validation photos, degraded in seven ways the model never saw;
-# *benign* holds odd inputs that a pilot study with another model found harmless.
+# *benign* holds odd inputs that an earlier, exploratory model found harmless.
 
 # %%
 fig, axes = plt.subplots(4, 14, figsize=(16, 5.4))
@@ -211,10 +215,10 @@ print_groups(groups_main, f"artifact rates per set, final model, T = {T_MAIN}")
 #   thousands of non-finite values, and the smallest scale used sits at the floor, 1.0e-04.
 # - The **reference photos** may explode too at this temperature: in our run (CPU, seed 0) a third
 #   or more of their samples did; the table above shows what happened in yours. A small model
-#   trained for half an hour is not safe at T = 0.9 even in distribution. The pilot study saw the
-#   same, and SRFlow users know the effect as black blotches that go away at lower temperature.
+#   trained for half an hour is not safe at T = 0.9 even in distribution; SRFlow users know the
+#   effect as black blotches that go away at lower temperature.
 # - The **benign** group is not entirely benign for this model: the scanned `page`, harmless in
-#   the pilot, explodes here in most samples, while text, cell and the inverted coffee stay
+#   the exploratory model, explodes here in most samples, while text, cell and the inverted coffee stay
 #   clean. Whether an odd input is dangerous depends on the model, not only on how odd it looks.
 
 # %%
@@ -288,8 +292,8 @@ print_groups(groups07, "per set, T = 0.7")
 # and the smallest scale used stays far above the floor. A handful of pixels may still fall outside
 # [−0.5, 1.5]: section 9 looks at the largest such specks.
 #
-# **The OOD degradations** do explode, but not all of them. The two the pilot study named as
-# triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
+# **The OOD degradations** do explode, but not all of them. The two the exploratory model singled
+# out as triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
 # blur and JPEG explode only now and then at this temperature. So "the degradation set explodes
 # in most samples" is true for the strong degradations and not for the set as a whole; the cell
 # below checks the version that holds, and prints the set-wide rate.
@@ -404,8 +408,9 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Early in training the model is blurrier, but it keeps its scales away from the floor almost
-# everywhere; by step 1800 it has learned to use small scales, and with them, OOD inputs can push
+# Early in training the model's samples are not blurrier, they are grainy colour noise (top
+# row); yet the model keeps its scales away from the floor almost everywhere; by the end of
+# training it has learned to use small scales, and with them, OOD inputs can push
 # a scale to the floor. If the snapshot explodes anywhere, it is on a few inputs only (listed
 # below). Training does not create the weakness in one step; it makes it common.
 
@@ -416,7 +421,7 @@ print(f"inputs on which the step-{early.manifest['steps']} snapshot explodes at 
 # %% [markdown]
 # ## 8. Inside an explosion: one pixel, layer by layer
 #
-# Take the pilot's clearest trigger, coffee downscaled without antialiasing, and its clean twin, the
+# Take one of the two strong triggers, coffee downscaled without antialiasing, and its clean twin, the
 # reference coffee: same HR content, *same latent random numbers*, T = 0.7. We run the sampling
 # pass with `model.trace(..., keep=True)`, which keeps every layer's output, and follow one HR
 # pixel backwards through the flow: after each layer, the largest |value| over the channels at the
@@ -461,7 +466,7 @@ def follow(model, rows, lr, k, pixel):
             s = math.nan
             layer = model.layers[i] if i < len(model.layers) else None
             if isinstance(layer, (Injector, Coupling)):
-                params = conditioner_output(layer, byidx[i + 1][k : k + 1].to(device), feats)
+                params = layer.conditioner_output(byidx[i + 1][k : k + 1].to(device), feats)
                 s = layer.bijection.scale(params[..., 1])[0][0, :, py, px].min().item()
             mag = o[0, :, py, px].abs()
             out.append({"index": i, "name": r["name"], "value": mag.nan_to_num(float("inf")).max().item(), "s": s})
@@ -545,7 +550,7 @@ def injector_scale_maps(model, lr):
         for i, layer in enumerate(model.layers):
             if isinstance(layer, Injector):
                 size = sizes[round(math.log2(layer.channels / (4 * model.channels)))]
-                params = conditioner_output(layer, torch.zeros(1, layer.channels, *size, device=device), feats)
+                params = layer.conditioner_output(torch.zeros(1, layer.channels, *size, device=device), feats)
                 maps[i] = layer.bijection.scale(params[..., 1])[0][0].min(0).values.cpu()
     return maps
 
@@ -680,13 +685,14 @@ if device.type == "cpu":  # the speck described above is the CPU generator's; a 
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** How often does the paper's criterion fire *without* an explosion? From `main`
 # (T = 0.9), compute for the reference group the share of samples that have at least one artifact
 # pixel but did not explode (`tails_only`), and the same for the content group.
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="each entry r of main holds per-sample tensors r['fraction'] and r['explosion']; take (r['fraction'] > 0) & ~r['explosion'] over a group's entries, concatenate, and average"
 def tails_share(results, group):
     flags = [(r["fraction"] > 0) & ~r["explosion"] for (g, _), r in results.items() if g == group]
     return torch.cat(flags).double().mean().item()
@@ -703,7 +709,7 @@ assert 0 < tails_only < 1
 # explosion share over the two photos for each kind of degradation, and store the kind with the
 # highest average in `most_dangerous` (ties: any of them).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="at07[('degradation', f'{p}/{kind}')]['summary']['explosions'], averaged over p in data.VAL_PHOTOS for each kind in kinds; then max(by_kind, key=by_kind.get)"
 by_kind = {kind: statistics.mean(at07[("degradation", f"{p}/{kind}")]["summary"]["explosions"] for p in data.VAL_PHOTOS) for kind in kinds}
 print({k: f"{v:.0%}" for k, v in by_kind.items()})
 most_dangerous = max(by_kind, key=by_kind.get)
@@ -717,7 +723,7 @@ assert by_kind[most_dangerous] == max(by_kind.values()) and most_dangerous in ("
 # image writers do), and compute its artifact-pixel fraction before (`raw_frac`) and after
 # (`clamped_frac`).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="r = main[worst[0]]; its worst sample is r['x'][int(r['fraction'].argmax())]; metrics.artifact_mask(x).double().mean() before and after x.nan_to_num(0.0, 0.0, 0.0).clamp(0, 1)"
 r = main[worst[0]]
 x_raw = r["x"][int(r["fraction"].argmax())]
 raw_frac = metrics.artifact_mask(x_raw).double().mean().item()
@@ -732,7 +738,7 @@ assert raw_frac > 0 and clamped_frac == 0
 # `china/noise_0.1` the largest temperature of `TEMPS` at which none of its samples exploded
 # (`safe_T`, or None if there is none).
 
-# %% tags=["solution"]
+# %% tags=["solution"] hint="keep the temperatures T of TEMPS with sweep[T][('degradation', 'china/noise_0.1')]['summary']['explosions'] == 0, and take the largest (None if there is none)"
 safe = [T for T in TEMPS if sweep[T][("degradation", "china/noise_0.1")]["summary"]["explosions"] == 0]
 safe_T = max(safe) if safe else None
 print(f"china/noise_0.1: no explosion at T in {safe}; largest {safe_T}")

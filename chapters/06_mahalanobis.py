@@ -20,20 +20,27 @@
 # pushes the affine scale s towards its floor.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -70,7 +77,7 @@ print(f"device={device}, quick={QUICK}")
 # singular), can fit in a stream of batches, and scores every pixel of a feature map as its own
 # vector (`score_maps`).
 #
-# **Fixed before looking at any result of this chapter** (the same rules for the toy and for SR):
+# **The rules of this chapter** (the same for the toy and for SR):
 #
 # - Scores are split into 10 quantile bins (deciles) and the event rate is computed per bin
 #   (`ood.binned_rate`).
@@ -138,11 +145,11 @@ def toy_outliers(model, ys, n, seed=0):
     """Per condition: outlier probability, sample spread, and the smallest s any coupling used."""
     z = toy.latent(n, 1.0, torch.Generator().manual_seed(seed), model)  # the same latents for every y
     cond = ys.to(z).repeat_interleave(n, 0)
-    x = model.sample(cond, z=z.repeat(len(ys), 1))
+    with mf.recording() as rec:  # the smallest s of every coupling, per sample
+        x = model.sample(cond, z=z.repeat(len(ys), 1))
     u = toy.to_u(x.double(), cond.double())
     outlier = ~(torch.isfinite(u).all(1) & (u.abs().amax(1) <= OUTLIER_U))
-    couplings = [layer for layer in model.layers if isinstance(layer, mf.Coupling)]
-    s_min = torch.stack([c.last_min_scale.view(len(ys), n).amin(1) for c in couplings]).amin(0)
+    s_min = torch.stack([s.view(len(ys), n).amin(1) for _, s in rec.scales]).amin(0)
     x = x.view(len(ys), n, 2).cpu()
     return {
         "p": outlier.view(len(ys), n).double().mean(1).cpu(),
@@ -262,8 +269,8 @@ print(f"fitted on {affine_scorer.n_} LR pixels, shrinkage {affine_scorer.shrinka
 
 # %% [markdown]
 # The test inputs are chapter 5's: the two validation photos with the training degradation
-# ("reference"), unusual content, unusual degradations, and odd inputs that proved harmless in the
-# pilot ("benign"). Each is 64x64 LR and 256x256 HR. We draw several samples per input at
+# ("reference"), unusual content, unusual degradations, and odd inputs that proved harmless for an
+# earlier, exploratory model ("benign"). Each is 64x64 LR and 256x256 HR. We draw several samples per input at
 # temperature 0.9 (the paper's setting) with a fixed generator. For each LR pixel we keep the score,
 # the artifact events, and two descriptions of the samples used again in section 4: their spread,
 # and how large they get.
@@ -310,7 +317,7 @@ for name, r in affine_res.items():
     print(f"{r['group']:<12} {name:<24} {r['score'].mean():>10.2f} {r['freq'].mean():>14.3f} {rep['explosions']:>16.0%} {rep['max_abs']:>9.2g}")
 
 # %% [markdown]
-# The affine model explodes often at T = 0.9, even on the validation photo coffee, as in the pilot.
+# The affine model explodes often at T = 0.9, even on the validation photo coffee, as in chapter 5.
 # Now we pool every LR pixel of every input and ask three questions. How does the artifact
 # probability change from the lowest score decile to the highest? How well does the score's rank
 # order match the frequency's (Spearman)? And how well does the score, used as a detector, separate
@@ -422,7 +429,7 @@ print(f"within-image ROC-AUC (inputs with some but not only artifacts, {len(with
 #   when this exceeds `metrics.EXPLOSION` = 10³ or is non-finite. The *size of an artifact* in a
 #   decile is the median magnitude of its pixel-samples that the paper's criterion flags.
 #
-# **Fixed before the spline model was looked at:** (a) for *both* models, the Spearman correlation
+# **What we expect:** (a) for *both* models, the Spearman correlation
 # between the score and the per-pixel MAD exceeds 0.3; (b) the affine model's top score decile has
 # more than 10 % exploded pixel-samples, while the spline model has none at all.
 
@@ -532,7 +539,7 @@ else:
 # - **Spline.** The uncertainty stays bounded. Nothing is non-finite, and the largest value
 #   anywhere is about 2. The paper's criterion still flags part of the spline's top decile, almost
 #   all of it on the 1-px checkerboard. Those are overshoots to about 1.5–2.2: an unsure but healthy
-#   model, the kind of tail the pilot saw fire the criterion on ordinary samples.
+#   model, the kind of tail that fires the criterion on ordinary samples (chapter 5's reference photos).
 #
 # A rate alone would put those overshoots in one class with the affine model's 10³⁰. That is why we
 # compare sizes. (The spline's "bin rank" printed above is low only because eight deciles tie at a
@@ -582,7 +589,7 @@ coupling_ids = [i for i, layer in enumerate(m0.layers) if isinstance(layer, mf.C
 
 def hidden(layer, v, cond):
     """The last hidden layer phi of a toy coupling's conditioner for input v: what its read-out sees."""
-    a = layer._halves(v)[0]
+    a = layer.halves(v)[0]
     return layer.net[:-1](torch.cat([a, cond], 1))
 
 
@@ -610,7 +617,7 @@ for i in coupling_ids:
         finite = torch.isfinite(v).all(1)
         v = torch.where(finite[:, None], v, torch.zeros_like(v))
         phi = hidden(layer, v, cond).double()
-        h = mf.conditioner_output(layer, v, cond)[..., 1].flatten().double()
+        h = layer.conditioner_output(v, cond)[..., 1].flatten().double()
         d_phi = phi_scorer.score(phi)
     ok = finite & torch.isfinite(h)
     bound_ok &= bool(((h - h_bar).abs()[ok] <= sigma_h * d_phi[ok] * (1 + 1e-6) + 1e-6).all())
@@ -674,7 +681,7 @@ with torch.no_grad():
         for prev, row in zip(rows[:-1], rows[1:]):
             layer = sr_affine.layers[row["index"]]
             if isinstance(layer, (mf.Injector, mf.Coupling)) and prev["output"].shape[-2:] == lr.shape[-2:]:
-                h = mf.conditioner_output(layer, prev["output"], feats)[..., 1]  # (1, C_b, h, w)
+                h = layer.conditioner_output(prev["output"], feats)[..., 1]  # (1, C_b, h, w)
                 s, _ = layer.bijection.scale(h)
                 s = torch.where(torch.isfinite(s), s, torch.full_like(s, 1e-4)).amin(1)[0]  # non-finite h: count as floor
                 (s_inj if isinstance(layer, mf.Injector) else s_cou).append(s.cpu())
@@ -735,7 +742,8 @@ if spline_stats is None:
 #
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** We scored level 1's features. Level 0 reads a different 1x1 projection of the
 # same encoder trunk, copied 2x2. Before the copy it is also one vector per LR pixel:

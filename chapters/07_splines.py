@@ -21,20 +21,27 @@
 # guard, a prior whose variance depends on the condition.
 
 # %% tags=["colab"]
-# On Colab: fetch the course and install minflow with the course extras (keeps Colab's torch and numpy).
-# Locally `make lab` has done this already, and this cell does nothing.
+# On Colab: fetch the course and install only what Colab lacks (Colab's torch, numpy and
+# ipywidgets stay). Locally `make lab` has done this already, and this cell does nothing.
+REPO = "https://github.com/minflow-course/minflow"  # the course's GitHub repository; a fork's URL goes here
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
+    from pathlib import Path
 
-    subprocess.run(
-        "git clone -q --depth 1 https://github.com/minflow-course/minflow /content/minflow"
-        f" && {sys.executable} -m pip install -q -e '/content/minflow[course]'",
-        shell=True,
-        check=True,
-    )
-    sys.path.insert(0, "/content/minflow")
+    course = Path("minflow").resolve()  # /content/minflow on Colab
+    if not course.exists():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        if clone.returncode != 0:
+            raise RuntimeError(
+                f"Could not clone {REPO}: {clone.stderr.strip()}\n"
+                "Put the course in a GitHub repository you can read (a fork, or an upload of the course "
+                "folder), set REPO at the top of this cell to its URL, and run the cell again; or upload "
+                f"the course folder to {course} and run the cell again (it then skips the clone)."
+            )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
+    sys.path.insert(0, str(course))
 
 # %%
 import math
@@ -254,8 +261,8 @@ plt.show()
 # `python -m minflow.toy --coupling spline --seed S --steps 2000` for S = 0 … 4. We repeat
 # chapter 3's measurements on both families: in-distribution spread, the 360-direction scan at
 # |y| = 1000 (chapter 3's "far OOD": the worst direction, same rule for every model), and the sweep
-# from in distribution outwards. Chapter 3's claims are about the affine models; the one we test
-# here (issue 6) is about the spline:
+# from in distribution outwards. Chapter 3's claims are about the affine models; what we expect
+# here is about the spline:
 #
 # > in every seed, the spline flow's far-OOD sample spread stays within 10x its in-distribution spread.
 #
@@ -391,11 +398,11 @@ toy_table(["affine", "spline"])
 # samples collapse); **far min s** and **far max σ** are the smallest forward slope any coupling
 # used and the largest singular value of the sampling Jacobian dx/dz, at the worst direction.
 #
-# Now the claim, checked exactly as stated, on chapter 3's far-OOD setting.
+# Now the expectation, checked exactly as stated, on chapter 3's far-OOD setting.
 
 # %%
 claim = {s: results["spline"][s]["far_ratio"] <= 10 for s in SEEDS}
-print("claim 'far-OOD spread within 10x in-distribution', paper's spline:", {s: "holds" if ok else "FAILS" for s, ok in claim.items()})
+print("far-OOD spread within 10x in-distribution, paper's spline, per seed:", {s: "within" if ok else "not within" for s, ok in claim.items()})
 for s in SEEDS:
     rat = results["spline"][s]["ratios"][toy.FAR_OOD_RADIUS]
     finite = [v for v in rat if math.isfinite(v)]
@@ -405,13 +412,14 @@ failed = [s for s, ok in claim.items() if not ok]
 affine_far = [results["affine"][s]["far_ratio"] for s in SEEDS]
 
 # %% [markdown]
-# **The claim fails for the paper's spline in some seeds**, and the way it fails matters. No
-# direction shows an *amplified* spread: wherever the samples are finite they stay within 10x
-# (they are in fact at or below the in-distribution spread). Instead, whole directions return
-# **NaN**. That is not the exploding inverse of chapter 3; it is the numerical weakness the pilot
-# met on super-resolution inputs far outside [0, 1] (PILOT.md), now on the toy, because |y| = 1000 is
-# a thousand standard deviations from the training data. The next cell checks the facts the
-# prose states, and section 3c finds the cause.
+# **The lesson: the paper's spline misses the 10x bound in some seeds**, and the way it misses
+# matters. We expected a bounded map to keep the far-OOD spread within 10x. No direction shows an
+# *amplified* spread: wherever the samples are finite they stay within 10x (they are in fact at or
+# below the in-distribution spread). Instead, whole directions return **NaN**. That is not the
+# exploding inverse of chapter 3; it is a numerical weakness of the spline's arithmetic, which
+# section 4d meets again on super-resolution inputs far outside [0, 1]. Here it shows because
+# |y| = 1000 is a thousand standard deviations from the training data. The next cell checks the
+# facts the prose states, and section 3c finds the cause.
 
 # %%
 assert len(failed) > 0  # the claim, as stated, does not hold for BoundedSpline at |y| = 1000
@@ -420,7 +428,7 @@ for s in SEEDS:
     assert all(v <= 10 for v in rat if math.isfinite(v)), f"seed {s}: a finite direction is amplified"
     assert all(not math.isfinite(v) for v in rat if not v <= 10)  # every violation is a NaN, none an amplification
 assert all(r > 10 for r in affine_far)  # chapter 3's claim, on the same setting
-print(f"fails in seeds {failed}, always by non-finite samples; affine far ratios for comparison: {[f'{r:.3g}' for r in affine_far]}")
+print(f"not within 10x in seeds {failed}, always by non-finite samples; affine far ratios for comparison: {[f'{r:.3g}' for r in affine_far]}")
 
 # %% [markdown]
 # ### 3c. Why NaN, and the fully bounded spline
@@ -439,7 +447,7 @@ cond = toy.as_cond(bad["y"], 200, m0)
 first_nan = None
 for prev, row in zip(d_bad["rows"][:-1], d_bad["rows"][1:]):
     if row["name"] == "Coupling" and prev["nonfinite"] == 0:
-        raw_p = mf.conditioner_output(m0.layers[row["index"]], prev["output"], cond)
+        raw_p = m0.layers[row["index"]].conditioner_output(prev["output"], cond)
         print(f"coupling {row['index']:>2}: " + ", ".join(f"{n} in [{raw_p[..., k].min():.3g}, {raw_p[..., k].max():.3g}]" for k, n in enumerate("ahdt")))
         if row["nonfinite"] > 0 and first_nan is None:
             first_nan = (row["index"], raw_p[..., 2].max().item())
@@ -481,7 +489,7 @@ assert all(v <= 10 for v in capped_ratio.values())
 # paper's spline does what Remark 2 promises, *as mathematics*; its float32 implementation does not
 # survive conditions this far out, because two of its four parameters are unbounded.
 #
-# Issue 6 asks for a variant that bounds both: `FullyBoundedSpline` maps d to 3·tanh(d / 3) (so the
+# A variant that bounds both: `FullyBoundedSpline` maps d to 3·tanh(d / 3) (so the
 # interior derivative stays in (e⁻³, e³)) and t to 3·tanh(t / 3) (so a layer shifts by less than 3).
 # A sampling pass then moves an element by at most 3 + 1 per coupling, whatever the condition. Five
 # toy models trained with it (`python -m minflow.toy --coupling spline_bounded --seed S --steps 2000`,
@@ -492,7 +500,7 @@ models["spline_bounded"] = load_family("spline_bounded")
 results["spline_bounded"] = {s: evaluate_toy(m) for s, m in tqdm(models["spline_bounded"].items(), desc="spline_bounded")}
 toy_table(["spline_bounded"])
 claim_fb = {s: results["spline_bounded"][s]["far_ratio"] <= 10 for s in SEEDS}
-print("claim with FullyBoundedSpline:", {s: "holds" if ok else "FAILS" for s, ok in claim_fb.items()})
+print("far-OOD spread within 10x, FullyBoundedSpline, per seed:", {s: "within" if ok else "not within" for s, ok in claim_fb.items()})
 
 # %%
 for s in SEEDS:
@@ -560,7 +568,7 @@ plt.show()
 #
 # ### 3e. Bounded is not the same as right
 #
-# The pilot saw a spline model whose far-OOD samples *collapsed*: bounded, yet wrong. In our seeds
+# A bounded map can fail in another way: its far-OOD samples may *collapse*, bounded yet wrong. In our seeds
 # the spread never collapses outright (the smallest ratio on the circle, the "min ratio" column,
 # is about 0.3–0.7), but *where* the samples land tells the story. The task itself extrapolates:
 # E[x | y] = y / 2 for every y. For 8 directions at |y| = 1000 we measure the distance of the sample
@@ -634,9 +642,9 @@ assert sr["affine"].manifest["steps"] == sr["spline"].manifest["steps"] and sr["
 # Chapter 4's protocol on the two validation photos (central 256x256 crop, bicubic 64x64 LR):
 # samples at temperature 0.7, metrics on clamped copies, border of 4 px shaved. PSNR, SSIM and
 # LR-PSNR are averaged over samples; "PSNR of mean" scores the average of the samples (the number
-# the training command records); bits per dim use fixed dequantisation noise. The claim (issue 6):
-# the spline model's in-distribution PSNR is within 0.5 dB of the affine model's. We check it on
-# the PSNR of the mean, fixed here before looking, and print the per-sample PSNR beside it.
+# the training command records); bits per dim use fixed dequantisation noise. What we expect: the
+# spline model's in-distribution PSNR is within 0.5 dB of the affine model's. We check it on the
+# PSNR of the mean, and print the per-sample PSNR beside it.
 
 # %%
 FACTOR = 4
@@ -647,13 +655,13 @@ reference = sets["reference"]
 
 def sample_sr(model, lr, n, temperature, seed=0):
     """n raw samples (n, 3, H, W) for one LR, the smallest scale (forward slope) each sample met in
-    any injector or coupling (`metrics.min_scale_used`), and seconds per sample."""
+    any injector or coupling (recorded with `mf.recording`), and seconds per sample."""
     cond = lr[None].expand(n, -1, -1, -1).contiguous().to(device)
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), mf.recording() as rec:
         raw = model.sample(cond, temperature=temperature, generator=torch.Generator(device).manual_seed(seed))
     sec = (time.perf_counter() - t0) / n
-    return raw.cpu(), metrics.min_scale_used(model).cpu(), sec
+    return raw.cpu(), rec.min_scale().cpu(), sec
 
 
 def sr_quality(m):
@@ -686,16 +694,17 @@ gap = quality["spline"]["psnr_mean"] - quality["affine"]["psnr_mean"]
 print(f"PSNR of mean, spline - affine: {gap:+.2f} dB (per-sample PSNR: {quality['spline']['psnr'] - quality['affine']['psnr']:+.2f} dB)")
 man_gap = sr["spline"].manifest["metrics"]["psnr"] - sr["affine"].manifest["metrics"]["psnr"]
 print(f"the training command's own validation (whole photos, mean of 3 samples at T = 0.7): {man_gap:+.3f} dB")
-print(f"claim 'within 0.5 dB' (two-sided, as issue 6 states it): {'holds' if abs(gap) <= 0.5 else 'FAILS'}; "
-      f"'not worse by more than 0.5 dB': {'holds' if gap >= -0.5 else 'FAILS'}")
+print(f"within 0.5 dB either way: {'yes' if abs(gap) <= 0.5 else 'no'}; "
+      f"not worse by more than 0.5 dB: {'yes' if gap >= -0.5 else 'no'}")
 
 # %% [markdown]
 # The spline model is not worse: it is *better*, here by more than half a decibel on the crops
 # (and it is the only one of the two that matches bicubic PSNR, with a much higher LR-PSNR: its
-# samples explain their input better). Read literally, "within 0.5 dB" is two-sided, and then the
-# claim fails, in the spline's favour, on these crops, while it just holds on the training
-# command's whole-photo validation (the line above). What the claim is meant to guard against is
-# the spline costing quality, and that does not happen; that one-sided check is the one we assert.
+# samples explain their input better). We expected the two to be within 0.5 dB; read literally,
+# that is two-sided, and then it fails, in the spline's favour, on these crops, while it just holds
+# on the training command's whole-photo validation (the line above). What the expectation guards
+# against is the spline costing quality, and that does not happen; that one-sided check is the one
+# we assert.
 # Both models are tiny and trained for 1800 steps: neither beats bicubic, as chapter 4 said.
 
 # %%
@@ -707,8 +716,8 @@ print("in distribution the spline model costs no PSNR (it gains some) and is mor
 # ### 4b. Out of distribution: chapter 5's test inputs
 #
 # Chapter 5's protocol, for both models: every input of `data.ood_sets()` in its four groups (the
-# in-distribution reference, unusual content, unusual degradations, and odd inputs the pilot found
-# harmless), all valid images in [0, 1]; 8 samples per input (4 in quick mode) at temperature 0.9,
+# in-distribution reference, unusual content, unusual degradations, and odd inputs an earlier
+# exploratory model found harmless), all valid images in [0, 1]; 8 samples per input (4 in quick mode) at temperature 0.9,
 # from a generator seeded with 0 for every input and both models, so they see the same latent
 # numbers; raw samples. Per input we record the paper's per-pixel artifact rate (outside
 # [−0.5, 1.5] or non-finite), the share of *exploding* samples (non-finite, or max |x| > 10³),
@@ -757,10 +766,10 @@ spline_nonfinite = sum(r["nonfinite"] for r in ood["spline"].values())
 print(f"spline, all inputs: max|x| {spline_max:.3g}, non-finite values {spline_nonfinite}")
 
 # %% [markdown]
-# Issue 6's claims on these inputs: (1) on every input, the spline model produces no non-finite
+# What we expect on these inputs: (1) on every input, the spline model produces no non-finite
 # value and its max |x| stays below 10; (2) the affine model explodes on the degradation set;
 # (3) the spline's per-pixel artifact rate is at most a tenth of the affine model's, which we check
-# per out-of-distribution group (fixed before looking).
+# per out-of-distribution group.
 
 # %%
 for key, r in ood["spline"].items():
@@ -768,19 +777,19 @@ for key, r in ood["spline"].items():
 assert group_expl["affine"]["degradation"] > 0, "the affine model was expected to explode on the degradation set"
 tenth = {g: group_rate["spline"][g] <= group_rate["affine"][g] / 10 for g in OOD_GROUPS}
 print("(1) spline finite and below 10 on every input: holds;  (2) affine explodes on the degradation set: holds")
-print("(3) spline rate <= affine rate / 10:", {g: "holds" if ok else "FAILS" for g, ok in tenth.items()})
+print("(3) spline rate <= affine rate / 10:", {g: "yes" if ok else "no" for g, ok in tenth.items()})
 pooled = {k: statistics.mean(r["rate"] for key, r in ood[k].items() if key[0] in OOD_GROUPS) for k in sr}
 print(f"    (pooled over all out-of-distribution inputs, for information: affine {pooled['affine']:.3g}, spline {pooled['spline']:.3g})")
 worst_input = max((key for key in ood["spline"] if key[0] == "content"), key=lambda key: ood["spline"][key]["rate"])
 print(f"    the spline's worst input: {worst_input[1]}, rate {ood['spline'][worst_input]['rate']:.3g}, max|x| {ood['spline'][worst_input]['max_abs']:.3g}")
 
 # %% [markdown]
-# Claims (1) and (2) hold, and (3) holds for the degradation and benign groups by orders of
-# magnitude, but **fails for the content group**, and one input is responsible: the 1-pixel LR
+# Expectations (1) and (2) hold, and (3) holds for the degradation and benign groups by orders of
+# magnitude, but **not for the content group**, and one input is responsible: the 1-pixel LR
 # checkerboard. There the spline model never explodes (max |x| about 2.2, nothing non-finite), yet
 # about 30 % of its pixels lie outside [−0.5, 1.5], so the paper's per-pixel criterion counts them
-# all. The cell below shows that this is not sampling noise: at temperature 0, i.e. the model's
-# single "most likely" answer, the overshoot is the same. Faced with an input that carries all its
+# all. The cell below shows that this is not sampling noise: at temperature 0, i.e. the image of
+# z = 0, one deterministic answer, the overshoot is the same. Faced with an input that carries all its
 # energy at the Nyquist frequency, the spline model rings: a deterministic, bounded error. It is
 # the "bounded, yet wrong" failure of the toy, seen through a criterion that cannot tell an
 # overshoot to 2 from an explosion to 10³⁷. That is why the course reports max |x| and the
@@ -866,7 +875,7 @@ for k in sr:
           + f"{max(r['max_abs'] if r['nonfinite'] == 0 else math.inf for r in ood[k].values()):>12.3g}")  # fmt: skip
 gap_full = quality["spline_full"]["psnr_mean"] - quality["affine"]["psnr_mean"]
 tenth_full = {g: group_rate["spline_full"][g] <= group_rate["affine"][g] / 10 for g in OOD_GROUPS}
-print(f"fully bounded - affine: {gap_full:+.2f} dB (PSNR of mean); rate <= affine / 10:", {g: "holds" if ok else "FAILS" for g, ok in tenth_full.items()})
+print(f"fully bounded - affine: {gap_full:+.2f} dB (PSNR of mean); rate <= affine / 10:", {g: "yes" if ok else "no" for g, ok in tenth_full.items()})
 
 # %%
 for key, r in ood["spline_full"].items():
@@ -877,7 +886,7 @@ assert all(tenth_full.values())
 # %% [markdown]
 # Bounding d and t costs nothing here. The fully bounded model matches the paper's spline in
 # distribution (bits per dim, PSNR and LR-PSNR within a few hundredths), so it too is *better* than
-# the affine model, and the two-sided "within 0.5 dB" fails in its favour as it does for the
+# the affine model, and the two-sided "within 0.5 dB" misses in its favour as it does for the
 # paper's spline. Out of distribution it is, if anything, a little tamer: its largest value over
 # all valid inputs is about 2, nothing is non-finite, and its artifact rate is at most a tenth of
 # the affine model's in *every* group, the content group included, where the paper's spline missed
@@ -888,8 +897,8 @@ assert all(tenth_full.values())
 # %% [markdown]
 # ### 4d. Beyond valid images: the paper's spline, and the fully bounded one
 #
-# The claims above are about valid images. The pilot broke the paper's spline model with inputs
-# outside [0, 1]: contrast stretched x8 and x16 about 0.5 *without clamping*
+# The expectations above are about valid images. The paper's spline model can still be broken by
+# inputs outside [0, 1]: contrast stretched x8 and x16 about 0.5 *without clamping*
 # (`data.contrast(..., clamp=False)`), LR values from −3.5 to 4.5 and −7.5 to 8.5. First at the
 # layer level, feeding the *same* extreme inputs' conditioner outputs to both bijections; then on
 # the whole models.
@@ -911,7 +920,7 @@ def injector_params(model, lr):
         level += isinstance(layer, mf.Squeeze)
         if isinstance(layer, mf.Injector):
             x0 = torch.zeros(1, layer.channels, *sizes[level], device=device)
-            out.append(mf.conditioner_output(layer, x0, feats))
+            out.append(layer.conditioner_output(x0, feats))
     return out
 
 
@@ -973,8 +982,8 @@ print("the paper's spline on x16, sampling pass (split priors and the first non-
 print(mf.format_trace([rows16[0]] + [r for r in rows16 if r["name"] == "Split" or r is first_bad]))
 
 # %% [markdown]
-# The paper's spline model survives x8 but explodes at x16, and the trace shows the chain the pilot
-# described. The injectors' shifts t (up to about 40 here) carry the activations far out; SRFlow's
+# The paper's spline model survives x8 but explodes at x16, and the trace shows the chain of
+# events. The injectors' shifts t (up to about 40 here) carry the activations far out; SRFlow's
 # *split prior*, which reads only the kept half of the latent, then turns those large values into a
 # large log-standard-deviation and multiplies by its exponential (max |x| jumps from tens to
 # hundreds at the first split and to millions or more at the second); finally a coupling sees
@@ -1163,8 +1172,8 @@ print(f"worst valid input with the conditional prior: {'/'.join(worst_valid)}, p
 # uniform noise the prior's σ climbs to 10¹–10³, and the samples follow it (max |x| up to about
 # 80, where the same couplings with SRFlow's prior stay below 2). On the unclamped inputs of
 # section 4d, which the fully bounded spline survived with values below 6, the prior's log σ is a
-# linear function of huge features: σ overflows, and every sample is NaN. The pilot had seen the
-# same on its spline model. Every condition-dependent scale on the sampling path needs a bound,
+# linear function of huge features: σ overflows, and every sample is NaN. Every
+# condition-dependent scale on the sampling path needs a bound,
 # the prior's included; a σ(y) read through a bounded function (like the couplings' 3·tanh) would
 # close this door too.
 
@@ -1231,12 +1240,12 @@ print(f"bicubic PSNR {bic:.2f} dB; training wall time: " + ", ".join(f"{k} {m.ma
 #   moves a value by a bounded amount and never multiplies it (Remark 2).
 # - On the toy, no spline model ever *amplifies* the spread far out of distribution. But the paper's
 #   parameterisation has two unbounded outputs, exp(d) and t: at |y| = 1000 exp(d) overflows and
-#   the samples become NaN in every seed, so issue 6's toy claim fails for it as stated. Bounding
-#   both (`FullyBoundedSpline`) makes the claim hold in every seed at the same fit, at a price:
+#   the samples become NaN in every seed, so it misses the 10x bound we expected on the toy.
+#   Bounding both (`FullyBoundedSpline`) keeps every seed within it at the same fit, at a price:
 #   with a bounded shift the far-OOD samples stay near the training data (bounded, and wrong).
 # - On SR, on every valid input, the paper's spline model stays finite and below 2.3 where the
 #   affine model explodes to 10³⁷ and NaN, with no loss of in-distribution quality (a gain, in fact,
-#   which makes the literal two-sided "within 0.5 dB" fail in its favour). Its artifact rate is
+#   which makes the literal two-sided "within 0.5 dB" miss in its favour). Its artifact rate is
 #   below a tenth of the affine model's on the degradation and benign groups, not on the content
 #   group, where a 1-pixel checkerboard makes it ring (bounded overshoot to about 2). On unclamped
 #   extreme inputs it explodes through its shifts and the split prior. The SR model trained with
@@ -1251,7 +1260,8 @@ print(f"bicubic PSNR {bic:.2f} dB; training wall time: " + ", ".join(f"{k} {m.ma
 # %% [markdown]
 # ## Exercises
 #
-# Solutions are in the cells tagged `solution`; the `check` cells test your answer.
+# The cell after each exercise holds a solution (a stub to fill in, in the student version) and the
+# `check` cell after that tests the answer. Try it yourself first.
 #
 # **Exercise 1.** The displacement bound of section 2 for `FullyBoundedSpline`: draw 100 000 inputs
 # z up to 10⁶ in size and truly wild raw parameters (a, h, d, t each ~ N(0, 1000²), no clamping
@@ -1289,16 +1299,16 @@ assert all(v <= 10 for v in capped40.values())
 # %% [markdown]
 # **Exercise 3.** In the conditional-prior model of section 5b, the prior's standard deviation is
 # σ(y) = exp(−h(y)). For seed 0, compute the largest σ over the 360 ring directions at |y| = 10,
-# 100 and 1000 (hint: `mf.conditioner_output(prior, x, cond)[..., 1]` gives h; the prior is the
+# 100 and 1000 (hint: `prior.conditioner_output(x, cond)[..., 1]` gives h; the prior is the
 # last layer of the flow and reads only y, so x can be zeros). Store the three values in `sigma_max`.
 
-# %% tags=["solution"] hint="for each R in RING_RADII, ys = R * toy.ring_directions(); h = mf.conditioner_output(prior_layer, torch.zeros_like(ys), ys)[..., 1]; sigma = exp(-h); keep its max"
+# %% tags=["solution"] hint="for each R in RING_RADII, ys = R * toy.ring_directions(); h = prior_layer.conditioner_output(torch.zeros_like(ys), ys)[..., 1]; sigma = exp(-h); keep its max"
 prior_layer = models["spline_bounded+cond. prior"][0].layers[-1]
 sigma_max = []
 for R in RING_RADII:
     ys = (R * toy.ring_directions()).float().to(device)
     with torch.no_grad():
-        h_ex = mf.conditioner_output(prior_layer, torch.zeros_like(ys), ys)[..., 1]
+        h_ex = prior_layer.conditioner_output(torch.zeros_like(ys), ys)[..., 1]
     sigma_max.append(torch.exp(-h_ex).max().item())
 print({R: f"{v:.3g}" for R, v in zip(RING_RADII, sigma_max)})
 

@@ -10,10 +10,13 @@ import warnings
 # __main__; runpy then warns about it. Harmless here (the module has no import-time side effects).
 warnings.filterwarnings("ignore", message=r"'minflow\.\w+' found in sys\.modules", category=RuntimeWarning)
 
-from .couplings import SCALES, Affine, Coupling, Injector, conditioner, conditioner_output, conv_net, mlp
+from .bijections import SCALES, Affine, Bijection, bijection_names, make_bijection, register_bijection
+from .couplings import Coupling, Injector, conditioner, conv_net, mlp
 from .flow import ConditionalFlow, format_trace
+from .diagnostics import Recorder, recording
 from .transforms import (
     ActNorm,
+    Features,
     InvConv1x1,
     Sequential,
     Split,
@@ -27,7 +30,7 @@ from .transforms import (
 from .utils import get_device, pick, quick_mode, seed_everything
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .checkpoints import available, load_pretrained
-from . import checkpoints, data, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
+from . import bijections, checkpoints, data, diagnostics, lowlight, ood, splines, sr, toy  # noqa: E402  (sr, toy, lowlight register builders)
 
 __version__ = "0.1.0"
 
@@ -35,6 +38,15 @@ __all__ = [
     "SCALES",
     "ActNorm",
     "Affine",
+    "Bijection",
+    "Features",
+    "Recorder",
+    "bijection_names",
+    "bijections",
+    "diagnostics",
+    "make_bijection",
+    "recording",
+    "register_bijection",
     "BoundedSpline",
     "FullyBoundedSpline",
     "RQSpline",
@@ -59,7 +71,6 @@ __all__ = [
     "Transform",
     "cond_for",
     "conditioner",
-    "conditioner_output",
     "conv_net",
     "format_trace",
     "gaussian_log_prob",

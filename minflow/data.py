@@ -311,7 +311,7 @@ def jpeg(lr: Tensor, quality: int) -> Tensor:
 
 def contrast(x: Tensor, factor: float, center: float = 0.5, clamp: bool = True) -> Tensor:
     """Scale contrast by `factor` about `center`. With clamp=False the values leave [0, 1]: at x8,
-    x16 that breaks even the bounded spline flow (the pilot), so clamping is the default."""
+    x16 that breaks even the bounded spline flow (chapter 7), so clamping is the default."""
     _check(x)
     out = center + factor * (x - center)
     return out.clamp(0, 1) if clamp else out
@@ -375,11 +375,11 @@ def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput
     """Named test inputs in four groups (`OOD_GROUPS`); every LR is (3, lr_size, lr_size) in [0, 1].
 
     - "reference": the validation photos with the training degradation (in distribution).
-    - "content": images unlike the training photos (the pilot's affine model exploded on the
+    - "content": images unlike the training photos (an earlier, exploratory affine model exploded on the
       checkerboard photo and the synthetic patterns; retina and rendered text are untested).
-    - "degradation": validation photos degraded unlike training (the pilot's model exploded on
+    - "degradation": validation photos degraded unlike training (that model exploded on
       nearest, noise 0.1 and contrast x4; the blur kernels and JPEG are for you to try).
-    - "benign": odd inputs the pilot found harmless (flat, close to the training features), so
+    - "benign": odd inputs that model found harmless (flat, close to the training features), so
       not every strange input looks dangerous. Page, text and cell are unusual *content*, but
       they live here, not in "content".
     Images are brought to HR size lr_size * factor by `fit_square` (retina and cell whole).
@@ -403,7 +403,7 @@ def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput
         "retina": pair(hr_of["retina"], "fundus photograph: medical content, red-orange palette, vessels"),
         "rendered_text": pair(_rendered_text(hr_size), "black-on-white glyphs drawn with Pillow's font"),
     }
-    benign = {n: pair(hr_of[n], f"{why}; harmless in the pilot") for n, why in [
+    benign = {n: pair(hr_of[n], f"{why}; harmless for an exploratory model") for n, why in [
         ("page", "scanned printed page: unusual content, yet flat"),
         ("text", "grey characters on a smooth background"),
         ("cell", "quantitative phase microscopy of a cell"),
@@ -422,7 +422,7 @@ def ood_sets(factor: int = 4, lr_size: int = 64) -> dict[str, dict[str, OODInput
             "contrast_x4": (contrast(lr, 4.0), "contrast x4 about 0.5, clamped: saturated areas, hard edges"),
         }
         degradation.update({f"{p}/{k}": OODInput(x, hr, why) for k, (x, why) in made.items()})
-        benign[f"{p}/inverted"] = pair(invert(hr), "the photo's negative: unusual colours; harmless in the pilot")
+        benign[f"{p}/inverted"] = pair(invert(hr), "the photo's negative: unusual colours; harmless for an exploratory model")
     return {"reference": reference, "content": content, "degradation": degradation, "benign": benign}
 
 

@@ -3,8 +3,9 @@
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|
 
 where g is an optional encoder of the condition y (identity when absent) and f the chain of
-transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I) (T finite and >= 0); `Split`
-layers draw their half at the same temperature T.
+transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I) (T finite and >= 0), passing
+the same sampling keywords (temperature, generator) to every layer's inverse: `Split` layers draw
+their half at the same temperature T.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .transforms import Cond, Split, StandardNormal, Transform, leaves
-from .utils import check_temperature, nanmin
+from . import diagnostics
+from .transforms import Cond, Generator, StandardNormal, Transform, leaves
+from .utils import check_temperature
 
 
 class ConditionalFlow(nn.Module):
@@ -75,18 +77,16 @@ class ConditionalFlow(nn.Module):
             raise ValueError("an unconditional sample needs num_samples")
         return num_samples
 
-    def _run_inverse(self, z, feats, temperature, generator, record):
+    def _run_inverse(self, z: Tensor, feats: Cond, temperature: float, generator: Generator) -> tuple[Tensor, Tensor]:
         check_temperature(temperature)  # every sampling path comes here, with or without a Split
+        recorders = diagnostics.active()
         logdet = z.new_zeros(z.shape[0])
         for index in reversed(range(len(self.layers))):
             layer = self.layers[index]
-            if isinstance(layer, Split):
-                z, ld = layer.inverse(z, feats, temperature=temperature, generator=generator)
-            else:
-                z, ld = layer.inverse(z, feats)
+            z, ld = layer.inverse(z, feats, temperature=temperature, generator=generator)
             logdet = logdet + ld
-            if record is not None:
-                record(index, layer, z)
+            for rec in recorders:  # per-layer magnitudes, only inside `minflow.recording(rows=True)`
+                rec.output(index, layer, z)
         return z, logdet
 
     def _start(self, cond, num_samples, temperature, z, generator):
@@ -111,11 +111,15 @@ class ConditionalFlow(nn.Module):
         Nothing is clamped: explosions and non-finite values are returned as they are.
         """
         z, feats = self._start(cond, num_samples, temperature, z, generator)
-        return self._run_inverse(z, feats, temperature, generator, None)[0]
+        for rec in diagnostics.active():
+            rec.output(len(self.layers), None, z)
+        return self._run_inverse(z, feats, temperature, generator)[0]
 
-    def inverse(self, z: Tensor, cond: Tensor | None = None, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Tensor | None = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         """The sampling map z -> x with its logdet (splits draw their half at `temperature`)."""
-        return self._run_inverse(z, self.condition(cond), temperature, None, None)
+        return self._run_inverse(z, self.condition(cond), temperature, generator)
 
     @torch.no_grad()
     def trace(
@@ -127,7 +131,7 @@ class ConditionalFlow(nn.Module):
         generator: torch.Generator | None = None,
         keep: bool = False,
     ) -> tuple[Tensor, list[dict]]:
-        """Run the sampling pass and report every layer's output, in sampling order.
+        """Run the sampling pass inside `minflow.recording()` and report every layer's output, in sampling order.
 
         Each row: ``index`` (position in forward order), ``name``, ``max_abs`` (largest finite |value|),
         ``variance`` (mean over dimensions of the across-batch variance of the finite values),
@@ -135,31 +139,9 @@ class ConditionalFlow(nn.Module):
         injector used, None for other layers), and with ``keep=True`` the ``output`` tensor.
         The first row (index = len(layers)) is the latent itself.
         """
-        z, feats = self._start(cond, num_samples, temperature, z, generator)
-        rows = [_summary(len(self.layers), "latent", z, None, keep)]
-
-        def record(index, layer, out):
-            scale = getattr(layer, "last_min_scale", None)
-            rows.append(_summary(index, type(layer).__name__, out, scale, keep))
-
-        x, _ = self._run_inverse(z, feats, temperature, generator, record)
-        return x, rows
-
-
-def _summary(index: int, name: str, out: Tensor, scale: Tensor | None, keep: bool) -> dict:
-    finite = torch.isfinite(out)
-    clean = torch.where(finite, out, torch.zeros_like(out)).flatten(1).double()
-    row = {
-        "index": index,
-        "name": name,
-        "max_abs": clean.abs().max().item() if clean.numel() else 0.0,
-        "variance": clean.var(0, unbiased=False).mean().item() if clean.shape[0] > 1 else 0.0,
-        "nonfinite": int((~finite).sum().item()),
-        "min_scale": None if scale is None else nanmin(scale).item(),
-    }
-    if keep:
-        row["output"] = out.detach().clone()
-    return row
+        with diagnostics.recording(rows=True, keep=keep) as rec:
+            x = self.sample(cond, temperature, num_samples, z, generator)
+        return x, rec.rows
 
 
 def format_trace(rows: list[dict]) -> str:

@@ -2,9 +2,9 @@
 
     log p(x | y) = log N(f(x; g(y)); mu(y), I) + sum_layers log|det J_layer|,   x = normal, y = dark
 
-x and y have the same size (no upscaling). g(y) is a dict {(H, W): features} with one feature map
-per flow level, plus ``MEAN``: the squeezed colour map mu(y) of the top prior. The flow has L levels
-of
+x and y have the same size (no upscaling). g(y) is `Features` {(H, W): features} with one feature
+map per flow level, and as its ``prior_mean`` the squeezed colour map mu(y) of the top prior. The
+flow has L levels of
 
     Squeeze -> T transition steps [ActNorm, 1x1 conv]
             -> K conditional steps [ActNorm, 1x1 conv, Injector(g), Coupling(x_a, g)]
@@ -42,8 +42,9 @@ from .data import (OTHER_IMAGES, TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, _check, 
                    load_photos, mod_crop, random_crops, synthetic_patterns, to_tensor)  # fmt: skip
 from .flow import ConditionalFlow
 from .metrics import psnr, ssim
-from .sr import Encoder, SRFlow, flow_level, make_bijection, super_resolve
-from .transforms import Cond, Squeeze, Transform, zero_layer
+from .bijections import Spec, make_bijection, spec_name
+from .sr import Encoder, SRFlow, flow_level, super_resolve
+from .transforms import Cond, Features, Generator, Squeeze, Transform, zero_layer
 
 # ----------------------------------------------------------------------------- synthetic low light
 
@@ -286,13 +287,10 @@ def squeeze_times(x: Tensor, times: int, inverse: bool = False) -> Tensor:
     return x
 
 
-MEAN = "mean"  # the key of the prior mean in the condition dict
-
-
 class LowLightEncoder(nn.Module):
     """g(y): `sr.Encoder` (RDBs) on the space-to-depth of `encoder_inputs(y)` (36 channels at H/2),
     giving features at H/2, ..., H/2^L; and the colour map 3 y / sum_c y + a zero-initialised
-    correction read from the H/2 features, squeezed L times into the prior mean (key `MEAN`)."""
+    correction read from the H/2 features, squeezed L times into the prior mean (``prior_mean``)."""
 
     def __init__(self, levels: int, nf: int, blocks: int, gc: int, cond_channels: int):
         super().__init__()
@@ -300,7 +298,7 @@ class LowLightEncoder(nn.Module):
         self.body = Encoder(2, levels, nf, blocks, gc, cond_channels, in_channels=36)
         self.colour = zero_layer(nn.Conv2d(cond_channels, 12, 3, padding=1))
 
-    def forward(self, dark: Tensor) -> dict:
+    def forward(self, dark: Tensor) -> Features:
         m = 2**self.levels
         if dark.dim() != 4 or dark.shape[1] != 3:
             raise ValueError(f"the dark image must have shape (B, 3, H, W), got {tuple(dark.shape)}")
@@ -309,7 +307,7 @@ class LowLightEncoder(nn.Module):
         feats = self.body(squeeze_times(encoder_inputs(dark), 1))
         first = feats[(dark.shape[2] // 2, dark.shape[3] // 2)]
         colour = 3 * colour_ratio(dark.clamp(min=0)) + squeeze_times(self.colour(first), 1, inverse=True)
-        return feats | {MEAN: squeeze_times(colour, self.levels)}
+        return Features(feats, prior_mean=squeeze_times(colour, self.levels))
 
 
 class PriorMean(Transform):
@@ -318,14 +316,17 @@ class PriorMean(Transform):
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         return x - self._mean(x, cond), x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         return z + self._mean(z, cond), z.new_zeros(z.shape[0])
 
     @staticmethod
     def _mean(x: Tensor, cond: Cond) -> Tensor:
-        if not isinstance(cond, dict) or MEAN not in cond or cond[MEAN].shape[1:] != x.shape[1:]:
-            raise ValueError(f"PriorMean needs cond[{MEAN!r}] shaped like {tuple(x.shape[1:])} per sample")
-        return cond[MEAN]
+        mean = cond.prior_mean if isinstance(cond, Features) else None
+        if mean is None or mean.shape[1:] != x.shape[1:]:
+            raise ValueError(f"PriorMean needs Features whose prior_mean is shaped like {tuple(x.shape[1:])} per sample")
+        return mean
 
 
 class LLFlow(ConditionalFlow):
@@ -334,9 +335,10 @@ class LLFlow(ConditionalFlow):
     factor, channels = 1, 3  # same size in and out, RGB (what `enhance` / `super_resolve` read)
 
     def __init__(self, levels: int = 3, steps: int = 1, transitions: int = 1, width: int = 32, nf: int = 32,
-                 blocks: int = 2, gc: int = 16, cond_channels: int = 32, coupling: str = "affine",
+                 blocks: int = 2, gc: int = 16, cond_channels: int = 32, coupling: Spec = "affine",
                  quant: int = 32, lu: bool = True):
-        make_bijection(coupling)  # fail early on a bad name
+        coupling = spec_name(coupling)  # fail early on a bad name; a registered factory is recorded by name
+        make_bijection(coupling)
         layers, c = [], 3
         for _ in range(levels):
             c *= 4
@@ -352,7 +354,7 @@ class LLFlow(ConditionalFlow):
         return 2**self.levels
 
     def latent_shape(self, feats: Cond, num_samples: int) -> tuple[int, ...]:
-        return (num_samples, *feats[MEAN].shape[1:])
+        return (num_samples, *feats.prior_mean.shape[1:])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """normal x, dark cond -> (z - mu, logdet): the standardised top latent."""
@@ -363,7 +365,7 @@ class LLFlow(ConditionalFlow):
 
     def colour_map(self, dark: Tensor) -> Tensor:
         """The predicted colour map (B, 3, H, W) whose squeeze is the prior mean."""
-        return squeeze_times(self.condition(dark)[MEAN], self.levels, inverse=True)
+        return squeeze_times(self.condition(dark).prior_mean, self.levels, inverse=True)
 
     # Same dequantisation and bits per dim as SRFlow: x + U(-1/2q, 1/2q); -log2 p / D + log2 q.
     dequantize = SRFlow.dequantize

@@ -139,7 +139,7 @@ def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
       ``explosion`` True if nonfinite > 0 or max_abs > `EXPLOSION` (1e3).
     ``summary``: samples, mean artifact fraction, share of samples with any artifact pixel, share
     exploding, max |x| and non-finite count over all samples, and `min_scale` (the smallest scale
-    s the sampling pass used, from `min_scale` of trace rows or `min_scale_used(model)`) when given:
+    s the sampling pass used, from `min_scale` of trace rows or a recording's ``rec.min_scale()``) when given:
     the design asks every artifact report to carry it. A per-sample tensor is also kept as
     ``min_scale`` beside the other per-sample entries; the summary holds its minimum.
     """
@@ -168,20 +168,6 @@ def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
     if per_scale is not None:
         report["min_scale"] = per_scale
     return report
-
-
-def min_scale_used(model: torch.nn.Module) -> Tensor:
-    """Per sample, the smallest scale s any layer of `model` used in its last pass, shape (batch,).
-
-    Reads ``last_min_scale`` of every coupling and injector (set on each call, either direction),
-    so call it right after `model.sample(...)`: the cheap alternative to a full trace. A layer
-    reached by non-finite values reports nan for that sample; nan is ignored (the earlier layer
-    that broke the sample reported its scale), and a sample with nothing but nan gets nan.
-    """
-    scales = [m.last_min_scale for m in model.modules() if getattr(m, "last_min_scale", None) is not None]
-    if not scales:
-        raise ValueError("no layer of this model has recorded a scale yet: run a pass first")
-    return nanmin(torch.stack([v.detach() for v in scales]), 0)
 
 
 def min_scale(rows: list[dict]) -> float:

@@ -85,7 +85,8 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
         r = _keep_in(v / h, 0.0, 1.0)  # v may leave [0, h] by a rounding error in the bin's ends
         rq = r * q
         a, b = rq - ds0, d0 - rq
-        mirror = _mask(torch.lt, a, 0)  # solve for 1 - xi there: -a xi'^2 + (2a + b) xi' - s (1 - r) = 0
+        # solve for 1 - xi where a < 0: -a xi'^2 + (2a + b) xi' - s (1 - r) = 0; r = 0 unmirrored, r = 1 mirrored
+        mirror = torch.maximum(_mask(torch.lt, a, 0) * _mask(torch.gt, r, 0), _mask(torch.eq, r, 1))
         a_m, b_m, r_m = a.abs(), _select(mirror, b + 2 * a, b), _select(mirror, 1 - r, r)
         disc = torch.addcmul(b_m * b_m, a_m, r_m * s, value=4)
         p = b_m.abs().add_(disc.sqrt())  # > 0 (a_m = 0 forces b_m = s > 0)

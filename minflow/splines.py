@@ -95,8 +95,10 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
         a = s - d0 + r * q
         b = d0 - r * q
         # Where a < 0, solve for xi' = 1 - xi instead: -a xi'^2 + (2a + b) xi' - s (1 - r) = 0 has
-        # the same discriminant, and in the frame with a >= 0 both of its terms are >= 0.
-        mirror = a < 0
+        # the same discriminant, and in the frame with a >= 0 both of its terms are >= 0. The ends
+        # stay exact: r = 0 is solved unmirrored (xi = 0) and r = 1 mirrored (xi = 1), where the
+        # constant term vanishes and D = b^2 either way.
+        mirror = ((a < 0) & (r > 0)) | (r == 1)
         a_m = a.abs()
         b_m = torch.where(mirror, b + 2 * a, b)
         r_m = torch.where(mirror, 1 - r, r)

@@ -2,7 +2,7 @@
 
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|,    x = HR, y = LR
 
-g(y) is a dict {(H, W): features} with one feature map per flow level, at that level's size.
+g(y) is `Features` {(H, W): features} with one feature map per flow level, at that level's size.
 The flow has L levels of
 
     Squeeze -> T transition steps [ActNorm, 1x1 conv]
@@ -29,31 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .bijections import Spec, make_bijection, spec_name
 from .checkpoints import register_builder
-from .couplings import SCALES, Affine, Coupling, Injector
+from .couplings import Coupling, Injector
 from .flow import ConditionalFlow
-from .transforms import ActNorm, Cond, InvConv1x1, Split, Squeeze
+from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
 from .utils import check_image
 
-SPLINES = {"spline": "BoundedSpline", "fully_bounded_spline": "FullyBoundedSpline", "rq_spline": "RQSpline"}
-
-
-def make_bijection(name: str) -> nn.Module:
-    """'affine' = SRFlow's Affine('sigmoid', eps=1e-4); any name in SCALES; or a spline by name."""
-    if name == "affine":
-        return Affine("sigmoid", eps=1e-4)
-    if name in SCALES:
-        return Affine(name, eps=1e-4)
-    if name in SPLINES:
-        from . import splines  # lazy: written separately, needed only for spline models
-
-        return getattr(splines, SPLINES[name])()
-    raise ValueError(f"unknown coupling {name!r}; choose 'affine', one of {sorted(SCALES)} or {sorted(SPLINES)}")
-
-
-def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: str, lu: bool) -> list:
+def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: Spec, lu: bool) -> list:
     """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
-    `steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]."""
+    `steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]; every injector and
+    coupling gets a new bijection `make_bijection(coupling)` (a name or a factory)."""
     layers: list[nn.Module] = [Squeeze()]
     for _ in range(transitions):
         layers += [ActNorm(c), InvConv1x1(c, lu=lu)]
@@ -103,7 +89,7 @@ class Encoder(nn.Module):
             out.append(x)
         return torch.cat(out, 1)
 
-    def forward(self, lr: Tensor) -> dict[tuple[int, int], Tensor]:
+    def forward(self, lr: Tensor) -> Features:
         if lr.dim() != 4 or lr.shape[1] != self.in_channels:
             raise ValueError(f"LR must have shape (B, {self.in_channels}, h, w), got {tuple(lr.shape)}")
         h, w = lr.shape[2:]
@@ -119,11 +105,15 @@ class Encoder(nn.Module):
             elif scale < 1:
                 f = F.avg_pool2d(f, round(1 / scale))
             out[tuple(f.shape[2:])] = f
-        return out
+        return Features(out)
 
 
 class SRFlow(ConditionalFlow):
-    """SRFlow-like conditional flow on HR images given LR images (see the module docstring)."""
+    """SRFlow-like conditional flow on HR images given LR images (see the module docstring).
+
+    ``coupling`` picks the bijection of every injector and coupling: a name of `minflow.bijections`
+    (e.g. "affine", SRFlow's) or a factory of one.
+    """
 
     def __init__(
         self,
@@ -136,7 +126,7 @@ class SRFlow(ConditionalFlow):
         blocks: int = 4,
         gc: int = 16,
         cond_channels: int = 32,
-        coupling: str = "affine",
+        coupling: Spec = "affine",
         prior: str = "srflow",
         quant: int = 32,
         lu: bool = True,
@@ -146,7 +136,8 @@ class SRFlow(ConditionalFlow):
             raise ValueError(f"factor must be a power of 2, got {factor}")
         if prior not in ("srflow", "conditional"):
             raise ValueError(f"prior must be 'srflow' or 'conditional', got {prior!r}")
-        make_bijection(coupling)  # fail early on a bad name
+        coupling = spec_name(coupling)  # fail early on a bad name; a registered factory is recorded by name
+        make_bijection(coupling)
         encoder = Encoder(factor, levels, nf, blocks, gc, cond_channels, channels)
         layers, c = [], channels
         for level in range(levels):

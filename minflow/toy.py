@@ -9,14 +9,15 @@ so E[x | y] = y / 2 and Cov[x | y] = A A^T / 3 (the same for every y). The flow 
 from pairs (x, y) drawn with y in distribution; chapter 3 then asks it for samples at y far away.
 
 The models. `toy_flow` stacks ``steps`` blocks of [ActNorm, 2x2 invertible linear map,
-conditional coupling] whose element-wise bijection is picked by name from `COUPLINGS`
-("affine" is SRFlow's sigmoid(h + 2) + 1e-4 scale). It is registered as the checkpoint
+conditional coupling] whose element-wise bijection is picked by name (`minflow.bijections`:
+"affine" is SRFlow's sigmoid(h + 2) + 1e-4 scale) or given as a factory. It is registered as the checkpoint
 builder "toy", so shipped checkpoints load with ``load_pretrained("toy_affine_s0")``.
 
 Diagnostics. One measure of spread is used everywhere: `spread` = the root of the mean
 per-coordinate variance of a set of samples (for the true conditional, `true_spread()` ~ 0.53).
 `diagnose` reports it for one y together with the smallest scale s any coupling used in the
-sampling pass and the largest singular value of the sampling map's Jacobian; `sweep` does that
+sampling pass (recorded with `minflow.recording`) and the largest singular value of the sampling
+map's Jacobian; `sweep` does that
 along a ray y = r * direction, and `ring` scans a whole circle of conditions in a few batches
 (`worst` picks its most exploded direction: chapter 3's "far OOD").
 
@@ -33,14 +34,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .bijections import ALIASES, Spec, bijection_names, make_bijection
 from .checkpoints import register_builder, save_checkpoint
-from .couplings import Affine, Coupling
+from .couplings import Coupling
 from .flow import ConditionalFlow
+from .diagnostics import recording
 from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
 
@@ -130,46 +133,18 @@ def inside_fraction(x: Tensor, y: Tensor, margin: float = 0.0) -> float:
 # ----------------------------------------------------------------------------- the models
 
 
-def _spline(class_name: str) -> Callable[..., nn.Module]:
-    def make(**kw) -> nn.Module:
-        try:
-            from . import splines
-        except ImportError as err:
-            raise ImportError(f"this coupling needs minflow.splines.{class_name}, which is not available: {err}") from err
-        cls = getattr(splines, class_name, None)
-        if cls is None:
-            raise ImportError(f"minflow.splines has no {class_name}; this coupling needs it")
-        return cls(**kw)
-
-    return make
-
-
-COUPLINGS: dict[str, Callable[..., nn.Module]] = {
-    "affine": lambda **kw: Affine("sigmoid", **kw),  # SRFlow: s = sigmoid(h + 2) + 1e-4
-    "softclamp": lambda **kw: Affine("softclamp", **kw),  # log s = c * 2/pi * atan(h / c)
-    "tanh": lambda **kw: Affine("tanh", **kw),  # log s = c * tanh(h / c)
-    "reparam": lambda **kw: Affine("reparam", **kw),  # sampling multiplies by sigmoid(h + 2) + eps
-    "additive": lambda **kw: Affine("additive", **kw),  # s = 1
-    "spline": _spline("BoundedSpline"),  # the paper's: RQ spline on a box, identity outside, + shift
-    "spline_bounded": _spline("FullyBoundedSpline"),
-    "spline_full": _spline("RQSpline"),
-}
-"""Element-wise bijections of the toy couplings, by name: name -> factory(**kw)."""
-
-
 @register_builder("toy")
-def toy_flow(coupling: str = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
+def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
     """The toy conditional flow: `steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
 
-    ``coupling`` names the element-wise bijection (`COUPLINGS`); extra keywords go to its factory
-    (e.g. ``eps`` or ``clamp`` for the affine ones). The conditioner of each coupling is an MLP
+    ``coupling`` names the element-wise bijection (`minflow.bijections`, e.g. "affine" or
+    "bounded_spline") or is a factory of one (e.g. a class); extra keywords go to it (e.g. ``eps``
+    or ``clamp`` for the affine ones). The conditioner of each coupling is an MLP
     ([x_a, y] -> `depth` ReLU layers of `hidden` -> zero-initialised output).
     """
-    if coupling not in COUPLINGS:
-        raise ValueError(f"unknown coupling {coupling!r}; choose one of {sorted(COUPLINGS)}")
     layers = []
     for _ in range(steps):
-        bijection = COUPLINGS[coupling](**kw)
+        bijection = make_bijection(coupling, **kw)
         layers += [ActNorm(2), InvConv1x1(2), Coupling(2, 2, bijection, kind="mlp", hidden=hidden, depth=depth)]
     return ConditionalFlow(layers, event_shape=(2,))
 
@@ -385,20 +360,20 @@ def ring(
 
     Every direction gets the same n latents (a generator seeded with `seed`). One dict per
     direction, with ``y``, ``radius``, ``angle`` (degrees), ``spread``, ``nonfinite``, ``max_abs``
-    and ``min_scale`` (smallest s any coupling used for that y). Call `diagnose` on the `worst`
-    one for its trace and Jacobian.
+    and ``min_scale`` (smallest s any coupling used for that y, recorded with `minflow.recording`).
+    Call `diagnose` on the `worst` one for its trace and Jacobian.
     """
     dirs = ring_directions(n_directions)
     ys = radius * dirs
     z1 = latent(n, temperature, torch.Generator().manual_seed(seed), flow)
-    couplings = [layer for layer in flow.layers if hasattr(layer, "last_min_scale")]
     per_dir = max(1, chunk // n)
     out = []
     for start in range(0, n_directions, per_dir):
         yb = ys[start : start + per_dir]
         cond = yb.to(z1).repeat_interleave(n, 0)
-        x = flow.sample(cond, z=z1.repeat(len(yb), 1)).view(len(yb), n, 2).cpu()
-        smin = torch.stack([layer.last_min_scale.view(len(yb), n).amin(1) for layer in couplings]).amin(0).cpu()
+        with recording() as rec:
+            x = flow.sample(cond, z=z1.repeat(len(yb), 1)).view(len(yb), n, 2).cpu()
+        smin = torch.stack([s.view(len(yb), n).amin(1) for _, s in rec.scales]).amin(0).cpu()
         for k in range(len(yb)):
             finite = torch.isfinite(x[k]).all(1)
             out.append(
@@ -430,7 +405,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m minflow.toy", description="Train a toy conditional flow and save a checkpoint.")
-    p.add_argument("--coupling", default="affine", choices=sorted(COUPLINGS))
+    p.add_argument("--coupling", default="affine", choices=bijection_names() + sorted(ALIASES))
     p.add_argument("--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)")
     add_training_args(p, steps=2000, batch=512, lr=1e-3, threads=1)
     p.add_argument("--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)")

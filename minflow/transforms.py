@@ -7,30 +7,72 @@ shape ``(batch,)``, and the inverse's logdet is minus the forward's:
     log p(x | c) = log p_Z(f(x; c)) + log |det df/dx|.
 
 Inputs are ``(B, C)`` vectors or ``(B, C, H, W)`` images; conditions are passed explicitly.
-A condition may be a tensor, or a dict mapping spatial size ``(H, W)`` to feature maps (one per
-level of a multi-scale flow); each layer picks the entry that matches its input (`cond_for`).
+A condition (`Cond`) is a tensor, or `Features`: feature maps keyed by spatial size ``(H, W)``
+(one per level of a multi-scale flow) and optionally the mean of the top latent's prior; each
+layer picks the map that matches its input (`cond_for`).
+
+Every ``inverse`` takes the same sampling keywords, ``temperature`` (T >= 0) and ``generator``:
+layers that draw noise (`Split`) use them, the others ignore them, and `Sequential` passes them on.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .utils import check_cond, check_temperature, check_tensor
 
-Cond = Tensor | dict | None
+Size = tuple[int, int]
+
+
+class Features(Mapping[Size, Tensor]):
+    """The condition of a multi-scale flow: one feature map per spatial size (H, W), read-only.
+
+    ``features[(h, w)]`` is the (B, C, h, w) map for inputs of that size. ``prior_mean`` is an
+    optional tensor shaped like the top latent: the mean mu(y) of its prior (LLFlow's colour map).
+    """
+
+    def __init__(self, maps: Mapping[Size, Tensor], prior_mean: Tensor | None = None):
+        for key, value in maps.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) for k in key)):
+                raise TypeError(f"Features are keyed by spatial size (H, W), a tuple of two ints; got key {key!r}")
+            if not isinstance(value, Tensor) or value.dim() != 4 or tuple(value.shape[2:]) != key:
+                raise ValueError(f"the feature map for size {key} must be a (B, C, {key[0]}, {key[1]}) tensor, "
+                                 f"got {getattr(value, 'shape', type(value).__name__)}")
+        if prior_mean is not None and not isinstance(prior_mean, Tensor):
+            raise TypeError(f"prior_mean must be a tensor or None, got {type(prior_mean).__name__}")
+        self._maps, self.prior_mean = dict(maps), prior_mean
+
+    def __getitem__(self, size: Size) -> Tensor:
+        size = tuple(size)
+        if size not in self._maps:
+            raise KeyError(f"no condition features for spatial size {size}; have sizes {sorted(self._maps)}")
+        return self._maps[size]
+
+    def __iter__(self) -> Iterator[Size]:
+        return iter(self._maps)
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __repr__(self) -> str:
+        mean = "" if self.prior_mean is None else f", prior_mean {tuple(self.prior_mean.shape)}"
+        return f"Features({', '.join(f'{k}: {tuple(v.shape)}' for k, v in self._maps.items())}{mean})"
+
+
+Cond = Tensor | Features | None
 
 
 def cond_for(cond: Cond, x: Tensor) -> Tensor | None:
-    """The condition for input `x`: `cond` itself, or the entry of a dict keyed by x's spatial size."""
-    if isinstance(cond, dict):
-        key = tuple(x.shape[2:])
-        if key not in cond:
-            raise KeyError(f"no condition features for spatial size {key}; have {sorted(cond)}")
-        return cond[key]
-    return cond
+    """The condition for input `x`: `cond` itself, or the map of `Features` at x's spatial size."""
+    if cond is None or isinstance(cond, Tensor):
+        return cond
+    if isinstance(cond, Features):
+        return cond[tuple(x.shape[2:])]
+    raise TypeError(f"a condition must be a tensor, minflow.Features or None, got {type(cond).__name__}")
 
 
 def spatial_size(x: Tensor) -> int:
@@ -38,13 +80,22 @@ def spatial_size(x: Tensor) -> int:
     return math.prod(x.shape[2:])
 
 
+Generator = torch.Generator | None
+
+
 class Transform(nn.Module):
-    """An invertible map x -> z with a tractable log-determinant. Subclasses implement both ways."""
+    """An invertible map x -> z with a tractable log-determinant. Subclasses implement both ways.
+
+    ``forward(x, cond) -> (z, logdet)``; ``inverse(z, cond, *, temperature=1.0, generator=None)
+    -> (x, logdet)``: every inverse accepts the sampling keywords, whether it draws noise or not.
+    """
 
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
 
@@ -62,10 +113,12 @@ class Sequential(Transform):
             logdet = logdet + ld
         return x, logdet
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         logdet = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
-            z, ld = layer.inverse(z, cond)
+            z, ld = layer.inverse(z, cond, temperature=temperature, generator=generator)
             logdet = logdet + ld
         return z, logdet
 
@@ -122,7 +175,9 @@ class ActNorm(Transform):
         y = (x + self._view(self.bias, x)) * self._view(self.logs, x).exp()
         return y, (self.logs.sum() * spatial_size(x)).expand(x.shape[0])
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         check_tensor(z, "z", (2, 4), self.channels)
         x = z * (-self._view(self.logs, z)).exp() - self._view(self.bias, z)
         return x, (-self.logs.sum() * spatial_size(z)).expand(z.shape[0])
@@ -169,7 +224,9 @@ class InvConv1x1(Transform):
         w, logdet = self.weight_and_logdet()
         return self._mix(w, x), (logdet * spatial_size(x)).expand(x.shape[0])
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         check_tensor(z, "z", (2, 4), self.channels)
         w, logdet = self.weight_and_logdet()
         return self._mix(torch.linalg.inv(w), z), (-logdet * spatial_size(z)).expand(z.shape[0])
@@ -186,7 +243,9 @@ class Squeeze(Transform):
         y = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
         return y, x.new_zeros(b)
 
-    def inverse(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
         check_tensor(z, "z", (4,))
         b, c, h, w = z.shape
         if c % 4:
@@ -236,8 +295,9 @@ class Split(Transform):
     x = [z1, z2] along channels: forward returns z1 and, as its "logdet", log N(z2; mu, sigma^2)
     with (mu, log sigma) from a zero-initialised layer of the kept half z1 (SRFlow's split prior).
     With ``cond_channels > 0`` the prior also reads the condition: then its variance depends on the
-    condition, a second possible exploding path (chapter 7). Inverse draws z2 at a temperature
-    (or takes a given z2) and returns -log N(z2; ...), so the inverse's logdet is minus the forward's.
+    condition, a second possible exploding path (chapter 7). Inverse draws z2 = mu + T sigma eps at
+    the temperature T (with ``generator``), or takes a given ``z2``, and returns -log N(z2; ...),
+    so the inverse's logdet is minus the forward's.
     """
 
     def __init__(self, channels: int, cond_channels: int = 0, image: bool = True):
@@ -263,7 +323,8 @@ class Split(Transform):
         return z1, gaussian_log_prob(z2, mean, log_std)
 
     def inverse(
-        self, z1: Tensor, cond: Cond = None, z2: Tensor | None = None, temperature: float = 1.0, generator=None
+        self, z1: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None,
+        z2: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         check_tensor(z1, "z1", (4,) if self.image else (2,), self.keep)
         check_temperature(temperature)

@@ -122,16 +122,13 @@ def param_planes(params: torch.Tensor) -> tuple[torch.Tensor, int]:
 def nanmin(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """The smallest value that is not NaN, over `dim` (or over everything); NaN where all are NaN.
 
-    How every "smallest scale s" in minflow is taken: a layer reached by NaN values must not hide
-    the small scale of the layer that produced them.
+    How every "smallest scale s" in minflow is taken (`minflow.recording`): a layer reached by NaN
+    values must not hide the small scale of the layer that produced them.
     """
     v = values.flatten() if dim is None else values
     d = 0 if dim is None else dim
     if v.shape[d] == 0:
         return v.new_full(v.shape[:d] + v.shape[d + 1 :], math.nan)
-    # NaN -> +inf for the min and -inf for the max: low > high exactly where no value is a number.
-    # (6x faster on CPU than isnan / where / all, which matters: every layer call takes one.)
     low = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf).amin(d)
-    high = v.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).amax(d)
-    return low.masked_fill(low > high, math.nan)
+    return low.masked_fill(v.isnan().all(d), math.nan)
 

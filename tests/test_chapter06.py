@@ -50,8 +50,8 @@ def test_toy_scale_output_is_row_one_of_the_read_out():
         layer.net[-1].weight.normal_()  # the zero-initialised read-out made non-trivial
         layer.net[-1].bias.normal_()
         v, y = torch.randn(5, 2), torch.randn(5, 2)
-        phi = layer.net[:-1](torch.cat([layer._halves(v)[0], y], 1))
-        h = mf.conditioner_output(layer, v, y)[..., 1].flatten()
+        phi = layer.net[:-1](torch.cat([layer.halves(v)[0], y], 1))
+        h = layer.conditioner_output(v, y)[..., 1].flatten()
         torch.testing.assert_close(h, phi @ layer.net[-1].weight[1] + layer.net[-1].bias[1])
 
 

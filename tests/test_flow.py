@@ -38,8 +38,8 @@ def image_flow(prior_cond=0):
 
 
 def feats(b, size=8, dtype=torch.float64):
-    return {(size // 2, size // 2): torch.randn(b, 2, size // 2, size // 2, dtype=dtype),
-            (size // 4, size // 4): torch.randn(b, 2, size // 4, size // 4, dtype=dtype)}
+    return mf.Features({(size // 2, size // 2): torch.randn(b, 2, size // 2, size // 2, dtype=dtype),
+                        (size // 4, size // 4): torch.randn(b, 2, size // 4, size // 4, dtype=dtype)})
 
 
 def test_log_prob_matches_change_of_variables():
@@ -118,6 +118,36 @@ def test_trace_reports_every_layer_and_the_smallest_scale():
     assert rows[1]["variance"] > 1e6 * rows[0]["variance"]
     assert all(r["min_scale"] is None for r in rows if r["name"] != "Coupling")
     assert "Coupling" in mf.format_trace(rows)
+
+
+def test_recording_a_sample_gives_the_trace_rows():
+    torch.manual_seed(0)
+    flow = randomize_zero_layers(toy())
+    y, z = torch.randn(20, 2), torch.randn(20, 2)
+    flow.log_prob(torch.randn(20, 2), y)  # ActNorm's initialisation
+    flow.eval()
+    _, rows = flow.trace(y, z=z)
+    with mf.recording(rows=True) as rec, mf.recording() as scales_only:
+        flow.log_prob(torch.randn(20, 2), y)  # density-direction scales are not a sampling row's
+        flow.sample(y, z=z)
+    assert rec.rows == rows and scales_only.rows == []
+    assert rec.min_scale().shape == (20,) and len(scales_only.scales) == 2 * 3  # 3 couplings, both passes
+
+
+def test_the_flow_passes_the_sampling_keywords_to_every_layer():
+    class Noisy(mf.Transform):
+        """Adds T * noise when sampling: a layer of one's own that draws noise."""
+
+        def forward(self, x, cond=None):
+            return x, x.new_zeros(x.shape[0])
+
+        def inverse(self, z, cond=None, *, temperature=1.0, generator=None):
+            return z + temperature * torch.randn(z.shape, generator=generator), z.new_zeros(z.shape[0])
+
+    flow = mf.ConditionalFlow([Noisy()], event_shape=(2,))
+    z = torch.zeros(3, 2)
+    at = lambda t: flow.inverse(z, temperature=t, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.equal(at(0.0), z) and torch.allclose(at(0.5), 0.5 * at(1.0))
 
 
 def test_trace_counts_nonfinite_values():
@@ -199,10 +229,12 @@ def test_smallest_scale_ignores_nan_elements():
     cond = torch.zeros(2, 1, 8, 8)
     cond[0, 0, 0, 0] = float("nan")  # spoils a corner of sample 0 only
     cond[1] = float("nan")  # spoils all of sample 1
-    layer.inverse(torch.ones(2, 1, 8, 8), cond)
-    assert layer.last_min_scale[0].item() == pytest.approx(1e-4, rel=1e-3)
-    assert math.isnan(layer.last_min_scale[1].item())
-    from minflow.utils import nanmin  # how trace rows, artifact reports and min_scale_used take it too
+    with mf.recording() as rec:
+        layer.inverse(torch.ones(2, 1, 8, 8), cond)
+    scale = rec.min_scale()
+    assert scale[0].item() == pytest.approx(1e-4, rel=1e-3)
+    assert math.isnan(scale[1].item())
+    from minflow.utils import nanmin  # how recordings, trace rows and artifact reports take it
 
     assert nanmin(torch.tensor([float("nan"), 0.1, 0.3])).item() == pytest.approx(0.1)
     assert math.isnan(nanmin(torch.tensor([float("nan")])).item())

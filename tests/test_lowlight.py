@@ -13,7 +13,7 @@ from helpers import check_shipped_checkpoint, randomize_zero_layers
 from minflow import lowlight
 from minflow.checkpoints import available, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling, Injector
-from minflow.lowlight import MEAN, LLFlow, LowLightPairs, darken, encoder_inputs, enhance, equalize, load_lol
+from minflow.lowlight import LLFlow, LowLightPairs, darken, encoder_inputs, enhance, equalize, load_lol
 from minflow.splines import BoundedSpline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lol_tiny"
@@ -166,8 +166,8 @@ def test_shapes(h, w):
     x, y = pair(3, h, w)
     z, logdet = model(x, y)
     feats = model.condition(y)
-    assert z.shape == (3, 192, h // 8, w // 8) == feats[MEAN].shape and logdet.shape == (3,)
-    assert {k for k in feats if k != MEAN} == {(h // 2, w // 2), (h // 4, w // 4), (h // 8, w // 8)}
+    assert z.shape == (3, 192, h // 8, w // 8) == feats.prior_mean.shape and logdet.shape == (3,)
+    assert set(feats) == {(h // 2, w // 2), (h // 4, w // 4), (h // 8, w // 8)}
     assert model.latent_shape(feats, 5) == (5, 192, h // 8, w // 8)
     assert model.colour_map(y).shape == (3, 3, h, w)
     bpd = model.nll_bpd(x, y, torch.Generator().manual_seed(0))
@@ -179,7 +179,7 @@ def test_temperature_zero_is_the_inverse_of_the_prior_mean():
     y = pair(2, 16, 16)[1]
     feats = model.condition(y)
     out = model.sample(y, temperature=0.0)
-    z = feats[MEAN]
+    z = feats.prior_mean
     for layer in reversed(model.layers[:-1]):  # all but PriorMean
         z = layer.inverse(z, feats)[0]
     assert torch.allclose(out, z, atol=1e-12)

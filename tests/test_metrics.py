@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+import minflow as mf
 from minflow import metrics
 from minflow.data import bicubic_down, bicubic_up
 from minflow.metrics import artifact_mask, artifact_report, diversity, lr_psnr, psnr, ssim
@@ -229,30 +230,25 @@ def test_artifact_report_per_sample_scale():
     assert rep["min_scale"].tolist() == pytest.approx([0.5, 1e-4, 0.2]) and rep["summary"]["min_scale"] == pytest.approx(1e-4)
 
 
-def test_min_scale_used_reads_the_last_pass():
+def test_recorded_min_scale_matches_the_trace():
     from minflow.sr import SRFlow
 
     torch.manual_seed(0)
     model = SRFlow(levels=2, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8).eval()
-    with pytest.raises(ValueError, match="run a pass"):
-        metrics.min_scale_used(model)
     lr = torch.rand(3, 3, 8, 8)
-    with torch.no_grad():
+    with torch.no_grad(), mf.recording() as rec:
         x, rows = model.trace(lr, temperature=0.5, generator=torch.Generator().manual_seed(0))
-    per_sample = metrics.min_scale_used(model)
+    per_sample = rec.min_scale()
     assert per_sample.shape == (3,) and per_sample.min().item() == pytest.approx(metrics.min_scale(rows))
 
 
 def test_scales_ignore_nan():
     assert metrics.min_scale([{"min_scale": math.nan}, {"min_scale": 0.3}, {"min_scale": math.nan}]) == 0.3
 
-    class Layer(torch.nn.Module):
-        def __init__(self, v):
-            super().__init__()
-            self.last_min_scale = torch.tensor(v)
-
-    model = torch.nn.Sequential(Layer([1e-4, 0.5, math.nan]), Layer([math.nan, 0.2, math.nan]))
-    got = metrics.min_scale_used(model)
+    rec = mf.Recorder()
+    for v in ([1e-4, 0.5, math.nan], [math.nan, 0.2, math.nan]):
+        rec.scale(torch.nn.Identity(), torch.tensor(v).log()[:, None])
+    got = rec.min_scale()
     assert got[:2].tolist() == pytest.approx([1e-4, 0.2]) and math.isnan(got[2])
     rep = artifact_report(torch.zeros(3, 3, 2, 2), min_scale=got)
     assert rep["summary"]["min_scale"] == pytest.approx(1e-4)

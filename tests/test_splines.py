@@ -437,7 +437,10 @@ def test_property_bijections(name, shape, std, spread, seed, path):
     # ~1e-9 at std 4), undoing it multiplies that error by 1 / slope: the conditioning, not the solver
     tol = 1e-9 * max(1.0, spread) + 1e-14 * torch.exp(-ladj)
     assert ((xb - x).abs() <= tol).all(), ((xb - x).abs() / tol).max()
-    assert torch.allclose(inv, -ladj, atol=1e-8, rtol=0)
+    # the inverse's logdet is minus the forward's at the point it returns (where the map is that
+    # flat, xb and x differ by ~1e-8 and the log-slope by as much again)
+    _, ladj_b = bij(xb, p)
+    assert torch.allclose(inv, -ladj_b, atol=1e-8, rtol=0)
     y2, _ = bij(x + 1e-3, p)
     assert (y2 > y).all()
 
@@ -729,10 +732,12 @@ def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(path,
     for inverse in (False, True):
         pts = _edge_points(bij, p, inverse)  # (8, m)
         m = pts.shape[-1]
-        slope, ladj, _ = _slope(bij.inverse if inverse else bij, pts.flatten(), p.repeat_interleave(m, 0))
-        slope, ladj = slope.view(8, m), ladj.view(8, m)
+        slope, ladj, y = _slope(bij.inverse if inverse else bij, pts.flatten(), p.repeat_interleave(m, 0))
+        slope, ladj, y = slope.view(8, m), ladj.view(8, m), y.view(8, m)
         assert torch.allclose(slope[:, :-2], ladj[:, :-2].exp(), rtol=1e-9, atol=0), (name, inverse)
         assert (slope[:, -2:] == 1).all() and (ladj[:, -2:] == 0).all(), (name, inverse)
+        t = bij.shift(p)[:, None] if isinstance(bij, BoundedSpline) else torch.zeros(8, 1, dtype=p.dtype)
+        assert torch.equal(y[:, -2:], pts[:, -2:] - t if inverse else pts[:, -2:] + t), (name, inverse)  # exactly
 
 
 @pytest.mark.parametrize("tie", [0.0, 1.0])
@@ -813,7 +818,8 @@ def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(path, dtype):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=11, max_size=11),
+    # (no subnormals: some torch builds set flush-to-zero, and hypothesis refuses to draw them then)
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=11, max_size=11),
     st.floats(-5, 5, width=32),
 )
 @pytest.mark.parametrize("path", PATHS)

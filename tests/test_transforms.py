@@ -259,22 +259,83 @@ def test_conditioning_matters():
     assert not torch.allclose(injector(xi, torch.zeros(1, 3, 4, 4))[0], injector(xi, torch.ones(1, 3, 4, 4))[0])
 
 
-def test_min_scale_is_recorded():
+def test_min_scale_is_recorded_only_on_request():
     layer = mf.Coupling(2, 1, kind="mlp", hidden=4, depth=1)
     with torch.no_grad():
         layer.net[-1].bias.copy_(torch.tensor([0.0, -30.0]))  # h = -30: s at its eps floor
     z = torch.randn(3, 2)
-    layer.inverse(z, torch.zeros(3, 1))
-    assert torch.allclose(layer.last_min_scale, torch.full((3,), 1e-4), rtol=1e-3)
+    layer.inverse(z, torch.zeros(3, 1))  # outside a recording: nothing is measured or kept
+    assert not hasattr(layer, "last_min_scale")
+    with mf.recording() as rec:
+        layer.inverse(z, torch.zeros(3, 1))
+        layer(z, torch.zeros(3, 1))
+    assert [m for m, _ in rec.scales] == [layer, layer]
+    assert torch.allclose(rec.scales[0][1], torch.full((3,), 1e-4), rtol=1e-3)  # the forward slope, either way
+    assert torch.allclose(rec.min_scale(), torch.full((3,), 1e-4), rtol=1e-3)
+    with mf.recording() as outer, mf.recording() as inner:  # recordings nest: both see the call
+        layer(z, torch.zeros(3, 1))
+    assert len(outer.scales) == len(inner.scales) == 1
+    with pytest.raises(ValueError, match="nothing was recorded"):
+        mf.Recorder().min_scale()
+
+
+def test_training_runs_no_diagnostics(monkeypatch):
+    import minflow.diagnostics
+
+    calls = []
+    monkeypatch.setattr(minflow.diagnostics, "nanmin", lambda *a: calls.append(a))
+    flow = mf.toy.toy_flow("affine", steps=2, hidden=4, depth=1)
+    mf.toy.train_toy(flow, 2, batch=8, progress=False)
+    flow.sample(torch.zeros(4, 2))
+    assert calls == []
 
 
 def test_conditioner_output_is_the_raw_h():
     layer = randomize_zero_layers(mf.Coupling(2, 2, kind="mlp", hidden=8))
     x, c = torch.randn(5, 2), torch.randn(5, 2)
-    p = mf.conditioner_output(layer, x, c)
+    p = layer.conditioner_output(x, c)
     t, h = p.unbind(-1)
     s, _ = layer.bijection.scale(h)
     assert torch.allclose(layer(x, c)[0][:, 1:], (x[:, 1:] + t) * s)
+    swapped = randomize_zero_layers(mf.Coupling(3, 0, kind="mlp", hidden=8, swap=True))
+    x3 = torch.randn(5, 3)
+    a, b = swapped.halves(x3)
+    assert torch.equal(swapped.join(a, b), x3) and swapped.conditioner_output(x3).shape == (5, 2, 2)
+    injector = randomize_zero_layers(mf.Injector(4, 3, kind="conv", hidden=8))
+    xi, ci = torch.randn(2, 4, 4, 4), torch.randn(2, 3, 4, 4)
+    t, h = injector.conditioner_output(xi, ci).unbind(-1)
+    assert torch.allclose(injector(xi, ci)[0], (xi + t) * injector.bijection.scale(h)[0])
+    with pytest.raises(ValueError, match="channels"):
+        injector.conditioner_output(torch.randn(2, 3, 4, 4), ci)
+
+
+def test_every_inverse_takes_the_sampling_keywords():
+    gen = lambda: torch.Generator().manual_seed(0)
+    layers = [mf.ActNorm(4), mf.InvConv1x1(4), mf.Squeeze(), mf.Coupling(4, 0, kind="conv", hidden=4),
+              mf.Injector(4, 2, kind="conv", hidden=4), mf.Split(4)]
+    for layer in layers:
+        z = torch.randn(2, 2 if isinstance(layer, mf.Split) else 4, 4, 4)
+        cond = torch.randn(2, 2, 4, 4) if isinstance(layer, mf.Injector) else None
+        layer.inverse(z, cond, temperature=0.5, generator=gen())
+    seq = mf.Sequential(mf.ActNorm(4), mf.Split(4))  # Sequential passes the keywords on
+    z1 = torch.zeros(2, 2, 4, 4)
+    a, _ = seq.inverse(z1, temperature=0.5, generator=gen())
+    b, _ = mf.Split(4).inverse(z1, temperature=0.5, generator=gen())
+    assert torch.equal(a, b) and not torch.equal(a, seq.inverse(z1, temperature=0.0)[0])
+
+
+def test_features_are_keyed_by_size():
+    f = mf.Features({(4, 4): torch.zeros(2, 3, 4, 4)}, prior_mean=torch.zeros(2, 12, 2, 2))
+    assert list(f) == [(4, 4)] and len(f) == 1 and f[(4, 4)].shape == (2, 3, 4, 4) and f.prior_mean.shape[1] == 12
+    assert mf.cond_for(f, torch.zeros(2, 1, 4, 4)) is f[(4, 4)]
+    with pytest.raises(KeyError, match=r"no condition features for spatial size \(8, 8\); have sizes \[\(4, 4\)\]"):
+        mf.cond_for(f, torch.zeros(2, 1, 8, 8))
+    with pytest.raises(TypeError, match="spatial size"):
+        mf.Features({"mean": torch.zeros(2, 3, 4, 4)})
+    with pytest.raises(ValueError, match="for size"):
+        mf.Features({(4, 4): torch.zeros(2, 3, 8, 8)})
+    with pytest.raises(TypeError, match="minflow.Features"):
+        mf.cond_for({(4, 4): torch.zeros(2, 3, 4, 4)}, torch.zeros(2, 1, 4, 4))
 
 
 # ----------------------------------------------------------------------------- clear errors
@@ -307,7 +368,9 @@ def test_wrong_condition_raises():
     with pytest.raises(ValueError, match="shape"):
         layer(x, torch.randn(1, 2, 4, 4))
     with pytest.raises(KeyError, match="spatial size"):
-        layer(x, {(8, 8): torch.randn(2, 2, 8, 8)})
+        layer(x, mf.Features({(8, 8): torch.randn(2, 2, 8, 8)}))
+    with pytest.raises(TypeError, match="a condition must be"):
+        layer(x, {(4, 4): torch.randn(2, 2, 4, 4)})
     with pytest.raises(ValueError, match="condition"):
         mf.Injector(4, 0)
     with pytest.raises(ValueError, match="unknown scale"):
