@@ -366,12 +366,23 @@ def default_backend() -> str:
 
 
 class _Spline(nn.Module):
-    """What the spline bijections share: a ``backend`` (one of `BACKENDS`) that computes their maps."""
+    """What the spline bijections share: a ``backend`` (one of `BACKENDS`) whose map ``_map``
+    (a field of `Kernels`) computes them from (x, params, self.settings, inverse)."""
+
+    _map: str
 
     def __init__(self, backend: str | None):
         super().__init__()
         self.backend = default_backend() if backend is None else backend
         kernels(self.backend)  # a clear error for an unknown name
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(params)
+        return getattr(kernels(self.backend), self._map)(x, params, self.settings, False)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(params)
+        return getattr(kernels(self.backend), self._map)(y, params, self.settings, True)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
@@ -391,6 +402,7 @@ class BoundedSpline(_Spline):
     """
 
     n_params = 4
+    _map = "bounded"
     max_log_derivative: float | None = None  # no bound on d and t: the paper's
     max_shift: float | None = None
 
@@ -421,14 +433,6 @@ class BoundedSpline(_Spline):
         """The shift t actually applied (the raw t here; bounded in `FullyBoundedSpline`)."""
         self._check(params)
         return _bounded_knots(params, self.settings)[3]
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(params)
-        return kernels(self.backend).bounded(x, params, self.settings, False)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(params)
-        return kernels(self.backend).bounded(y, params, self.settings, True)
 
     def extra_repr(self) -> str:
         bounds = ("" if self.max_shift is None else
@@ -466,6 +470,8 @@ class RQSpline(_Spline):
     (K+1)-long tensors per element. ``backend``: see the module docstring.
     """
 
+    _map = "rq"
+
     def __init__(self, bins: int = 8, bound: float = 3.0, min_bin: float = 1e-3, min_derivative: float = 1e-3, *,
                  backend: str | None = None):
         super().__init__(backend)
@@ -488,14 +494,6 @@ class RQSpline(_Spline):
         """(knots_x, knots_y, derivatives), each of shape x.shape + (K + 1,), for plots and checks."""
         self._check(params)
         return rq_knots(*_rq_split(params, self.bins), self.bound, self.min_bin, self.min_derivative)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(params)
-        return kernels(self.backend).rq(x, params, self.settings, False)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        self._check(params)
-        return kernels(self.backend).rq(y, params, self.settings, True)
 
     def extra_repr(self) -> str:
         return (f"bins={self.bins}, bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, "
