@@ -5,7 +5,7 @@
 
 Spline = the paper's `BoundedSpline` (what ``SRFlow(coupling="spline")`` uses); affine = SRFlow's
 ``Affine("sigmoid", eps=1e-4)``. Everything else is identical (conditioner width, sizes, seeds).
-The spline runs eagerly (the default) and compiled (``minflow.splines.set_compile(True)``;
+The spline runs eagerly (the default, ``backend="fast"``) and compiled (``backend="compiled"``;
 compilation is excluded from the timing and its duration printed). A reference, "affine,
 4-param cond.", is the affine bijection behind a conditioner with the spline's 4 outputs per
 element (2 unused): it pays the spline's wider last conv and nothing else, the floor for any
@@ -55,8 +55,13 @@ class Affine4(Affine):
         return super().inverse(z, params[..., :2])
 
 
+BACKENDS = {"spline": "fast", "compiled": "compiled"}  # the spline kinds and the backend each runs on
+
+
 def bijection(kind: str) -> torch.nn.Module:
-    return {"spline": splines.BoundedSpline, "affine": lambda: Affine("sigmoid", eps=1e-4), "affine4": Affine4}[kind]()
+    if kind in BACKENDS:
+        return splines.BoundedSpline(backend=BACKENDS[kind])
+    return {"affine": lambda: Affine("sigmoid", eps=1e-4), "affine4": Affine4}[kind]()
 
 
 def randomize_zero_layers(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> None:
@@ -97,6 +102,8 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     for layer in model.modules():
         if isinstance(layer, ElementwiseLayer) and kind == "affine4":
             layer.bijection = Affine4()
+    if kind in BACKENDS:
+        splines.set_backend(model, BACKENDS[kind])
     randomize_zero_layers(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(1)
@@ -122,25 +129,18 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
 LABELS = {"spline": "spline", "compiled": "spline compiled", "affine4": "affine, 4-param cond."}
 
 
-def with_compile(fn, enabled: bool):
-    def run():
-        splines.set_compile(enabled)
-        fn()
-    return run
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_timing_args(p, rounds=5, min_run_time=0.5)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--hr", type=int, default=64, help="HR crop size")
     p.add_argument("--only", choices=["layer", "flow"], help="run one part only")
-    p.add_argument("--no-compile", action="store_true", help="skip the compiled spline (minflow.splines.set_compile)")
+    p.add_argument("--no-compile", action="store_true", help='skip the compiled spline (backend="compiled")')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine(args.clock)}")
     print(f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; the spline eager (default) "
-          f"{'only' if args.no_compile else 'and compiled (set_compile(True), compilation excluded)'}")
+          f"{'only' if args.no_compile else 'and compiled (the compiled backend, compilation excluded)'}")
     kinds = ["spline", "affine", "affine4"] + ([] if args.no_compile else ["compiled"])
     results = []
     parts = []
@@ -151,9 +151,8 @@ def main() -> None:
     if args.only in (None, "flow"):
         parts += [(f"SRFlow ({args.hr}x{args.hr} HR)", lambda k: flow_fns(k, args.batch, args.hr))]
     for name, make in parts:
-        made = {kind: make("spline" if kind == "compiled" else kind) for kind in kinds}
-        fns = {f"{kind} {what}": with_compile(made[kind][what], kind == "compiled")
-               for what in ("train", "sample") for kind in kinds}
+        made = {kind: make(kind) for kind in kinds}
+        fns = {f"{kind} {what}": made[kind][what] for what in ("train", "sample") for kind in kinds}
         if not args.no_compile:
             t0 = time.perf_counter()
             for what in ("train", "sample"):
@@ -167,7 +166,6 @@ def main() -> None:
                 label = LABELS[kind]
                 results.append((name, what, label, r, ms(times, f"{kind} {what}"), ms(times, f"affine {what}")))
                 print(f"  {what:6s} {label:22s} / affine {fmt_ratio(r)}" + ("" if kind == "affine4" else f"  (target <= {TARGET})"))
-    splines.set_compile(False)
     print(f"\nsummary (time spline / affine, target <= {TARGET}x)")
     print(f"{'':32s} {'step':>6} {'against affine':>22} {'ratio':>7} {'its ms':>8} {'affine ms':>10}  target")
     for name, what, label, r, ts, ta in results:

@@ -9,8 +9,9 @@ K heights, K - 1 interior derivatives per element (float32, CPU, K = 8 bins on [
 the same work: raw values -> knots -> bin search -> the rational quadratic and its log-slope.
 
 - minflow, RQSpline: ``RQSpline(bins)(x, params)`` / ``.inverse`` (finds the bin among the
-  unnormalised cumulative sizes, transforms only the two knots it needs), eagerly (the default)
-  and under ``minflow.splines.set_compile(True)`` (compilation excluded from the timing);
+  unnormalised cumulative sizes, transforms only the two knots it needs), eagerly (the default,
+  ``backend="fast"``) and compiled (``RQSpline(bins, backend="compiled")``, compilation excluded
+  from the timing);
 - minflow, raw + knots: ``rational_quadratic_spline(x, *rq_knots(w, h, d))`` (builds the
   (N, K+1) knot tensors, then the raw function), eagerly;
 - zuko: ``MonotonicRQSTransform(w, h, d, bound)`` then ``.call_and_ladj(x)`` forward and
@@ -40,7 +41,7 @@ import torch
 
 from _common import add_timing_args, fmt_ratio, machine, measure, ms, ratio
 
-from minflow.splines import RQSpline, rational_quadratic_spline, rq_knots, set_compile
+from minflow.splines import RQSpline, rational_quadratic_spline, rq_knots
 
 TARGET, STRETCH = 5.0, 5.0  # >= 5x zuko's throughput; stretch: within 5x of the memory floor
 
@@ -72,7 +73,7 @@ def check_agreement(bins: int, bound: float, n: int = 100_000) -> None:
             "inverse x": (xi_m - xi_z).abs().max().item(),
             "inverse logdet": (li_m + l_back).abs().max().item(),
         }
-        bij = RQSpline(bins, bound)
+        bij = RQSpline(bins, bound, backend="fast")
         for inverse in (False, True):
             a = (bij.inverse if inverse else bij)(x, params)
             b = rational_quadratic_spline(x, *bij.knots(params), inverse=inverse)
@@ -99,7 +100,7 @@ def main() -> None:
     p.add_argument("--layouts", default="rows,planes", help=f"comma-separated, of {sorted(LAYOUTS)}")
     p.add_argument("--bins", type=int, default=8)
     p.add_argument("--bound", type=float, default=3.0)
-    p.add_argument("--no-compile", action="store_true", help="skip RQSpline under minflow.splines.set_compile(True)")
+    p.add_argument("--no-compile", action="store_true", help='skip RQSpline(backend="compiled")')
     add_timing_args(p, rounds=3, min_run_time=0.2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -113,17 +114,9 @@ def main() -> None:
     print(f"zuko {zuko.__version__}, {args.bins} bins on [-{args.bound}, {args.bound}], float32, CPU")
     check_agreement(args.bins, args.bound)
 
-    bij, K, B = RQSpline(args.bins, args.bound), args.bins, args.bound
+    K, B = args.bins, args.bound
+    bij, bij_c = RQSpline(K, B, backend="fast"), RQSpline(K, B, backend="compiled")
     paths = [k for k in PATHS if not (args.no_compile and k == "rqc")]
-
-    def compiled(fn):
-        def run():
-            set_compile(True)
-            try:
-                return fn()
-            finally:
-                set_compile(False)
-        return run
 
     rows = []
     for size in [int(float(s)) for s in args.sizes.split(",")]:
@@ -135,11 +128,11 @@ def main() -> None:
             fns = {
                 "floor": lambda: params.sum() + x.sum(),
                 "fwd rq": lambda: bij(x, params),
-                "fwd rqc": compiled(lambda: bij(x, params)),
+                "fwd rqc": lambda: bij_c(x, params),
                 "fwd raw": lambda: rational_quadratic_spline(x, *rq_knots(w, h, d, B)),
                 "fwd zuko": lambda: MonotonicRQSTransform(w, h, d, bound=B).call_and_ladj(x),
                 "inv rq": lambda: bij.inverse(x, params),
-                "inv rqc": compiled(lambda: bij.inverse(x, params)),
+                "inv rqc": lambda: bij_c.inverse(x, params),
                 "inv raw": lambda: rational_quadratic_spline(x, *rq_knots(w, h, d, B), inverse=True),
                 "inv zuko": lambda: MonotonicRQSTransform(w, h, d, bound=B).inv(x),
             }

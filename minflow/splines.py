@@ -8,126 +8,49 @@ knots. In bin k, with width w, height h, slope s = h / w and xi = (x - x_k) / w 
 
 Outside the knots' interval the map is the identity. Inverting solves a quadratic in xi.
 
-Numerics, the point of this module: elements outside the interval are replaced by a safe value
-(clamped into it) *before* any arithmetic and put back at the end by selection, so no inf or NaN
-from a discarded branch ever reaches a value. Gradients never rest on a tie-breaking rule of
-torch (clamp's gradient at a bound changed between versions): inputs enter the box by
-selection, with slope 1 up to and including its ends. The quadratic uses the root form without
-cancellation, solved from whichever end keeps its discriminant a sum of non-negative terms;
-roots and outputs are kept in their intervals against rounding, so the box's ends map onto each
-other exactly in both directions. Both directions are written as "input + correction" with
-a correction that is exactly 0 when the spline is the identity (equal knots on both axes, all
-derivatives 1), so the bijections below are *exactly* the identity when their parameters are 0.
+Numerics: elements outside the interval are replaced by a safe value (clamped into it) *before*
+any arithmetic and put back at the end by selection, so no inf or NaN from a discarded branch
+ever reaches a value. Gradients never rest on a tie-breaking rule of torch (clamp's gradient at
+a bound changed between versions): inputs enter the box by selection, with slope 1 up to and
+including its ends. The quadratic uses the root form without cancellation, solved from whichever
+end keeps its discriminant a sum of non-negative terms; roots and outputs are kept in their
+intervals against rounding, so the box's ends map onto each other exactly in both directions.
+Both directions are written as "input + correction" with a correction that is exactly 0 when the
+spline is the identity (equal knots on both axes, all derivatives 1), so the bijections below are
+*exactly* the identity when their parameters are 0.
 
-Speed: eagerly (the default), none of the ops that are slow on CPU (`torch.where`, bool -> float,
-expm1, softplus on strided views, cumsum over a short dimension) and few temporaries; `RQSpline`
-finds its bin with the K bins as the outer dimension and runs large inputs in cache-sized
-slices. Parameters are taken apart along the conditioner's own layout (`param_planes`).
-`set_compile(True)` runs each map through `torch.compile` instead: one fused loop over the
-elements, several times faster (benchmarks/README.md), falling back to eager if compiling
-fails. No host-device synchronisation and no branching on tensor values either way.
+This module is the reference: every map written plainly from these formulas. The bijections
+(``n_params`` raw values per element, for `minflow.Coupling` / `minflow.Injector`) are
+`BoundedSpline` (the paper's), `FullyBoundedSpline` (also bounds d and t) and `RQSpline` (K bins).
+Each runs one of three ``backend``s, all giving the same numbers up to rounding:
 
-Bijections (``n_params`` raw values per element, for `minflow.Coupling` / `minflow.Injector`):
-`BoundedSpline` (the paper's), `FullyBoundedSpline` (also bounds d and t), `RQSpline` (K bins).
+- ``"fast"`` (the default): `minflow.spline_kernels.FAST`, the same maps tuned for eager CPU speed;
+- ``"compiled"``: `minflow.spline_kernels.COMPILED`, each map one fused loop through `torch.compile`
+  (several times faster after a compilation of 10-60 s per new setting; it warns and runs eagerly
+  if compiling fails);
+- ``"reference"``: the functions of this module.
+
+A bijection constructed without ``backend`` takes ``"compiled"`` when the environment variable
+MINFLOW_COMPILE is 1 (or true, yes) at that moment, else ``"fast"``; `set_backend` changes it on
+every spline of a model.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import os
-import warnings
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .utils import param_planes
+__all__ = ["BACKENDS", "BoundedSettings", "BoundedSpline", "FullyBoundedSpline", "Kernels", "RQSettings", "RQSpline",
+           "cumulative_sizes", "default_backend", "kernels", "rational_quadratic_spline", "rq_knots", "set_backend",
+           "softplus_derivatives"]
 
-__all__ = ["BoundedSpline", "FullyBoundedSpline", "RQSpline", "compile_enabled", "cumulative_sizes",
-           "rational_quadratic_spline", "rq_knots", "set_compile", "softplus_derivatives"]
-
-# ----------------------------------------------------------------------------- speed: eager or compiled
-
-_COMPILE = {"enabled": os.environ.get("MINFLOW_COMPILE", "").lower() in ("1", "true", "yes"), "failed": None}
-_COMPILED: dict[str, Callable] = {}  # function name -> its torch.compile'd version, made on first use
-
-
-def set_compile(enabled: bool = True) -> None:
-    """Run the spline maps through `torch.compile` (inductor: fused C++ on CPU, Triton on GPU), or eagerly.
-
-    Off by default; MINFLOW_COMPILE=1 in the environment turns it on at import. Compiled, a
-    whole element-wise map (raw params -> knots -> spline) and its backward each become one fused
-    loop over the elements: several times faster for training and sampling, after a compilation
-    of 10-60 s for each new setting (direction, grad mode, dtype, memory layout). Same numbers up
-    to rounding. If compiling fails (no C++ compiler, an unsupported platform) it warns and runs
-    eagerly from then on; past torch's limit of 8 compilations per map, new settings run eagerly.
-    Double backward and functorch transforms (vmap, jacrev) need eager.
-    """
-    _COMPILE["enabled"] = bool(enabled)
-
-
-def compile_enabled() -> bool:
-    """Whether the spline maps run through `torch.compile` now (see `set_compile`)."""
-    return _COMPILE["enabled"]
-
-
-def _compiling() -> bool:
-    """True while torch.compile traces (its branches below pick ops that fuse)."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
-
-
-def _compilable(fn: Callable) -> Callable:
-    """fn(x, ...), run through torch.compile while `compile_enabled()`, and eagerly if compiling fails.
-
-    x is passed contiguous: it is a channel slice in a coupling and a whole tensor in an injector,
-    and each memory layout would otherwise cost a compilation (torch allows 8 per function).
-    """
-
-    @functools.wraps(fn)
-    def run(x, *args):
-        if not _COMPILE["enabled"] or _compiling():
-            return fn(x, *args)
-        try:
-            if fn.__name__ not in _COMPILED:
-                _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
-            return _COMPILED[fn.__name__](x.contiguous(), *args)
-        except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
-            _COMPILE["enabled"], _COMPILE["failed"] = False, f"{type(err).__name__}: {err}"
-            warnings.warn(f"minflow.splines: torch.compile failed ({_COMPILE['failed'][:300]}); "
-                          "running eagerly from now on", RuntimeWarning, stacklevel=3)
-            return fn(x, *args)
-
-    return run
-
-
-def _mask(op, a: Tensor, b, dtype: torch.dtype | None = None) -> Tensor:
-    """The comparison op(a, b) as 0./1. of a's dtype (or ``dtype``): on CPU, bool -> float is a slow pass."""
-    return op(a, b, out=torch.empty(a.shape, dtype=dtype or a.dtype, device=a.device))
-
-
-def _bin_index(edges: Tensor, v: Tensor) -> Tensor:
-    """#{k: edges_k <= v} over the last dimension of the sorted ``edges``, at most its length - 1."""
-    if _compiling():  # searchsorted has no fused CPU lowering; K comparisons do
-        j = (edges <= v.unsqueeze(-1)).sum(-1)
-    else:
-        j = torch.searchsorted(edges.contiguous(), v.unsqueeze(-1), right=True).squeeze(-1)
-    return j.clamp_(max=edges.shape[-1] - 1)
-
-
-# ----------------------------------------------------------------------------- one bin
-
-
-def _tanh(z: Tensor) -> Tensor:
-    """tanh(z). Compiled as sign(z) (1 - e) / (1 + e), e = exp(-2|z|): inductor's vectorised tanh
-    costs about 3x that exp, division and sign on CPU (absolute error < 1e-7 in float32)."""
-    if _compiling():
-        e = torch.exp(-2 * z.abs())
-        return torch.copysign((1 - e) / (1 + e), z)
-    return torch.tanh(z)
+# ----------------------------------------------------------------------------- into the box, and kept there
 
 
 def _into_box(x: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
@@ -143,7 +66,7 @@ def _into_box(x: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
 
 
 def _keep_in(v: Tensor, lo, hi) -> Tensor:
-    """v with its *value* clamped into [lo, hi] and its gradient left as v's own.
+    """v with its *value* clamped into [lo, hi] and its gradient left as v's own (straight through).
 
     For quantities that lie in [lo, hi] exactly but may leave it by a rounding error (the root
     xi of a bin, a spline's output at the end of its box): the derivative is the formula's, even
@@ -153,10 +76,7 @@ def _keep_in(v: Tensor, lo, hi) -> Tensor:
     return v + (vd.clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi) - vd)
 
 
-def _select(m: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """a where the 0/1 float mask m is 1, b where it is 0, exactly (a * 1 + b * 0), as long as a is
-    finite where m = 0 and b where m = 1. Several times cheaper than `torch.where` on CPU."""
-    return torch.addcmul(a * m, b, 1 - m)
+# ----------------------------------------------------------------------------- one bin
 
 
 def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
@@ -166,43 +86,39 @@ def _rq_bin(v: Tensor, w: Tensor, h: Tensor, d0, d1: Tensor, inverse: bool) -> t
     (forward) or [0, h] (inverse). Returns (c, log|d out / d v|) with out = v + c the offset
     into the other interval: the correction c is exactly 0 at v = 0 and wherever the spline is
     the identity (h = w, d0 = d1 = 1), so callers add it to the input and identities stay exact.
-    Forward: xi = v / w, c = (h - w) xi + h xi (1 - xi) C / den with C = (d0 - s) - (d0 + d1 - 2s) xi,
-    s = h / w. Inverse: with r = v / h, xi is the root in [0, 1] of a xi^2 + b xi + c = 0,
-    a = s - d0 + r q, b = d0 - r q, c = -s r, q = d0 + d1 - 2s (for a < 0, of its mirror image in
-    1 - xi), taken as -2c / (b + sqrt(D)) when b >= 0 and (sqrt(D) - b) / 2a when b < 0 (no
-    cancellation either way); c = w (xi - r) + r (w - h). xi is kept in [0, 1] against rounding.
     """
     s = h / w
-    ds0 = d0 - s
-    q = (d1 - s).add_(ds0)  # d0 + d1 - 2s
+    q = d0 + d1 - 2 * s
     if inverse:
+        # xi is the root in [0, 1] of a xi^2 + b xi - s r = 0, r = v / h
         r = _keep_in(v / h, 0.0, 1.0)  # v may leave [0, h] by a rounding error in the bin's ends
-        rq = r * q
-        a, b = rq - ds0, d0 - rq
-        # a xi^2 + b xi - s r = 0. Where a < 0, solve for 1 - xi instead: the mirrored equation
-        # -a xi'^2 + (2a + b) xi' - s (1 - r) = 0 has the same discriminant, and in the chosen
-        # frame both of its terms are >= 0 (no cancellation, no negative D from rounding). The
-        # ends stay exact: r = 0 is solved unmirrored (xi = 0) and r = 1 mirrored (xi = 1), where
-        # the constant term vanishes and D = b^2 either way.
-        mirror = torch.maximum(_mask(torch.lt, a, 0) * _mask(torch.gt, r, 0), _mask(torch.eq, r, 1))
-        a_m, b_m, r_m = a.abs(), _select(mirror, b + 2 * a, b), _select(mirror, 1 - r, r)
-        disc = torch.addcmul(b_m * b_m, a_m, r_m * s, value=4)
-        p = b_m.abs().add_(disc.sqrt())  # > 0 (a_m = 0 forces b_m = s > 0)
-        pos = _mask(torch.ge, b_m, 0)
-        root = _select(pos, 2 * s * r_m, p) / _select(pos, p, 2 * a_m)
-        xi = _keep_in(_select(mirror, 1 - root, root), 0.0, 1.0)
-        corr = torch.addcmul(w * (xi - r), r, w - h)
+        a = s - d0 + r * q
+        b = d0 - r * q
+        # Where a < 0, solve for xi' = 1 - xi instead: -a xi'^2 + (2a + b) xi' - s (1 - r) = 0 has
+        # the same discriminant, and in the frame with a >= 0 both of its terms are >= 0. The ends
+        # stay exact: r = 0 is solved unmirrored (xi = 0) and r = 1 mirrored (xi = 1), where the
+        # constant term vanishes and D = b^2 either way.
+        mirror = ((a < 0) & (r > 0)) | (r == 1)
+        a_m = a.abs()
+        b_m = torch.where(mirror, b + 2 * a, b)
+        r_m = torch.where(mirror, 1 - r, r)
+        p = b_m.abs() + torch.sqrt(b_m**2 + 4 * a_m * s * r_m)  # > 0 (a_m = 0 forces b_m = s > 0)
+        # the root without cancellation: 2 s r / (b + sqrt D) for b >= 0, (sqrt D - b) / 2a for b < 0
+        # (numerator and denominator are selected before dividing: no inf in a discarded branch)
+        pos = b_m >= 0
+        root = torch.where(pos, 2 * s * r_m, p) / torch.where(pos, p, 2 * a_m)
+        xi = _keep_in(torch.where(mirror, 1 - root, root), 0.0, 1.0)
+        corr = w * (xi - r) + r * (w - h)  # out = w xi, as v + c with v = h r
     else:
         xi = _keep_in(v / w, 0.0, 1.0)
-    one_xi = 1 - xi
-    t = xi * one_xi
-    s_den = s / torch.addcmul(s, q, t)  # s / den, den = s + (d0 + d1 - 2s) xi (1 - xi) >= s / 2
-    if not inverse:  # (one division by den for both uses; C = 0 at the identity, so c stays exactly 0)
-        corr = torch.addcmul((h - w) * xi, w * t * torch.addcmul(ds0, q, xi, value=-1), s_den)
-    end = one_xi * one_xi if isinstance(d0, float) and d0 == 1 else d0 * one_xi * one_xi
-    inner = torch.addcmul(d1 * xi * xi, s, t, value=2).add_(end)  # a sum of positive terms
-    ladj = torch.log(s_den.square() * inner)
-    return corr, (ladj.neg_() if inverse else ladj)
+    t = xi * (1 - xi)
+    den = s + q * t  # >= s / 2
+    if not inverse:
+        # out = h (s xi^2 + d0 t) / den = v + c, with c exactly 0 at the identity (d0 - s - q xi = 0)
+        corr = (h - w) * xi + h * t * (d0 - s - q * xi) / den
+    slope = s**2 * (d1 * xi**2 + 2 * s * t + d0 * (1 - xi) ** 2) / den**2
+    ladj = torch.log(slope)
+    return corr, (-ladj if inverse else ladj)
 
 
 # ----------------------------------------------------------------------------- the function
@@ -240,23 +156,26 @@ def _first(bad: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in bad.nonzero()[0])
 
 
-@_compilable
-def _spline(x: Tensor, a: Tensor, b: Tensor, d: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """`rational_quadratic_spline` without checks; a: knots on the input axis, b: on the output axis."""
-    u, inside = _into_box(x, a[..., 0], a[..., -1])  # a safe in-interval value *before* any arithmetic
-    k = _bin_index(a, u).sub_(1).clamp_(min=0)
+def _spline(x: Tensor, knots_in: Tensor, knots_out: Tensor, derivatives: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """`rational_quadratic_spline` without checks, from the knots on the input and on the output axis."""
+    u, inside = _into_box(x, knots_in[..., 0], knots_in[..., -1])  # a safe in-interval value *before* any arithmetic
+    # the bin k with knots_in[k] <= u < knots_in[k + 1] (the last bin includes the box's end)
+    k = torch.searchsorted(knots_in.contiguous(), u.unsqueeze(-1), right=True).squeeze(-1)
+    k = (k - 1).clamp(0, knots_in.shape[-1] - 2)
     idx = torch.stack([k, k + 1], -1)  # (..., 2): the bin's two knots
-    a0, a1 = a.gather(-1, idx).unbind(-1)
-    b0, b1 = b.gather(-1, idx).unbind(-1)
-    d0, d1 = d.gather(-1, idx).unbind(-1)
-    wa, wb = a1 - a0, b1 - b0  # the bin's size on the input and output axes
-    corr, ladj = _rq_bin(u - a0, wb if inverse else wa, wa if inverse else wb, d0, d1, inverse)
-    y = _keep_in((b0 - a0).add_(u).add_(corr), b[..., 0], b[..., -1])  # the box's end maps to its end exactly
+    x0, x1 = knots_in.gather(-1, idx).unbind(-1)
+    y0, y1 = knots_out.gather(-1, idx).unbind(-1)
+    d0, d1 = derivatives.gather(-1, idx).unbind(-1)
+    w_in, w_out = x1 - x0, y1 - y0  # the bin's size on the input and output axes
+    w, h = (w_out, w_in) if inverse else (w_in, w_out)  # the bin of the forward map: [0, w] -> [0, h]
+    corr, ladj = _rq_bin(u - x0, w, h, d0, d1, inverse)
+    y = _keep_in((y0 - x0) + u + corr, knots_out[..., 0], knots_out[..., -1])  # the box's end maps to its end
     return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)  # never 0 * (a discarded inf or NaN)
 
 
 def rational_quadratic_spline(
-    x: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tensor, inverse: bool = False, validate: bool = False
+    x: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tensor, inverse: bool = False, validate: bool = False,
+    *, backend: str = "fast",
 ) -> tuple[Tensor, Tensor]:
     """The monotone RQ spline through (knots_x, knots_y) with ``derivatives``, identity outside.
 
@@ -268,15 +187,21 @@ def rational_quadratic_spline(
     Inside [knots_x[..., 0], knots_x[..., -1]], ends included, it is the spline; outside, the
     identity with log|dy/dx| = 0. ``inverse=True`` inverts, using the knots_y interval. Returns
     ``(y, logabsdet)``, both shaped like x; the inverse's logabsdet is minus the forward's.
+    ``backend``: one of `BACKENDS` (see the module docstring).
     """
     _check_knots(x, knots_x, knots_y, derivatives)
     if validate:
         _validate_knots(knots_x, knots_y, derivatives)
-    a, b = (knots_y, knots_x) if inverse else (knots_x, knots_y)  # a: the input's axis
-    return _spline(x, a, b, derivatives, inverse)
+    knots_in, knots_out = (knots_y, knots_x) if inverse else (knots_x, knots_y)
+    return kernels(backend).spline(x, knots_in, knots_out, derivatives, inverse)
 
 
 # ----------------------------------------------------------------------------- knots from raw values
+
+
+def _bin_floor(k: int, min_bin: float) -> float:
+    """mu = K m / (1 - K m): added to each of K exponentials, it gives every bin a share >= m of the box."""
+    return k * min_bin / (1 - k * min_bin)
 
 
 def cumulative_sizes(raw: Tensor, min_bin: float = 1e-3) -> Tensor:
@@ -289,7 +214,7 @@ def cumulative_sizes(raw: Tensor, min_bin: float = 1e-3) -> Tensor:
     k = raw.shape[-1]
     if not 0 < min_bin * k < 1:
         raise ValueError(f"min_bin * K must lie in (0, 1), got min_bin={min_bin}, K={k}")
-    return ((raw - raw.amax(-1, keepdim=True)).exp_() + k * min_bin / (1 - k * min_bin)).cumsum(-1)
+    return ((raw - raw.amax(-1, keepdim=True)).exp_() + _bin_floor(k, min_bin)).cumsum(-1)
 
 
 def softplus_derivatives(raw: Tensor, min_derivative: float = 1e-3) -> Tensor:
@@ -318,7 +243,7 @@ def rq_knots(
     ``widths``, ``heights``: (..., K), through `cumulative_sizes`. ``derivatives``: (..., K-1)
     interior raw values through `softplus_derivatives`, the two boundary derivatives 1 (the slope
     is then continuous with the identity outside), or (..., K+1) raw values for all knots.
-    `RQSpline` computes the same spline without building these (K+1)-long tensors.
+    `RQSpline`'s fast kernels compute the same spline without building these (K+1)-long tensors.
     """
     k = widths.shape[-1]
     if heights.shape[-1] != k or derivatives.shape[-1] not in (k - 1, k + 1):
@@ -339,48 +264,131 @@ def rq_knots(
     return knots(widths), knots(heights), softplus_derivatives(derivatives.contiguous(), min_derivative)
 
 
+# ----------------------------------------------------------------------------- the bijections' maps
+
+
+@dataclass(frozen=True)
+class BoundedSettings:
+    """What a `BoundedSpline` is made of: the box [-bound, bound], the floors on the bins' shares and on
+    the interior derivative, and the bounds on d and t (None: unbounded, the paper's)."""
+
+    bound: float = 0.5
+    min_bin: float = 1e-3
+    min_derivative: float = 1e-3
+    max_log_derivative: float | None = None
+    max_shift: float | None = None
+
+
+@dataclass(frozen=True)
+class RQSettings:
+    """What an `RQSpline` is made of: K bins on [-bound, bound], the floors on bin shares and derivatives."""
+
+    bins: int = 8
+    bound: float = 3.0
+    min_bin: float = 1e-3
+    min_derivative: float = 1e-3
+
+
+def _bounded_knots(params: Tensor, s: BoundedSettings) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`BoundedSpline`'s knots from raw (a, h, d, t): (knots_x, knots_y, derivatives), each x.shape + (3,), and the shift.
+
+    Interior knot (x_1, y_1) = B (1 - 2m) (tanh(a/2), tanh(h/2)), derivative 1 + (1 - m_d) expm1(d),
+    with d -> d_max tanh(d / d_max) and t -> t_max tanh(t / t_max) where those bounds are set.
+    """
+    a, h, d, t = params.unbind(-1)
+    if s.max_log_derivative is not None:
+        d = s.max_log_derivative * torch.tanh(d / s.max_log_derivative)
+    if s.max_shift is not None:
+        t = s.max_shift * torch.tanh(t / s.max_shift)
+    c = s.bound * (1 - 2 * s.min_bin)
+    B, one = torch.full_like(a, s.bound), torch.ones_like(a)
+    knots_x = torch.stack([-B, c * torch.tanh(a / 2), B], -1)
+    knots_y = torch.stack([-B, c * torch.tanh(h / 2), B], -1)
+    derivatives = torch.stack([one, 1 + (1 - s.min_derivative) * torch.expm1(d), one], -1)
+    return knots_x, knots_y, derivatives, t
+
+
+def _bounded(x: Tensor, params: Tensor, settings: BoundedSettings, inverse: bool) -> tuple[Tensor, Tensor]:
+    """`BoundedSpline` forward, y = RQS(x) + t, or inverse, x = RQS^{-1}(y - t)."""
+    knots_x, knots_y, derivatives, t = _bounded_knots(params, settings)
+    if inverse:
+        return _spline(x - t, knots_y, knots_x, derivatives, True)
+    y, ladj = _spline(x, knots_x, knots_y, derivatives, False)
+    return y + t, ladj
+
+
+def _rq_split(params: Tensor, bins: int) -> list[Tensor]:
+    """`RQSpline`'s raw params -> (K widths, K heights, K - 1 interior derivatives)."""
+    return params.split([bins, bins, bins - 1], -1)
+
+
+def _rq(x: Tensor, params: Tensor, settings: RQSettings, inverse: bool) -> tuple[Tensor, Tensor]:
+    """`RQSpline` forward or inverse: the spline through its `rq_knots`."""
+    s = settings
+    knots_x, knots_y, derivatives = rq_knots(*_rq_split(params, s.bins), s.bound, s.min_bin, s.min_derivative)
+    if inverse:
+        return _spline(x, knots_y, knots_x, derivatives, True)
+    return _spline(x, knots_x, knots_y, derivatives, False)
+
+
+class Kernels(NamedTuple):
+    """One implementation of the three maps, each returning (output, log|d output / d input|)."""
+
+    spline: Callable[..., tuple[Tensor, Tensor]]  # (x, knots_in, knots_out, derivatives, inverse)
+    bounded: Callable[..., tuple[Tensor, Tensor]]  # (x, params, BoundedSettings, inverse)
+    rq: Callable[..., tuple[Tensor, Tensor]]  # (x, params, RQSettings, inverse)
+
+
+REFERENCE = Kernels(spline=_spline, bounded=_bounded, rq=_rq)
+BACKENDS = ("fast", "compiled", "reference")
+
+
+def kernels(backend: str) -> Kernels:
+    """The maps of ``backend``: `REFERENCE` (this module) or `minflow.spline_kernels`' FAST / COMPILED."""
+    if backend == "reference":
+        return REFERENCE
+    from . import spline_kernels  # it builds on this module's functions
+
+    if backend == "fast":
+        return spline_kernels.FAST
+    if backend == "compiled":
+        return spline_kernels.COMPILED
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def default_backend() -> str:
+    """The bijections' backend when none is given: "compiled" if the environment variable
+    MINFLOW_COMPILE is 1, true or yes (read at construction), else "fast"."""
+    return "compiled" if os.environ.get("MINFLOW_COMPILE", "").strip().lower() in ("1", "true", "yes") else "fast"
+
+
 # ----------------------------------------------------------------------------- bijections
 
 
-def _bounded_knot(planes: Tensor, pdim: int, bound: float, min_bin: float, min_derivative: float,
-                  max_log_derivative: float | None, max_shift: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(x_1, y_1, interior derivative, shift) of `BoundedSpline` (and `FullyBoundedSpline`) from raw params
-    (as `minflow.utils.param_planes` gives them)."""
-    a, h, d, t = planes.unbind(pdim)
-    if max_log_derivative is not None:
-        d = max_log_derivative * _tanh(d / max_log_derivative)
-    if max_shift is not None:
-        t = max_shift * _tanh(t / max_shift)
-    c = bound * (1 - 2 * min_bin)
-    deriv = (torch.exp(d) - 1).mul_(1 - min_derivative).add_(1)  # 1 + (1 - m) expm1(d); expm1 is slow on CPU
-    return c * _tanh(0.5 * a), c * _tanh(0.5 * h), deriv, t
+class _Spline(nn.Module):
+    """What the spline bijections share: a ``backend`` (one of `BACKENDS`) whose map ``_map``
+    (a field of `Kernels`) computes them from (x, params, self.settings, inverse)."""
+
+    _map: str
+
+    def __init__(self, backend: str | None):
+        super().__init__()
+        self.backend = default_backend() if backend is None else backend
+        kernels(self.backend)  # a clear error for an unknown name
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(params)
+        return getattr(kernels(self.backend), self._map)(x, params, self.settings, False)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(params)
+        return getattr(kernels(self.backend), self._map)(y, params, self.settings, True)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"
 
 
-@_compilable
-def _bounded_spline(x: Tensor, planes: Tensor, pdim: int, bound: float, min_bin: float, min_derivative: float,
-                    max_log_derivative: float | None, max_shift: float | None, inverse: bool) -> tuple[Tensor, Tensor]:
-    """`BoundedSpline` forward, y = RQS(x) + t, or inverse, x = RQS^{-1}(y - t).
-
-    The right bin is the left one mirrored through the origin, so with sigma = +-1 the bin is always
-    [-B, sigma k_in] -> [-B, sigma k_out] with derivatives (1, deriv), and the output is
-    x + sigma c with the bin's correction c, exactly 0 at -B: the identity outside the box needs
-    no mask (u = x clamped to the box gives c = 0 and logdet 0 there, exactly).
-    """
-    kx, ky, deriv, t = _bounded_knot(planes, pdim, bound, min_bin, min_derivative, max_log_derivative, max_shift)
-    k_in, k_out = (ky, kx) if inverse else (kx, ky)
-    if inverse:
-        x = x - t
-    B = x.new_full((), bound)
-    u, _ = _into_box(x, -bound, bound)  # a safe in-box value before any arithmetic
-    sigma = torch.copysign(x.new_ones(()), k_in - u)  # +1 left bin, -1 right bin (at the knot: left)
-    w_in, w_out = torch.addcmul(B, sigma, k_in), torch.addcmul(B, sigma, k_out)  # bin sizes on each axis
-    w, h = (w_out, w_in) if inverse else (w_in, w_out)  # the bin of the forward map: [0, w] -> [0, h]
-    corr, ladj = _rq_bin(torch.addcmul(B, sigma, u), w, h, 1.0, deriv, inverse)
-    y = torch.addcmul(x, sigma, corr)
-    return (y if inverse else y + t), ladj
-
-
-class BoundedSpline(nn.Module):
+class BoundedSpline(_Spline):
     """The paper's spline (Hong et al., 2023): c(x) = RQS(x) + t, params (a, h, d, t) per element.
 
     RQS maps the box [-B, B] onto itself with 2 bins: one free interior knot at width and height
@@ -389,45 +397,47 @@ class BoundedSpline(nn.Module):
     Outside the box it is the identity (slope exactly 1). Forward y = RQS(x) + t, inverse
     x = RQS^{-1}(y - t): sampling shifts by t and moves an element by at most 2B more, never
     multiplies it. Params 0 give x_1 = y_1 = 0, derivative 1, t = 0: exactly the identity.
-    exp(d) and t are unbounded, as in the paper (see `FullyBoundedSpline`).
+    exp(d) and t are unbounded, as in the paper (see `FullyBoundedSpline`). ``backend``: see the
+    module docstring (default: `default_backend()` at construction).
     """
 
     n_params = 4
+    _map = "bounded"
     max_log_derivative: float | None = None  # no bound on d and t: the paper's
     max_shift: float | None = None
 
-    def __init__(self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3):
-        super().__init__()
+    def __init__(self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3, *,
+                 backend: str | None = None):
+        super().__init__(backend)
         if bound <= 0 or not 0 < min_bin < 0.5 or not 0 < min_derivative < 1:
             raise ValueError(f"need bound > 0, 0 < min_bin < 0.5, 0 < min_derivative < 1; got "
                              f"{bound}, {min_bin}, {min_derivative}")
         self.bound, self.min_bin, self.min_derivative = bound, min_bin, min_derivative
 
-    def _config(self, params: Tensor) -> tuple:
+    @property
+    def settings(self) -> BoundedSettings:
+        return BoundedSettings(self.bound, self.min_bin, self.min_derivative, self.max_log_derivative, self.max_shift)
+
+    def _check(self, params: Tensor) -> None:
         if params.shape[-1] != self.n_params:
             raise ValueError(f"{type(self).__name__} needs params of shape x.shape + (4,) = (a, h, d, t), "
                              f"got last dimension {params.shape[-1]}")
-        return self.bound, self.min_bin, self.min_derivative, self.max_log_derivative, self.max_shift
 
     def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(knots_x, knots_y, derivatives) of shape x.shape + (3,), for plots and checks:
         forward(x) = rational_quadratic_spline(x, *knots) + shift."""
-        kx, ky, deriv, _ = _bounded_knot(*param_planes(params), *self._config(params))
-        B, one = torch.full_like(kx, self.bound), torch.ones_like(kx)
-        return torch.stack([-B, kx, B], -1), torch.stack([-B, ky, B], -1), torch.stack([one, deriv, one], -1)
+        self._check(params)
+        return _bounded_knots(params, self.settings)[:3]
 
     def shift(self, params: Tensor) -> Tensor:
         """The shift t actually applied (the raw t here; bounded in `FullyBoundedSpline`)."""
-        return _bounded_knot(*param_planes(params), *self._config(params))[3]
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _bounded_spline(x, *param_planes(params), *self._config(params), False)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return _bounded_spline(y, *param_planes(params), *self._config(params), True)
+        self._check(params)
+        return _bounded_knots(params, self.settings)[3]
 
     def extra_repr(self) -> str:
-        return f"bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}"
+        bounds = ("" if self.max_shift is None else
+                  f"max_log_derivative={self.max_log_derivative}, max_shift={self.max_shift}, ")
+        return f"bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, {bounds}" + super().extra_repr()
 
 
 class FullyBoundedSpline(BoundedSpline):
@@ -440,170 +450,63 @@ class FullyBoundedSpline(BoundedSpline):
     """
 
     def __init__(self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3,
-                 max_log_derivative: float = 3.0, max_shift: float = 3.0):
-        super().__init__(bound, min_bin, min_derivative)
+                 max_log_derivative: float = 3.0, max_shift: float = 3.0, *, backend: str | None = None):
+        super().__init__(bound, min_bin, min_derivative, backend=backend)
         if max_log_derivative <= 0 or max_shift <= 0:
             raise ValueError("max_log_derivative and max_shift must be positive")
         self.max_log_derivative, self.max_shift = max_log_derivative, max_shift
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", max_log_derivative={self.max_log_derivative}, max_shift={self.max_shift}"
 
-
-def _find_bin_tensors(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
-    """The bin of u among the unnormalised cumulative sizes, as tensor ops over the K bins (eager):
-    its ends on the input and output axes (G_j, and G_K - G_{j+1}, exactly 0 in the last bin; G_0 = 0), the scales 2B / G_K of both
-    axes, and the raw derivatives at its two knots, (..., 2) (0 at the end knots: derivative exactly 1).
-
-    The parameters are viewed bins-first, (3K - 1, ...): a view of planar parameters (a conv
-    conditioner's layout), one transposing copy of row-packed ones. Every op then runs along
-    contiguous memory: the max over K planes, the cumulative sums as one matmul with a triangular
-    matrix (cumsum over a non-last dimension is slow on CPU), the bin index as a count of K - 1
-    comparisons, each gather picking one of K planes per element.
-    """
-    p = planes.movedim(pdim, 0)
-    if p.stride(-1) != 1:
-        p = p.contiguous()
-    w, h, d = p.split([k, k, k - 1], 0)
-    tri = torch.ones(k, k, dtype=p.dtype, device=p.device).tril_()
-    steps = torch.arange(1, k + 1, dtype=p.dtype, device=p.device).unsqueeze(1) * (k * min_bin / (1 - k * min_bin))
-
-    def cumulative(raw: Tensor) -> Tensor:  # G_j = sum_{i <= j} (e_i + mu), as `cumulative_sizes`
-        e = (raw - raw.amax(0)).exp_()
-        return torch.addmm(steps, tri, e.flatten(1)).view(e.shape)
-
-    g_in, g_out = cumulative(w), cumulative(h)
-    if inverse:
-        g_in, g_out = g_out, g_in
-    scale_in, scale_out = (2 * bound) / g_in[-1], (2 * bound) / g_out[-1]
-    j = _mask(torch.le, g_in[:-1], (u + bound) / scale_in).sum(0).long()  # bin j: G_j <= v < G_{j+1}
-    i = torch.stack([j - 1, j])  # where G_j, G_{j+1} sit in g (G_0 is not stored), and raw d_j, d_{j+1}
-    gi, di = i.clamp(min=0), i.clamp(0, k - 2)
-    inner_knot = _mask(torch.eq, i, di, u.dtype)  # 0 at the end knots
-    lo_in, hi_in = g_in.gather(0, gi).unbind(0)
-    lo_out, hi_out = g_out.gather(0, gi).unbind(0)
-    first = inner_knot[0]
-    raw_d = (d.gather(0, di) * inner_knot).movedim(0, -1)
-    return lo_in * first, g_in[-1] - hi_in, lo_out * first, g_out[-1] - hi_out, scale_in, scale_out, raw_d
-
-
-def _find_bin_columns(u: Tensor, planes: Tensor, pdim: int, k: int, bound: float, min_bin: float, inverse: bool):
-    """`_find_bin_tensors` written column by column (a Python loop over the K bins, never over elements).
-
-    Only element-wise ops: inductor fuses them into one loop over the elements, vectorised when
-    each parameter is contiguous over the elements (as a conv conditioner lays them out), while
-    the tensor form's max over the bins, triangular matmul, comparison count and gathers would
-    each stay a separate kernel. Same numbers up to rounding.
-    """
-    cols = planes.unbind(pdim)
-    mu = k * min_bin / (1 - k * min_bin)
-
-    def cumulative(raw):  # G_1, ..., G_K as `cumulative_sizes` computes them
-        top = functools.reduce(torch.maximum, raw)
-        return list(itertools.accumulate(torch.exp(r - top) + mu for r in raw))
-
-    g_in, g_out = cumulative(cols[:k]), cumulative(cols[k : 2 * k])
-    d = cols[2 * k :] + (torch.zeros_like(u),)  # raw derivatives at knots 1..K-1, then 0 for knot K
-    if inverse:
-        g_in, g_out = g_out, g_in
-    scale_in, scale_out = (2 * bound) / g_in[-1], (2 * bound) / g_out[-1]
-    v = (u + bound) / scale_in
-    zero = torch.zeros_like(u)
-    lo_in, hi_in, lo_out, hi_out, d0, d1 = zero, g_in[0], zero, g_out[0], zero, d[0]  # bin 0
-    for j in range(1, k):  # move to bin j where G_j <= v
-        m = g_in[j - 1] <= v
-        lo_in, hi_in = torch.where(m, g_in[j - 1], lo_in), torch.where(m, g_in[j], hi_in)
-        lo_out, hi_out = torch.where(m, g_out[j - 1], lo_out), torch.where(m, g_out[j], hi_out)
-        d0, d1 = torch.where(m, d[j - 1], d0), torch.where(m, d[j], d1)
-    return lo_in, g_in[-1] - hi_in, lo_out, g_out[-1] - hi_out, scale_in, scale_out, torch.stack([d0, d1], -1)
-
-
-_CHUNK = 3 << 14  # elements per eager slice on CPU: (K, slice) float32 temporaries of 1.5 MiB stay in a 2 MiB L2
-
-
-def _in_chunks(fn: Callable, x: Tensor, planes: Tensor, pdim: int, *args) -> tuple[Tensor, Tensor]:
-    """fn(x, planes, pdim, *args) -> (y, ladj), applied to slices of x's dim 0 of about `_CHUNK` elements
-    (eager, CPU).
-
-    An element-wise map gives the same numbers either way, up to rounding (a matmul may sum in
-    another order on a slice, 1 ulp in float32). Eagerly, each op is a pass over its
-    whole input: in slices, a map's temporaries stay in the CPU cache from one op to the next
-    and are recycled by the allocator instead of being fresh pages (about 1.5x faster for
-    `RQSpline` at 1e6 elements, benchmarks/README.md). On a GPU one call is faster.
-    """
-    n = round(x.numel() / _CHUNK)  # n slices of about equal size, 2/3 to 3/2 of _CHUNK elements each
-    if x.device.type != "cpu" or x.dim() == 0 or n <= 1:
-        return fn(x, planes, pdim, *args)
-    rows = -(-x.shape[0] // n)
-    slices = planes.split(rows, 1 if pdim == 0 else 0)  # x's dim 0 is the planes' dim 1 when pdim = 0
-    ys, ladjs = zip(*(fn(xs, ps, pdim, *args) for xs, ps in zip(x.split(rows), slices)))
-    return torch.cat(ys), torch.cat(ladjs)
-
-
-@_compilable
-def _rq_spline(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float, min_bin: float, min_derivative: float,
-               inverse: bool) -> tuple[Tensor, Tensor]:
-    """`RQSpline` forward or inverse: compiled in one piece, eagerly in cache-sized slices."""
-    args = (pdim, bins, bound, min_bin, min_derivative, inverse)
-    return _rq_spline_map(x, planes, *args) if _compiling() else _in_chunks(_rq_spline_map, x, planes, *args)
-
-
-def _rq_spline_map(x: Tensor, planes: Tensor, pdim: int, bins: int, bound: float, min_bin: float,
-                   min_derivative: float, inverse: bool) -> tuple[Tensor, Tensor]:
-    """`RQSpline` forward or inverse: the bin among the unnormalised cumulative sizes, then its two knots."""
-    B = bound
-    u, inside = _into_box(x, -B, B)  # a safe in-box value before any arithmetic
-    find = _find_bin_columns if _compiling() else _find_bin_tensors
-    lo_in, up_in, lo_out, up_out, scale_in, scale_out, raw_d = find(u, planes, pdim, bins, bound, min_bin, inverse)
-    d0, d1 = softplus_derivatives(raw_d, min_derivative).unbind(-1)
-    # the bin on the input axis and on the output axis, each end measured from its own end of the
-    # box: the first bin starts at -B and the last ends at B exactly, so xi is exactly 0 or 1 there
-    a0, b0 = lo_in * scale_in - B, lo_out * scale_out - B
-    wa, wb = (B - up_in * scale_in) - a0, (B - up_out * scale_out) - b0
-    corr, ladj = _rq_bin(u - a0, wb if inverse else wa, wa if inverse else wb, d0, d1, inverse)
-    y = _keep_in((b0 - a0).add_(u).add_(corr), -B, B)  # the box's end maps to its end exactly
-    return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
-
-
-class RQSpline(nn.Module):
+class RQSpline(_Spline):
     """Durkan et al.'s RQ spline: K bins on [-B, B], identity outside; 3K - 1 params per element.
 
     params = (K widths, K heights, K - 1 interior derivatives), all raw: bin shares of the box
     (e_j + mu) / sum(e + mu), e = exp(raw - max), at least ``min_bin`` (`cumulative_sizes`);
     derivatives 1 + (1 - m)(softplus(raw) / log 2 - 1) in (m, 1/m] (`softplus_derivatives`); boundary
     derivatives 1 so the slope is continuous with the identity outside. Params 0 give uniform
-    bins on both axes and derivatives 1: exactly the identity. Same map as
-    ``rational_quadratic_spline(x, *rq_knots(...))``, but it finds the bin among the unnormalised
-    cumulative sizes and transforms only the two knots it needs: no (K+1)-long tensor per element.
+    bins on both axes and derivatives 1: exactly the identity. The same map as
+    ``rational_quadratic_spline(x, *rq_knots(...))``; the fast backends find the bin among the
+    unnormalised cumulative sizes and transform only the two knots they need, without building
+    (K+1)-long tensors per element. ``backend``: see the module docstring.
     """
 
-    def __init__(self, bins: int = 8, bound: float = 3.0, min_bin: float = 1e-3, min_derivative: float = 1e-3):
-        super().__init__()
+    _map = "rq"
+
+    def __init__(self, bins: int = 8, bound: float = 3.0, min_bin: float = 1e-3, min_derivative: float = 1e-3, *,
+                 backend: str | None = None):
+        super().__init__(backend)
         if bins < 2 or bound <= 0 or not 0 < min_bin * bins < 1 or not 0 < min_derivative < 1:
             raise ValueError(f"need bins >= 2, bound > 0, 0 < min_bin * bins < 1, 0 < min_derivative < 1; "
                              f"got {bins}, {bound}, {min_bin}, {min_derivative}")
         self.bins, self.bound, self.min_bin, self.min_derivative = bins, bound, min_bin, min_derivative
         self.n_params = 3 * bins - 1
 
-    def _split(self, params: Tensor) -> list[Tensor]:
+    @property
+    def settings(self) -> RQSettings:
+        return RQSettings(self.bins, self.bound, self.min_bin, self.min_derivative)
+
+    def _check(self, params: Tensor) -> None:
         if params.shape[-1] != self.n_params:
             raise ValueError(f"RQSpline(bins={self.bins}) needs params of shape x.shape + ({self.n_params},) "
                              f"(K widths, K heights, K-1 derivatives), got last dimension {params.shape[-1]}")
-        return params.split([self.bins, self.bins, self.bins - 1], -1)
 
     def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(knots_x, knots_y, derivatives), each of shape x.shape + (K + 1,), for plots and checks."""
-        return rq_knots(*self._split(params), self.bound, self.min_bin, self.min_derivative)
-
-    def _call(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        self._split(params)  # checks the shape
-        return _rq_spline(x, *param_planes(params), self.bins, self.bound, self.min_bin, self.min_derivative, inverse)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._call(x, params, inverse=False)
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self._call(y, params, inverse=True)
+        self._check(params)
+        return rq_knots(*_rq_split(params, self.bins), self.bound, self.min_bin, self.min_derivative)
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}, bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}"
+        return (f"bins={self.bins}, bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, "
+                + super().extra_repr())
+
+
+def set_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Run every spline bijection inside ``module`` (itself included) on ``backend``; returns ``module``.
+
+    E.g. ``set_backend(model, "compiled")`` to sample a trained model through torch.compile.
+    """
+    kernels(backend)  # a clear error for an unknown name
+    for m in module.modules():
+        if isinstance(m, _Spline):
+            m.backend = backend
+    return module

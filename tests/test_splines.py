@@ -3,10 +3,14 @@
 Round trips and logdets against autograd's Jacobian (float64 to 1e-10 / 1e-8, float32 looser),
 the identity outside the box, continuity and monotonicity, exact identity at params 0, no NaN
 for extreme inputs (values or gradients), the bounded displacement of sampling, and errors.
+Each property holds on the reference maps of `minflow.splines` and on the fast kernels of
+`minflow.spline_kernels` (``PATHS``), and the kernels, eager and compiled, give the reference's
+numbers and gradients.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -16,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minflow as mf
+import minflow.spline_kernels as spline_kernels
 import minflow.splines as splines
 from minflow.splines import (
     BoundedSpline,
@@ -30,13 +35,19 @@ from minflow.splines import (
 TOL = {torch.float64: (1e-10, 1e-8), torch.float32: (1e-4, 1e-4)}
 TINY = {torch.float64: 1e-310, torch.float32: 1e-40}  # subnormal in each dtype
 
-BIJECTIONS = {
+BIJECTIONS = {  # name -> constructor(**kw), kw: backend
     "bounded": BoundedSpline,
-    "bounded-wide": lambda: BoundedSpline(bound=2.0, min_bin=1e-2, min_derivative=1e-2),
+    "bounded-wide": lambda **kw: BoundedSpline(bound=2.0, min_bin=1e-2, min_derivative=1e-2, **kw),
     "fully-bounded": FullyBoundedSpline,
     "rq": RQSpline,
-    "rq-3": lambda: RQSpline(bins=3, bound=1.0),
+    "rq-3": lambda **kw: RQSpline(bins=3, bound=1.0, **kw),
 }
+PATHS = ["reference", "fast"]  # the eager backends; "compiled" is checked against them below
+
+
+def raw(path: str):
+    """`rational_quadratic_spline` on the backend ``path``."""
+    return functools.partial(rational_quadratic_spline, backend=path)
 
 
 def random_knots(shape, k, dtype, generator=None, x_box=(-1.0, 2.0), y_box=(-1.0, 2.0)):
@@ -69,65 +80,75 @@ def elementwise_check(fn, x, ladj, ld_tol):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_raw_round_trip_and_logdet(dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_round_trip_and_logdet(path, dtype):
+    rqs = raw(path)
     g = torch.Generator().manual_seed(0)
     rt_tol, ld_tol = TOL[dtype]
     kx, ky, d = random_knots((60,), 5, dtype, g)
     x = torch.rand(60, generator=g, dtype=dtype) * 5 - 2  # [-2, 3]: inside [-1, 2] and outside
-    y, ladj = rational_quadratic_spline(x, kx, ky, d)
-    xb, inv_ladj = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    y, ladj = rqs(x, kx, ky, d)
+    xb, inv_ladj = rqs(y, kx, ky, d, inverse=True)
     inside = (x >= -1) & (x <= 2)
     assert inside.any() and (~inside).any()
     assert torch.allclose(xb, x, atol=rt_tol, rtol=0)
     assert torch.allclose(inv_ladj, -ladj, atol=ld_tol, rtol=0)
-    elementwise_check(lambda v: rational_quadratic_spline(v, kx, ky, d)[0], x, ladj, ld_tol)
-    elementwise_check(lambda v: rational_quadratic_spline(v, kx, ky, d, inverse=True)[0], y, inv_ladj, ld_tol)
+    elementwise_check(lambda v: rqs(v, kx, ky, d)[0], x, ladj, ld_tol)
+    elementwise_check(lambda v: rqs(v, kx, ky, d, inverse=True)[0], y, inv_ladj, ld_tol)
 
 
-def test_raw_identity_outside_and_continuity_at_knots():
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_identity_outside_and_continuity_at_knots(path):
+    rqs = raw(path)
     g = torch.Generator().manual_seed(1)
     kx, ky, d = random_knots((1,), 6, torch.float64, g, x_box=(-1.0, 1.0), y_box=(-1.0, 1.0))
     d[..., 0] = d[..., -1] = 1.0  # boundary slopes 1: continuous with the identity outside
     out = torch.tensor([-1e30, -5.0, -1 - 1e-9, 1 + 1e-9, 7.0, 1e30], dtype=torch.float64)
     for inverse in (False, True):
-        y, ladj = rational_quadratic_spline(out, *(t.expand(6, 7) for t in (kx, ky, d)), inverse=inverse)
+        y, ladj = rqs(out, *(t.expand(6, 7) for t in (kx, ky, d)), inverse=inverse)
         assert torch.equal(y, out) and torch.equal(ladj, torch.zeros_like(ladj))
     # every knot and both box edges, approached from both sides
     eps = 1e-11
     at = kx[0]
     left, right = at - eps, at + eps
     knots = [t.expand(7, 7) for t in (kx, ky, d)]
-    yl, _ = rational_quadratic_spline(left, *knots)
-    yr, _ = rational_quadratic_spline(right, *knots)
-    y0, _ = rational_quadratic_spline(at, *knots)
+    yl, _ = rqs(left, *knots)
+    yr, _ = rqs(right, *knots)
+    y0, _ = rqs(at, *knots)
     assert torch.allclose(yl, y0, atol=1e-9, rtol=0) and torch.allclose(yr, y0, atol=1e-9, rtol=0)
     assert torch.allclose(y0, ky[0], atol=1e-14, rtol=0)  # knots map onto knots
 
 
-def test_raw_uses_each_axis_box():
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_uses_each_axis_box(path):
     """Forward: spline on the knots_x interval; inverse: spline on the knots_y interval."""
+    rqs = raw(path)
     g = torch.Generator().manual_seed(11)
     kx, ky, d = random_knots((200,), 4, torch.float64, g, x_box=(-1.0, 2.0), y_box=(-3.0, 0.5))
     v = torch.linspace(-4, 3, 200, dtype=torch.float64)
-    y, ladj = rational_quadratic_spline(v, kx, ky, d)
+    y, ladj = rqs(v, kx, ky, d)
     assert torch.equal(y == v, (v < -1) | (v > 2)) and torch.equal(ladj == 0, y == v)
-    x, ladj = rational_quadratic_spline(v, kx, ky, d, inverse=True)
+    x, ladj = rqs(v, kx, ky, d, inverse=True)
     assert torch.equal(x == v, (v < -3) | (v > 0.5))
     inside = (v >= -3) & (v <= 0.5)
     assert ((x[inside] >= -1) & (x[inside] <= 2)).all()
 
 
-def test_raw_monotone():
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_monotone(path):
+    rqs = raw(path)
     g = torch.Generator().manual_seed(2)
     kx, ky, d = random_knots((1,), 8, torch.float64, g, y_box=(-3.0, 0.5))
     x = torch.linspace(-3, 4, 4001, dtype=torch.float64)
-    y, _ = rational_quadratic_spline(x, *(t.expand(4001, 9) for t in (kx, ky, d)))
+    y, _ = rqs(x, *(t.expand(4001, 9) for t in (kx, ky, d)))
     inside = (x >= -1) & (x <= 2)
     assert (y[inside].diff() > 0).all() and (y[~inside] == x[~inside]).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_raw_extreme_inputs(dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_extreme_inputs(path, dtype):
+    rqs = raw(path)
     g = torch.Generator().manual_seed(3)
     kx, ky, d = random_knots((1,), 4, dtype, g, x_box=(-1.0, 1.0), y_box=(-1.0, 1.0))
     big = 3e38 if dtype == torch.float32 else 1e300
@@ -137,36 +158,40 @@ def test_raw_extreme_inputs(dtype):
     for inverse in (False, True):
         knots = [t.expand(n, 5).clone().requires_grad_() for t in (kx, ky, d)]
         xg = x.clone().requires_grad_()
-        y, ladj = rational_quadratic_spline(xg, *knots, inverse=inverse)
+        y, ladj = rqs(xg, *knots, inverse=inverse)
         assert torch.isfinite(y).all() and torch.isfinite(ladj).all()
         grads = torch.autograd.grad(y.sum() + ladj.sum(), [xg, *knots])
         assert all(torch.isfinite(gr).all() for gr in grads)
         assert torch.equal(y[4:8], x[4:8]) and (ladj[4:8] == 0).all()  # far outside: the identity
 
 
-def test_raw_steep_derivatives_invert_accurately():
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_steep_derivatives_invert_accurately(path):
     """Derivative ratios up to 1e6 within a bin (b < 0 in the quadratic for many points): the
     inverse still recovers x to float64 precision times its slope."""
+    rqs = raw(path)
     d = torch.tensor([[1e-3, 1e3], [1e3, 1e-3], [1e-3, 1e-3], [1e3, 1e3], [1.0, 1e3]], dtype=torch.float64)
     n = 201
     kx = torch.tensor([0.0, 1.0], dtype=torch.float64).expand(5 * n, 2)
     ky = torch.tensor([0.0, 2.0], dtype=torch.float64).expand(5 * n, 2)
     x = torch.linspace(0, 1, n, dtype=torch.float64).repeat(5)
     dd = d.repeat_interleave(n, 0)
-    y, ladj = rational_quadratic_spline(x, kx, ky, dd)
-    xb, inv = rational_quadratic_spline(y, kx, ky, dd, inverse=True)
+    y, ladj = rqs(x, kx, ky, dd)
+    xb, inv = rqs(y, kx, ky, dd, inverse=True)
     assert torch.allclose(xb, x, atol=1e-12, rtol=0)  # the inverse's slope reaches 1e3 here
     assert torch.allclose(inv, -ladj, atol=1e-9, rtol=0)
 
 
-def test_raw_gradcheck():
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_gradcheck(path):
     """Gradients w.r.t. x, knots and derivatives (both directions) against finite differences."""
+    rqs = raw(path)
     g = torch.Generator().manual_seed(12)
     kx, ky, d = random_knots((7,), 3, torch.float64, g)
     x = torch.tensor([-1.5, -0.9, -0.2, 0.4, 1.1, 1.7, 2.5], dtype=torch.float64)
     for inverse in (False, True):
         args = [v.clone().requires_grad_() for v in (x, kx, ky, d)]
-        assert torch.autograd.gradcheck(lambda *a: rational_quadratic_spline(*a, inverse=inverse), args)
+        assert torch.autograd.gradcheck(lambda *a: rqs(*a, inverse=inverse), args)
 
 
 @settings(max_examples=40, deadline=None)
@@ -175,14 +200,15 @@ def test_raw_gradcheck():
     k=st.integers(1, 10),
     spread=st.floats(0.1, 10.0),
     seed=st.integers(0, 2**16),
+    path=st.sampled_from(PATHS),
 )
-def test_property_raw(shape, k, spread, seed):
+def test_property_raw(shape, k, spread, seed, path):
     """Random shapes, bin counts and knots: the spline inverts, its logdets negate, it is monotone."""
     g = torch.Generator().manual_seed(seed)
     kx, ky, d = random_knots(tuple(shape), k, torch.float64, g)
     x = (torch.rand(tuple(shape), generator=g, dtype=torch.float64) - 0.3) * spread
-    y, ladj = rational_quadratic_spline(x, kx, ky, d)
-    xb, inv = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    y, ladj = raw(path)(x, kx, ky, d)
+    xb, inv = raw(path)(y, kx, ky, d, inverse=True)
     assert y.shape == x.shape == ladj.shape
     assert torch.allclose(xb, x, atol=1e-10, rtol=0)
     assert torch.allclose(inv, -ladj, atol=1e-9, rtol=0)
@@ -213,9 +239,10 @@ def test_raw_shape_errors():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_bijection_round_trip_and_logdet(name, dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_bijection_round_trip_and_logdet(path, name, dtype):
     g = torch.Generator().manual_seed(4)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     rt_tol, ld_tol = TOL[dtype]
     std = 1.0 if dtype == torch.float64 else 0.5  # float32: keep slopes moderate (conditioning)
     x = torch.randn(50, generator=g, dtype=dtype) * bij.bound * 1.5
@@ -271,8 +298,9 @@ def test_bounded_spline_is_the_papers_parameterisation():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_bijection_exact_identity_at_zero_params(name, dtype):
-    bij = BIJECTIONS[name]()
+@pytest.mark.parametrize("path", PATHS)
+def test_bijection_exact_identity_at_zero_params(path, name, dtype):
+    bij = BIJECTIONS[name](backend=path)
     B = bij.bound
     x = torch.cat([torch.linspace(-2 * B, 2 * B, 401, dtype=dtype), torch.tensor([1e30, -1e30, TINY[dtype], 0.0])])
     p = torch.zeros(x.numel(), bij.n_params, dtype=dtype)
@@ -283,9 +311,10 @@ def test_bijection_exact_identity_at_zero_params(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_bijection_identity_outside_slope_one_and_continuity(name):
+@pytest.mark.parametrize("path", PATHS)
+def test_bijection_identity_outside_slope_one_and_continuity(path, name):
     g = torch.Generator().manual_seed(6)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     B = bij.bound
     n = 64
     p = params_for(bij, (n,), torch.float64, 1.0, g)
@@ -317,9 +346,10 @@ def test_bijection_identity_outside_slope_one_and_continuity(name):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_bijection_extreme_inputs(name, dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_bijection_extreme_inputs(path, name, dtype):
     g = torch.Generator().manual_seed(7)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     B = bij.bound
     special = torch.tensor([0.0, -0.0, TINY[dtype], -TINY[dtype], 1e30, -1e30, B, -B, 1e-30], dtype=dtype)
     n = special.numel()
@@ -342,10 +372,11 @@ def test_bijection_extreme_inputs(name, dtype):
 
 
 @pytest.mark.parametrize("cls", [BoundedSpline, FullyBoundedSpline])
-def test_sampling_displacement_is_bounded(cls):
+@pytest.mark.parametrize("path", PATHS)
+def test_sampling_displacement_is_bounded(path, cls):
     """x = RQS^{-1}(z - t) stays within the box width of z - t, whatever z and the params."""
     g = torch.Generator().manual_seed(8)
-    bij = cls()
+    bij = cls(backend=path)
     B = bij.bound
     z = torch.cat([torch.randn(500, generator=g, dtype=torch.float64) * 3, torch.tensor([1e30, -1e30, 0.5, -0.5])])
     p = params_for(bij, (z.numel(),), torch.float64, 3.0, g)
@@ -354,10 +385,11 @@ def test_sampling_displacement_is_bounded(cls):
     assert ((x - (z - t)).abs() <= 2 * B).all()
 
 
-def test_fully_bounded_spline_survives_huge_params():
+@pytest.mark.parametrize("path", PATHS)
+def test_fully_bounded_spline_survives_huge_params(path):
     """Bounded d and t: finite outputs, gradients and displacement for any raw params (the paper's
     version overflows exp(d) here, the failure the pilot saw on inputs far outside [0, 1])."""
-    bij = FullyBoundedSpline()
+    bij = FullyBoundedSpline(backend=path)
     z = torch.tensor([0.0, 0.3, -0.4, 1e30, 5.0], dtype=torch.float32).repeat(4)
     p = torch.tensor([[1e30, -1e30, 1e30, 1e30], [-1e30, 1e30, -1e30, -1e30], [50.0, -50.0, 200.0, 1e6],
                       [0.0, 0.0, -200.0, -1e6]], dtype=torch.float32).repeat_interleave(5, 0).requires_grad_()
@@ -367,15 +399,16 @@ def test_fully_bounded_spline_survives_huge_params():
         assert ((out - z).abs() <= bij.max_shift + 2 * bij.bound + 1e-5).all()
         (gp,) = torch.autograd.grad(out.sum() + ladj.sum(), p)
         assert torch.isfinite(gp).all()
-    paper, _ = BoundedSpline()(z, p.detach())
+    paper, _ = BoundedSpline(backend=path)(z, p.detach())
     assert not torch.isfinite(paper).all()  # exp(d) overflows: why the fully bounded variant exists
 
 
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_bijection_gradcheck(name):
+@pytest.mark.parametrize("path", PATHS)
+def test_bijection_gradcheck(path, name):
     """Gradients of outputs and logdets w.r.t. x and the raw params against finite differences."""
     g = torch.Generator().manual_seed(13)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     x = torch.linspace(-1.5, 1.5, 9, dtype=torch.float64) * bij.bound + 0.0123
     p = params_for(bij, (9,), torch.float64, 1.0, g)
     for fn in (bij, bij.inverse):
@@ -389,11 +422,12 @@ def test_bijection_gradcheck(name):
     std=st.floats(0.0, 4.0),
     spread=st.floats(0.1, 5.0),
     seed=st.integers(0, 2**16),
+    path=st.sampled_from(PATHS),
 )
-def test_property_bijections(name, shape, std, spread, seed):
+def test_property_bijections(name, shape, std, spread, seed, path):
     """Random shapes and raw parameters: round trip, logdet negation, monotone in x."""
     g = torch.Generator().manual_seed(seed)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     x = torch.randn(*shape, generator=g, dtype=torch.float64) * spread
     p = params_for(bij, shape, torch.float64, std, g)
     y, ladj = bij(x, p)
@@ -476,69 +510,111 @@ def test_spline_layers_start_as_exact_identity(name):
     assert torch.equal(xb, x)
 
 
-# ----------------------------------------------------------------------------- the torch.compile path
+# ----------------------------------------------------------------------------- the kernels against the reference
 
 
-COMPILED_CASES = {
-    "bounded": BoundedSpline,
-    "fully-bounded": FullyBoundedSpline,
-    "rq": RQSpline,
-    "rq-3-planes": lambda: RQSpline(bins=3, bound=1.0),  # params laid out as a conv conditioner does
+AGREEMENT_CASES = {  # name -> (constructor, params layout)
+    "bounded": (BoundedSpline, "rows"),
+    "bounded-planes": (BoundedSpline, "planes"),
+    "fully-bounded": (FullyBoundedSpline, "conv"),
+    "rq": (RQSpline, "rows"),
+    "rq-3-planes": (lambda **kw: RQSpline(bins=3, bound=1.0, **kw), "planes"),
+    "rq-conv": (RQSpline, "conv"),
+}
+LAYOUTS = {  # the same values in three memory layouts, each viewed as x.shape + (n,)
+    "rows": lambda p: p,  # each element's parameters side by side
+    "planes": lambda p: p.movedim(-1, 0).contiguous().movedim(0, -1),  # each parameter contiguous over the elements
+    "conv": lambda p: p.movedim(-1, 1).contiguous().movedim(1, -1),  # (B, n, ...) as a conv conditioner writes them
 }
 
 
-def _eager_and_compiled(fn, *inputs):
-    """fn's outputs and the gradients of their sum w.r.t. every input, eagerly and compiled."""
+def _values_and_grads(fn, *inputs):
+    """fn's outputs (y, logabsdet), the gradients of y.sum() w.r.t. every input, then those of logabsdet.sum()."""
     out = []
-    for enabled in (False, True):
-        splines.set_compile(enabled)
-        try:
-            leaves = [v.detach().clone().requires_grad_() for v in inputs]
-            values = fn(*leaves)
-            grads = torch.autograd.grad(sum(v.sum() for v in values), leaves)
-            failed = enabled and not splines.compile_enabled()
-        finally:
-            splines.set_compile(False)
-        if failed:
-            pytest.skip(f"torch.compile is not available here: {splines._COMPILE['failed']}")
-        out.append((values, grads))
-    return out
+    for which in (0, 1):  # two passes: a compiled backward cannot retain its graph
+        leaves = [v.detach().clone().requires_grad_() for v in inputs]
+        values = fn(*leaves)
+        out += [v.detach() for v in values] if which == 0 else []
+        out += torch.autograd.grad(values[which].sum(), leaves)
+    return out[:2] + out[2:]
 
 
-@pytest.mark.parametrize("name", sorted(COMPILED_CASES) + ["raw"])
-def test_compiled_matches_eager_float64(name):
-    """set_compile(True) gives the eager numbers and gradients (float64, both directions, inside and
-    outside the box, on the knots), and params 0 still give exactly the identity."""
+def _skip_unless_compiled(backend: str) -> None:
+    if backend == "compiled" and spline_kernels._Compiled.failure is not None:
+        pytest.skip(f"torch.compile is not available here: {spline_kernels._Compiled.failure}")
+
+
+def _agreement_inputs(name: str, inverse: bool, g: torch.Generator):
+    """(x, params or knots, on_knot) in float64: random points inside and outside the box, its two
+    ends and the knots on the axis the map takes as input, and which elements sit on a knot."""
+    if name == "raw":
+        kx, ky, d = random_knots((6, 11), 4, torch.float64, g)
+        x = torch.rand(6, 11, generator=g, dtype=torch.float64) * 5 - 2  # [-2, 3]: the box is [-1, 2]
+        for v in (kx, ky, d):  # elements (i, 0..4) share the knots of element (i, 0) ...
+            v[:, :5] = v[:, :1]
+        x[:, :5] = (ky if inverse else kx)[:, 0]  # ... and sit on them, the box's ends included
+        return x, (kx, ky, d), torch.arange(11) < 5
+    build, layout = AGREEMENT_CASES[name]
+    bij = build()
+    p = params_for(bij, (6, 11), torch.float64, 1.0, g)
+    x = torch.randn(6, 11, generator=g, dtype=torch.float64) * bij.bound * 1.5
+    knots = bij.knots(p)[1 if inverse else 0]
+    if inverse and isinstance(bij, BoundedSpline):
+        knots = knots + bij.shift(p)[..., None]
+    m = knots.shape[-1]
+    p[:, :m] = p[:, :1]  # elements (i, 0..m-1) share the params of element (i, 0) ...
+    x[:, :m] = knots[:, 0]  # ... and sit on its knots, the box's ends included
+    return x, (LAYOUTS[layout](p),), torch.arange(11) < m
+
+
+@pytest.mark.parametrize("backend", ["fast", "compiled"])
+@pytest.mark.parametrize("name", sorted(AGREEMENT_CASES) + ["raw"])
+def test_kernels_match_the_reference_float64(name, backend):
+    """The fast and the compiled kernels give the reference's numbers and gradients: float64, both
+    directions, inside and outside the box, at its ends and on the knots, params in rows, planes
+    and a conv conditioner's layout; and params 0 still give exactly the identity. On a knot, the
+    box's ends included, the log-slope has a kink: its gradient is one side's, and a knot computed
+    an ulp apart (the compiled tanh) may pick the other side, so it is compared off the knots."""
     g = torch.Generator().manual_seed(14)
     for inverse in (False, True):
-        if name == "raw":
-            kx, ky, d = random_knots((6, 11), 4, torch.float64, g)
-            x = torch.rand(6, 11, generator=g, dtype=torch.float64) * 5 - 2  # [-2, 3]: the box is [-1, 2]
-            x[:, 0], x[:, 1] = kx[:, 0, 1], kx[:, 1, 2]  # on interior knots
-
-            def fn(x, kx, ky, d, inverse=inverse):
-                return rational_quadratic_spline(x, kx, ky, d, inverse=inverse)
-
-            args = (x, kx, ky, d)
-        else:
-            bij = COMPILED_CASES[name]()
-            p = params_for(bij, (6, 11), torch.float64, 1.0, g)
-            if name.endswith("planes"):
-                p = p.movedim(-1, 0).contiguous().movedim(0, -1)
-            x = torch.randn(6, 11, generator=g, dtype=torch.float64) * bij.bound * 1.5
-            x[0, :2] = torch.tensor([bij.bound, -bij.bound])
-            fn = bij.inverse if inverse else bij
-            args = (x, p)
-        (v_e, g_e), (v_c, g_c) = _eager_and_compiled(fn, *args)
-        for a, b in zip(v_e + g_e, v_c + g_c):
-            assert torch.allclose(a, b, atol=1e-11, rtol=1e-11), (name, inverse, (a - b).abs().max())
-        if name != "raw":  # exactly the identity at params 0, compiled too
-            splines.set_compile(True)
-            try:
-                y, ladj = fn(x, torch.zeros_like(p))
-            finally:
-                splines.set_compile(False)
+        x, args, on_knot = _agreement_inputs(name, inverse, g)
+        out = {}
+        for path in ("reference", backend):
+            if name == "raw":
+                def fn(x, kx, ky, d, path=path, inverse=inverse):
+                    return rational_quadratic_spline(x, kx, ky, d, inverse=inverse, backend=path)
+            else:
+                bij = AGREEMENT_CASES[name][0](backend=path)
+                fn = bij.inverse if inverse else bij
+            out[path] = _values_and_grads(fn, x, *args)
+            _skip_unless_compiled(path)
+        n = 2 + len(args) + 1  # values, then the gradients of y, then that of the log-slope w.r.t. x
+        for i, (a, b) in enumerate(zip(out["reference"], out[backend])):
+            if i >= n:  # log-slope gradients: off the knots
+                a, b = a[:, ~on_knot], b[:, ~on_knot]
+            assert torch.allclose(a, b, atol=1e-11, rtol=1e-11), (name, inverse, i, (a - b).abs().max())
+        if name != "raw":  # exactly the identity at params 0
+            y, ladj = fn(x, torch.zeros_like(args[0]))
             assert torch.equal(y, x) and ladj.abs().max() <= 4 * torch.finfo(torch.float64).eps
+
+
+def test_backend_is_explicit_and_set_backend_changes_it(monkeypatch):
+    """The backend is a constructor argument (MINFLOW_COMPILE=1 at construction picks "compiled");
+    `set_backend` switches every spline inside a model; unknown names are refused."""
+    monkeypatch.delenv("MINFLOW_COMPILE", raising=False)
+    assert RQSpline().backend == "fast" and BoundedSpline(backend="reference").backend == "reference"
+    monkeypatch.setenv("MINFLOW_COMPILE", "1")
+    assert FullyBoundedSpline().backend == "compiled" and RQSpline(backend="fast").backend == "fast"
+    layer = mf.Coupling(4, 3, BoundedSpline(), kind="conv", hidden=8)
+    assert splines.set_backend(layer, "reference") is layer
+    assert [m.backend for m in layer.modules() if isinstance(m, BoundedSpline)] == ["reference"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        RQSpline(backend="gpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        splines.set_backend(layer, "eager")
+    kx, ky, d = random_knots((3,), 2, torch.float64)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rational_quadratic_spline(torch.zeros(3, dtype=torch.float64), kx, ky, d, backend="slow")
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
@@ -550,21 +626,18 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 
         return run
 
-    bij = RQSpline(bins=4)
     g = torch.Generator().manual_seed(15)
-    x, p = torch.randn(20, generator=g, dtype=torch.float64), params_for(bij, (20,), torch.float64, 1.0, g)
-    expected = bij(x, p)
+    fast, compiled = RQSpline(bins=4), RQSpline(bins=4, backend="compiled")
+    x, p = torch.randn(20, generator=g, dtype=torch.float64), params_for(fast, (20,), torch.float64, 1.0, g)
+    expected = fast(x, p)
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(splines, "_COMPILED", {})
-    splines.set_compile(True)
-    try:
-        with pytest.warns(RuntimeWarning, match="running eagerly"):
-            got = bij(x, p)
-        assert not splines.compile_enabled() and "simulated" in splines._COMPILE["failed"]
-        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-        assert torch.equal(bij.inverse(got[0], p)[0], bij.inverse(expected[0], p)[0])  # no second warning
-    finally:
-        splines.set_compile(False)
+    monkeypatch.setattr(spline_kernels._Compiled, "cache", {})
+    monkeypatch.setattr(spline_kernels._Compiled, "failure", None)
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        got = compiled(x, p)
+    assert "simulated" in spline_kernels._Compiled.failure
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert torch.equal(compiled.inverse(got[0], p)[0], fast.inverse(expected[0], p)[0])  # no second warning
 
 
 # ----------------------------------------------------------------------------- eager slices and layouts
@@ -591,12 +664,12 @@ def test_rq_spline_slices_and_layouts_give_the_same_numbers(monkeypatch, dtype):
 
     for fn in (bij, bij.inverse):
         whole = run(fn, rows)
-        monkeypatch.setattr(splines, "_CHUNK", 5)  # slices of 1 row (24 elements) and more
-        assert splines._CHUNK * 2 < x.numel()
+        monkeypatch.setattr(spline_kernels, "_CHUNK", 5)  # slices of 1 row (24 elements) and more
+        assert spline_kernels._CHUNK * 2 < x.numel()
         for p in (rows, planes, conv):
             for a, b in zip(whole, run(fn, p)):  # a matmul may round differently on a slice: 1 ulp
                 assert torch.allclose(a, b, rtol=tol, atol=tol), (fn, (a - b).abs().max())
-        monkeypatch.setattr(splines, "_CHUNK", 3 << 14)
+        monkeypatch.setattr(spline_kernels, "_CHUNK", 3 << 14)
         assert torch.allclose(run(fn, planes)[0], whole[0], rtol=tol, atol=tol)
 
 
@@ -647,13 +720,14 @@ def _edge_points(bij, p: Tensor, inverse: bool) -> Tensor:
 
 @pytest.mark.parametrize("tie", [0.0, 1.0])
 @pytest.mark.parametrize("name", sorted(BIJECTIONS))
-def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(name, tie, monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(path, name, tie, monkeypatch):
     """autograd's slope equals exp(logabsdet) on the box's ends and knots, and is 1 just outside,
     both ways, under either rule for clamp's gradient at its bounds (torch changed it in 2.14)."""
     monkeypatch.setattr(torch, "clamp", _clamp_with_tie_gradient(tie))
     monkeypatch.setattr(torch.Tensor, "clamp", _clamp_with_tie_gradient(tie))
     g = torch.Generator().manual_seed(21)
-    bij = BIJECTIONS[name]()
+    bij = BIJECTIONS[name](backend=path)
     p = params_for(bij, (8,), torch.float64, 1.0, g)
     for inverse in (False, True):
         pts = _edge_points(bij, p, inverse)  # (8, m)
@@ -667,41 +741,45 @@ def test_slope_at_box_ends_knots_and_just_outside_whatever_clamps_tie_rule(name,
 
 
 @pytest.mark.parametrize("tie", [0.0, 1.0])
-def test_raw_slope_at_box_ends_whatever_clamps_tie_rule(tie, monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_raw_slope_at_box_ends_whatever_clamps_tie_rule(path, tie, monkeypatch):
     """The raw function with end derivatives far from 1: the slope at each end is that derivative."""
+    rqs = raw(path)
     monkeypatch.setattr(torch, "clamp", _clamp_with_tie_gradient(tie))
     monkeypatch.setattr(torch.Tensor, "clamp", _clamp_with_tie_gradient(tie))
     g = torch.Generator().manual_seed(22)
     kx, ky, d = random_knots((16,), 4, torch.float64, g)
     for inverse, axis, want in ((False, kx, d), (True, ky, 1 / d)):
         for j in range(5):  # every knot, both ends included
-            slope, ladj, _ = _slope(lambda v, inverse=inverse: rational_quadratic_spline(v, kx, ky, d, inverse=inverse),
+            slope, ladj, _ = _slope(lambda v, inverse=inverse: rqs(v, kx, ky, d, inverse=inverse),
                                     axis[:, j])
             assert torch.allclose(slope, want[:, j], rtol=1e-9, atol=0), (inverse, j)
             assert torch.allclose(ladj, want[:, j].log(), rtol=0, atol=1e-9), (inverse, j)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_box_ends_agree_both_ways(dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_box_ends_agree_both_ways(path, dtype):
     """Forward at x = B and inverse at y = B are both inside: each end maps to the other end's box
     (never a rounding step outside it), and the logdets of both, and of a round trip from either
     end, sum to 0, for any end derivatives."""
+    rqs = raw(path)
     g = torch.Generator().manual_seed(23)
     kx, ky, d = random_knots((400,), 4, dtype, g, y_box=(-1.0, 2.0))
     d[:5, 0], d[:5, -1] = 0.26, 0.26  # the case a user met: logdet -1.35 forward, 0 back
     tol = 1e-12 if dtype == torch.float64 else 1e-4
     for j in (0, -1):
-        y, ld = rational_quadratic_spline(kx[:, j], kx, ky, d)
+        y, ld = rqs(kx[:, j], kx, ky, d)
         assert ((y >= ky[:, 0]) & (y <= ky[:, -1])).all() and torch.allclose(y, ky[:, j], atol=tol, rtol=0)
-        x, ld_inv = rational_quadratic_spline(ky[:, j], kx, ky, d, inverse=True)
+        x, ld_inv = rqs(ky[:, j], kx, ky, d, inverse=True)
         assert ((x >= kx[:, 0]) & (x <= kx[:, -1])).all() and torch.allclose(x, kx[:, j], atol=tol, rtol=0)
         assert (ld + ld_inv).abs().max() <= tol
         assert (ld - d[:, j].log()).abs().max() <= tol
-        _, ld_back = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+        _, ld_back = rqs(y, kx, ky, d, inverse=True)
         assert (ld + ld_back).abs().max() <= tol
     # float32: the bin's ends are recomputed from cumulative sizes, so xi = 1 holds to ~1e-5 there
     tol = 1e-10 if dtype == torch.float64 else 1e-3
-    for bij in (RQSpline(), RQSpline(bins=3, bound=1.0)):
+    for bij in (RQSpline(backend=path), RQSpline(bins=3, bound=1.0, backend=path)):
         p = params_for(bij, (400,), dtype, 1.5, g)
         for B in (bij.bound, -bij.bound):
             x = torch.full((400,), B, dtype=dtype)
@@ -713,25 +791,27 @@ def test_box_ends_agree_both_ways(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(dtype):
+@pytest.mark.parametrize("path", PATHS)
+def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(path, dtype):
     """An end bin 1e-7 wide (in float32 it rounds to zero width): outside the box the inverse is
     exactly the identity with logdet 0, as in zuko and nflows; in float64 the gradients are finite too."""
+    rqs = raw(path)
     kx = torch.tensor([-3, 3 - 1e-7, 3], dtype=dtype).expand(3, 3)
     ky = torch.tensor([-3.0, 2, 3], dtype=dtype).expand(3, 3)
     d = torch.tensor([1, 0.5, 1], dtype=dtype).expand(3, 3)
     y = torch.tensor([3.5, 10, 1e30], dtype=dtype)
-    x, ladj = rational_quadratic_spline(y, kx, ky, d, inverse=True)
+    x, ladj = rqs(y, kx, ky, d, inverse=True)
     assert torch.equal(x, y) and torch.equal(ladj, torch.zeros_like(y))
     if dtype == torch.float64:
         leaves = [v.clone().requires_grad_() for v in (y, kx, ky, d)]
-        x, ladj = rational_quadratic_spline(*leaves, inverse=True)
+        x, ladj = rqs(*leaves, inverse=True)
         grads = torch.autograd.grad(x.sum() + ladj.sum(), leaves)
         assert all(torch.isfinite(gr).all() for gr in grads)
         assert torch.equal(grads[0], torch.ones_like(y))
         inside = torch.tensor([3.0, 2.9999999, 2.5, 2.0], dtype=dtype)  # the steep bin's ends and interior
-        xi, li = rational_quadratic_spline(inside, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3), inverse=True)
+        xi, li = rqs(inside, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3), inverse=True)
         assert ((xi >= 3 - 1e-7) & (xi <= 3)).all() and torch.isfinite(li).all()
-        yb, lb = rational_quadratic_spline(xi, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3))
+        yb, lb = rqs(xi, kx[:1].expand(4, 3), ky[:1].expand(4, 3), d[:1].expand(4, 3))
         # x is known to ulp(3) ~ 4e-16 on a bin 1e-7 wide: xi to ~4e-9, the log-slope (up to 17) to ~1e-5
         assert torch.allclose(yb, inside, atol=1e-9, rtol=0) and torch.allclose(lb, -li, atol=1e-4, rtol=0)
 
@@ -742,9 +822,10 @@ def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(dtype):
     st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=11, max_size=11),
     st.floats(-5, 5, width=32),
 )
-def test_rq_spline_finite_for_every_finite_float32_param(raw, x0):
+@pytest.mark.parametrize("path", PATHS)
+def test_rq_spline_finite_for_every_finite_float32_param(path, raw, x0):
     """Any finite float32 raw parameters (up to +-3.4e38) give finite values, logdets and gradients."""
-    bij = RQSpline(bins=4)
+    bij = RQSpline(bins=4, backend=path)
     p = torch.tensor(raw, dtype=torch.float32).expand(5, 11)
     x = torch.tensor([x0, 0.0, bij.bound, -bij.bound, 2.9], dtype=torch.float32)
     for fn in (bij, bij.inverse):
@@ -755,12 +836,11 @@ def test_rq_spline_finite_for_every_finite_float32_param(raw, x0):
         assert torch.isfinite(gx).all() and torch.isfinite(gp).all()
 
 
-def test_rq_spline_finite_at_float32_extremes():
+@pytest.mark.parametrize("path", PATHS)
+def test_rq_spline_finite_at_float32_extremes(path):
     big = torch.finfo(torch.float32).max
-    bij = RQSpline(bins=4)
     for fill in ([big] * 11, [-big] * 11, [big, -big] * 5 + [big], [0.0] * 8 + [big, -big, 1e21]):
-        test_rq_spline_finite_for_every_finite_float32_param.hypothesis.inner_test(fill, 1.0)
-    del bij
+        test_rq_spline_finite_for_every_finite_float32_param.hypothesis.inner_test(path, fill, 1.0)
 
 
 def test_softplus_derivatives_floor_and_cap():
