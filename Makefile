@@ -2,6 +2,7 @@
 #   make lab    create the environment if missing, then open JupyterLab at the repository root
 #   make test   unit + property tests, every chapter under nbval in quick mode, pairing check
 #   make unit   the unit + property tests only (tests/)
+#   make lint   ruff: lint and format check (part of make test)
 #   make test-newest  `make test` in .venv-newest with the newest torch pip finds on the registry
 #   make unit-oldest  `make unit` in .venv-oldest with the oldest torch the package allows
 #   make ci     all three, as .ci/run does
@@ -21,7 +22,7 @@ TORCH  ?=
 TORCH_OLDEST ?= torch==2.4.1
 TORCH_NEWEST ?= torch
 
-.PHONY: env lab test unit test-newest unit-oldest ci book notebooks students slides clean FORCE
+.PHONY: env lab lint test unit test-newest unit-oldest ci book notebooks students slides clean FORCE
 
 env: $(STAMP)
 
@@ -49,8 +50,13 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
-test: $(STAMP)
+test: lint
 	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests chapters --nbval-lax $(PYTEST_ARGS)
+
+# ruff: lint and formatting of the package, tests, tools and benchmarks (settings in pyproject.toml)
+lint: $(STAMP)
+	$(PY) -m ruff check minflow tests tools benchmarks
+	$(PY) -m ruff format --check minflow tests tools benchmarks
 
 unit: $(STAMP)
 	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests $(PYTEST_ARGS)
