@@ -137,7 +137,7 @@ print(f"encoder: {n_params(encoder):,} parameters")
 
 # %%
 def affine():
-    return sr.make_bijection("affine")  # Affine('sigmoid', eps=1e-4): SRFlow's scale
+    return mf.make_bijection("affine")  # Affine('sigmoid', eps=1e-4): SRFlow's scale
 
 
 def flow_level(c: int) -> tuple[list, int]:

@@ -30,6 +30,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+__all__ = [
+    "BUILDERS", "available", "build", "builder", "config_digest", "data_dir", "load_pretrained", "load_state",
+    "read_manifest", "register_builder", "save_checkpoint"
+]  # fmt: skip
+
 BUILDERS: dict[str, str | Callable[..., nn.Module]] = {
     "srflow": "minflow.sr:build_srflow",
     "llflow": "minflow.lowlight:build_llflow",

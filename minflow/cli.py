@@ -27,6 +27,8 @@ from .sr import SRFlowConfig
 from .bijections import ALIASES, bijection_names
 from .toy import ToyFlowConfig
 
+__all__ = ["PROG", "checkpoint_name", "main", "nonnegative_int", "parser", "positive_float", "positive_int"]
+
 PROG = "python -m minflow"
 
 # ----------------------------------------------------------------------------- argument types

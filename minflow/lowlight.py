@@ -39,6 +39,11 @@ from .imageflow import ImageFlow, ImageFlowConfig
 from .sr import Encoder, flow_level
 from .transforms import Cond, Features, Generator, Squeeze, Transform, zero_layer
 
+__all__ = [
+    "LLFlow", "LLFlowConfig", "LowLightEncoder", "PriorMean", "build_llflow", "colour_ratio", "encoder_inputs",
+    "enhance", "equalize", "squeeze_times"
+]  # fmt: skip
+
 # ----------------------------------------------------------------------------- encoder inputs
 
 

@@ -36,6 +36,8 @@ from .couplings import Coupling, Injector
 from .imageflow import ImageFlow, ImageFlowConfig
 from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
 
+__all__ = ["RDB", "Encoder", "SRFlow", "SRFlowConfig", "build_srflow", "flow_level", "super_resolve"]
+
 def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: Spec, lu: bool) -> list:
     """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
     `steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]; every injector and

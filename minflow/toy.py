@@ -44,6 +44,13 @@ from .metrics import min_scale
 from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
 
+__all__ = [
+    "A", "CENTER_GAIN", "TRUE_NLL", "OOD_DIRECTION", "FIRST_OOD_RADIUS", "FAR_OOD_RADIUS", "RING_DIRECTIONS",
+    "IN_DIST_Y", "ToyFlowConfig", "as_cond", "corners", "diagnose", "flow_device", "inside_fraction", "jacobian_sv",
+    "jump", "latent", "ring", "ring_directions", "sample_at", "sample_toy", "sample_x", "sample_y", "spread",
+    "sweep", "to_u", "toy_flow", "train_toy", "true_cov", "true_mean", "true_spread", "validation_nll", "worst"
+]  # fmt: skip
+
 # ----------------------------------------------------------------------------- the task
 
 A = torch.tensor([[1.0, 0.0], [0.8, 0.15]])

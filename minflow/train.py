@@ -47,6 +47,12 @@ from .sr import SRFlowConfig
 from .toy import ToyFlowConfig
 from .utils import seed_everything
 
+__all__ = [
+    "LOWLIGHT", "RUNS", "SR", "NonFiniteLoss", "Progress", "Task", "TrainConfig", "TrainError", "check_run",
+    "checkpoint_root", "evaluate", "fit", "ship", "train_images", "train_toy_checkpoint", "validation_pairs",
+    "with_lr"
+]  # fmt: skip
+
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 
 
