@@ -121,7 +121,7 @@ plt.show()
 # starts at zero, so at initialisation every coupling is the fixed contraction z_b = 0.88 x_b.
 
 # %%
-flow = toy.toy_flow("affine", steps=4, hidden=64, depth=4).to(device)
+flow = toy.toy_flow("affine", flow_steps=4, hidden=64, depth=4).to(device)
 print([type(layer).__name__ for layer in flow.layers])
 print(flow.layers[2])
 print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")

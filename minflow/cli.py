@@ -101,7 +101,7 @@ def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) 
     p.add_argument("--crop", type=positive_int, default=64, help="training crop size (of the clean image)")
     p.add_argument("--levels", type=positive_int, default=3)
     p.add_argument("--flow-steps", type=positive_int, default=flow_steps, help="conditional steps K per level")
-    p.add_argument("--width", type=positive_int, default=32, help="conditioner width")
+    p.add_argument("--hidden", "--width", type=positive_int, default=32, help="conditioner width")
     p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
     p.add_argument("--blocks", type=positive_int, default=blocks, help="encoder residual dense blocks")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -119,7 +119,7 @@ Job = Callable[[str], object]  # a checked run, given the command line to record
 
 
 def prepare_sr(args: argparse.Namespace) -> Job:
-    model = SRFlowConfig(factor=args.factor, levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf,
+    model = SRFlowConfig(factor=args.factor, levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf,
                          blocks=args.blocks, coupling=args.coupling, prior=args.prior)  # fmt: skip
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
@@ -127,7 +127,7 @@ def prepare_sr(args: argparse.Namespace) -> Job:
 
 
 def prepare_lowlight(args: argparse.Namespace) -> Job:
-    model = LLFlowConfig(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf, blocks=args.blocks,
+    model = LLFlowConfig(levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf, blocks=args.blocks,
                          coupling=args.coupling)  # fmt: skip
     cfg = train_config(args)
     train.check_run(model, cfg, val_size=args.val_size)
@@ -137,7 +137,7 @@ def prepare_lowlight(args: argparse.Namespace) -> Job:
 def prepare_toy(args: argparse.Namespace) -> Job:
     if args.root is not None and not args.ship:
         raise ValueError("--root names the data folder that --ship writes into; add --ship")
-    model = ToyFlowConfig(coupling=args.coupling, steps=args.flow_steps, hidden=args.hidden, depth=args.depth)
+    model = ToyFlowConfig(coupling=args.coupling, flow_steps=args.flow_steps, hidden=args.hidden, depth=args.depth)
     cfg = train_config(args, args.name or f"toy_{args.coupling}_s{args.seed}")
     return lambda command: train.train_toy_checkpoint(model, cfg, command, args.root)
 

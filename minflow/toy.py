@@ -8,7 +8,7 @@ centred at y / 2:
 so E[x | y] = y / 2 and Cov[x | y] = A A^T / 3 (the same for every y). The flow learns p(x | y)
 from pairs (x, y) drawn with y in distribution; chapter 3 then asks it for samples at y far away.
 
-The models. `toy_flow` stacks ``steps`` blocks of [ActNorm, 2x2 invertible linear map,
+The models. `toy_flow` stacks ``flow_steps`` blocks of [ActNorm, 2x2 invertible linear map,
 conditional coupling] whose element-wise bijection is picked by name (`minflow.bijections`:
 "affine" is SRFlow's sigmoid(h + 2) + 1e-4 scale) or given as a factory. It is registered as the checkpoint
 builder "toy", so shipped checkpoints load with ``load_pretrained("toy_affine_s0")``.
@@ -138,11 +138,11 @@ def inside_fraction(x: Tensor, y: Tensor, margin: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class ToyFlowConfig:
-    """The architecture of a `toy_flow`: the `coupling` bijection's name, `steps` coupling blocks,
+    """The architecture of a `toy_flow`: the `coupling` bijection's name, `flow_steps` coupling blocks,
     conditioner `hidden` width and `depth` (what toy checkpoint manifests store)."""
 
     coupling: Spec = "affine"
-    steps: int = 4
+    flow_steps: int = 4
     hidden: int = 64
     depth: int = 4
 
@@ -151,8 +151,8 @@ class ToyFlowConfig:
         object.__setattr__(self, "coupling", spec_name(self.coupling))
 
 
-def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
-    """The toy conditional flow: `steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
+def toy_flow(coupling: Spec = "affine", flow_steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
+    """The toy conditional flow: `flow_steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
 
     ``coupling`` names the element-wise bijection (`minflow.bijections`, e.g. "affine" or
     "bounded_spline") or is a factory of one (e.g. a class); extra keywords go to it (e.g. ``eps``
@@ -160,7 +160,7 @@ def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth:
     ([x_a, y] -> `depth` ReLU layers of `hidden` -> zero-initialised output).
     """
     layers = []
-    for _ in range(steps):
+    for _ in range(flow_steps):
         bijection = make_bijection(coupling, **kw)
         layers += [ActNorm(2), InvConv1x1(2), Coupling(2, 2, bijection, kind="mlp", hidden=hidden, depth=depth)]
     return ConditionalFlow(layers, event_shape=(2,))

@@ -167,13 +167,14 @@ def _clone(obj):
     return obj
 
 
-def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path) -> list[list]:
-    """The saved run's lr history, after checking that it may go on with these settings."""
+def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path, builder: str) -> list[list]:
+    """The saved run's lr history, after checking that it may go on with these settings (the saved
+    config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
     saved = dict(state["hyper"])
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
     saved.pop("lr", None)  # older states kept their one lr here
     differ = [f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
-              for what, old, new in (("config", state["config"], config), ("setting", saved, hyper))
+              for what, old, new in (("config", checkpoints.upgrade_config(builder, state["config"]), config), ("setting", saved, hyper))
               for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
     if differ:
         raise TrainError(f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
@@ -198,7 +199,7 @@ def _divergence(what: str, loss: Tensor, failed: int, saved: dict, retake: bool,
 
 
 def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg: TrainConfig, config: dict,
-        on_step: Callable[[Progress], None] | None = None, command: str | None = None) -> Progress:
+        on_step: Callable[[Progress], None] | None = None, command: str | None = None, builder: str = "") -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
     Each step takes ``x, cond = batches(gen)`` and one Adam step (betas 0.9, 0.99) on
@@ -211,7 +212,8 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg:
     saved and loaded back into `model`: resuming retakes that update on the same batch (the state
     after it would meet the same non-finite value again, whatever the lr). The message names the
     command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
-    checkpoint).
+    checkpoint). `builder` names the checkpoint builder of `config` (a saved state's older config
+    keys are renamed as for it).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -223,7 +225,7 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg:
     state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, cfg.lr]]
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
-        lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path)
+        lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path, builder)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         gen.set_state(state["generator"])
@@ -417,7 +419,7 @@ def train_images(task: Task, config: SRFlowConfig | LLFlowConfig, cfg: TrainConf
         if early and progress.step == early:
             save(f"{cfg.name}_early", progress)
 
-    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command)
+    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command, builder=task.builder)
     return save(cfg.name, progress)
 
 

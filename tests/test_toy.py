@@ -154,7 +154,7 @@ def test_command_writes_a_loadable_checkpoint(tmp_path):
     assert path == tmp_path / "checkpoints" / "toy_affine_s3.pt"
     man = read_manifest("toy_affine_s3", tmp_path)
     assert man["builder"] == "toy" and man["seed"] == 3 and man["steps"] == 5
-    assert man["config"] == {"coupling": "affine", "steps": 4, "hidden": 16, "depth": 1}
+    assert man["config"] == {"coupling": "affine", "flow_steps": 4, "hidden": 16, "depth": 1}
     assert man["command"] == "python -m minflow train-toy " + " ".join(args)
     assert man["wall_time_s"] >= 0 and {"val_nll", "spread_y0", "inside_frac_y0"} <= set(man["metrics"])
     flow = load_pretrained("toy_affine_s3", root=tmp_path)

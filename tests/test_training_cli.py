@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = data_dir() / "checkpoints"  # the repository's, read before any test changes $MINFLOW_DATA
 
 TOY = ["--steps", "2", "--hidden", "8", "--depth", "1", "--flow-steps", "1", "--batch", "16", "--no-progress"]
-SR = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "32",
+SR = ["--levels", "2", "--flow-steps", "1", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "32",
       "--val-size", "64", "--val-samples", "1", "--no-progress", "--threads", "1"]  # fmt: skip
-LL = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
+LL = ["--levels", "2", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
       "--no-progress", "--threads", "1"]  # fmt: skip
 COMMANDS = {  # name -> (main, argv before the options, tiny options)
     "toy": (cli.main, ["train-toy"], TOY),
@@ -150,7 +150,7 @@ BAD = [(which, option, value) for which in ("toy", "sr", "lowlight") for option,
     ("--steps", "0"), ("--steps", "-1"), ("--steps", "1.5"), ("--batch", "0"), ("--flow-steps", "0"),
     ("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"), ("--threads", "-1"))]  # fmt: skip
 BAD += [("toy", o, "0") for o in ("--hidden", "--depth")]
-BAD += [(w, o, "0") for w in ("sr", "lowlight") for o in ("--save-every", "--width", "--nf", "--blocks", "--crop", "--levels")]
+BAD += [(w, o, "0") for w in ("sr", "lowlight") for o in ("--save-every", "--hidden", "--nf", "--blocks", "--crop", "--levels")]
 BAD += [("sr", "--val-samples", "0"), ("sr", "--early", "-1"), ("sr", "--early", "5"), ("sr", "--factor", "3"),
         ("sr", "--crop", "30"), ("sr", "--val-size", "2"), ("sr", "--coupling", "nope"), ("lowlight", "--crop", "18"),
         ("lowlight", "--coupling", "nope"), ("toy", "--coupling", "nope"), ("toy", "--root", "elsewhere"),
@@ -344,6 +344,16 @@ def test_resume_refuses_a_larger_lr_and_other_settings(tmp_path):
     with pytest.raises(train_mod.TrainError, match="other settings.*config width: 8 there, 16 now"):
         train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=3), {"width": 16})
     assert state(tmp_path)["step"] == 2  # nothing changed
+
+
+def test_a_state_with_older_config_keys_resumes_with_the_current_names(tmp_path):
+    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=2), {"steps": 1, "width": 8})
+    progress = train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=3), {"flow_steps": 1, "hidden": 8},
+                             builder="srflow")  # fmt: skip
+    assert progress.step == 3
+    with pytest.raises(train_mod.TrainError, match="config hidden: 8 there, 16 now"):
+        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=4), {"flow_steps": 1, "hidden": 16},
+                      builder="srflow")  # fmt: skip
 
 
 def test_a_state_from_before_lr_history_resumes(tmp_path):

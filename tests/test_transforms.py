@@ -284,7 +284,7 @@ def test_training_runs_no_diagnostics(monkeypatch):
 
     calls = []
     monkeypatch.setattr(minflow.diagnostics, "nanmin", lambda *a: calls.append(a))
-    flow = mf.toy.toy_flow("affine", steps=2, hidden=4, depth=1)
+    flow = mf.toy.toy_flow("affine", flow_steps=2, hidden=4, depth=1)
     mf.toy.train_toy(flow, 2, batch=8, progress=False)
     flow.sample(torch.zeros(4, 2))
     assert calls == []
