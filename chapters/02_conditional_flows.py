@@ -135,7 +135,7 @@ print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")
 
 # %%
 STEPS = mf.pick(2000, 500)
-history = toy.train_toy(flow, STEPS, batch=512, lr=1e-3, seed=0)
+history = toy.train_toy(flow, STEPS, batch=512, learning_rate=1e-3, seed=0)
 val = toy.validation_nll(flow)
 print(f"{STEPS} steps; held-out NLL {val:.3f} nats (optimum {toy.TRUE_NLL:.3f})")
 

@@ -174,7 +174,7 @@ def train_toy(
     flow: ConditionalFlow,
     steps: int,
     batch: int = 512,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
@@ -185,7 +185,7 @@ def train_toy(
     """
     device = flow_device(flow)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    opt = torch.optim.Adam(flow.parameters(), lr=learning_rate)
     flow.train()
     bar = range(steps)
     if progress:
@@ -200,7 +200,7 @@ def train_toy(
         x, y = sample_toy(batch, gen, device)
         loss = -flow.log_prob(x, y).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower lr or check the model")
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower the learning rate or check the model")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

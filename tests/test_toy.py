@@ -130,7 +130,7 @@ def test_spline_names_build_or_explain(name):
 def test_train_few_steps_learns():
     torch.manual_seed(0)
     flow = toy.toy_flow(hidden=32, depth=2)
-    hist = toy.train_toy(flow, 60, batch=256, lr=3e-3, seed=0, progress=False)
+    hist = toy.train_toy(flow, 60, batch=256, learning_rate=3e-3, seed=0, progress=False)
     assert len(hist) == 60 and all(math.isfinite(v) for v in hist)
     assert sum(hist[-10:]) / 10 < sum(hist[:10]) / 10 - 0.3
     assert not flow.training
