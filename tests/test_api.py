@@ -113,3 +113,13 @@ def test_old_config_keys_map_only_for_their_builder():
 def test_the_old_width_flag_still_parses():
     args = mf.cli.parser().parse_args(["train-sr", "--name", "x", "--width", "8", "--flow-steps", "2"])
     assert args.hidden == 8 and args.flow_steps == 2
+
+
+def test_model_modules_import_neither_training_nor_the_command_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, minflow.sr, minflow.lowlight, minflow.toy, minflow.imageflow, minflow.ood, minflow.metrics; "
+            "print(sorted(m for m in ('minflow.train', 'minflow.cli') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
