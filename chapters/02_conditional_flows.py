@@ -121,7 +121,7 @@ plt.show()
 # starts at zero, so at initialisation every coupling is the fixed contraction z_b = 0.88 x_b.
 
 # %%
-flow = toy.toy_flow("affine", steps=4, hidden=64, depth=4).to(device)
+flow = toy.toy_flow("affine", flow_steps=4, hidden=64, depth=4).to(device)
 print([type(layer).__name__ for layer in flow.layers])
 print(flow.layers[2])
 print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")
@@ -135,7 +135,7 @@ print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")
 
 # %%
 STEPS = mf.pick(2000, 500)
-history = toy.train_toy(flow, STEPS, batch=512, lr=1e-3, seed=0)
+history = toy.train_toy(flow, STEPS, batch=512, learning_rate=1e-3, seed=0)
 val = toy.validation_nll(flow)
 print(f"{STEPS} steps; held-out NLL {val:.3f} nats (optimum {toy.TRUE_NLL:.3f})")
 

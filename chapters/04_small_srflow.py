@@ -107,7 +107,7 @@ plt.show()
 # that matches its input.
 
 # %%
-LEVELS, K, WIDTH, COND = 3, 3, 32, 32
+LEVELS, K, HIDDEN, COND = 3, 3, 32, 32
 torch.manual_seed(0)
 encoder = sr.Encoder(FACTOR, LEVELS, nf=32, blocks=4, gc=16, out_channels=COND)
 feats = encoder(lr_batch[:2])
@@ -137,7 +137,7 @@ print(f"encoder: {n_params(encoder):,} parameters")
 
 # %%
 def affine():
-    return sr.make_bijection("affine")  # Affine('sigmoid', eps=1e-4): SRFlow's scale
+    return mf.make_bijection("affine")  # Affine('sigmoid', eps=1e-4): SRFlow's scale
 
 
 def flow_level(c: int) -> tuple[list, int]:
@@ -148,8 +148,8 @@ def flow_level(c: int) -> tuple[list, int]:
         layers += [
             mf.ActNorm(c),
             mf.InvConv1x1(c, lu=True),
-            mf.Injector(c, COND, affine(), kind="conv", hidden=WIDTH),
-            mf.Coupling(c, COND, affine(), kind="conv", hidden=WIDTH),
+            mf.Injector(c, COND, affine(), kind="conv", hidden=HIDDEN),
+            mf.Coupling(c, COND, affine(), kind="conv", hidden=HIDDEN),
         ]
     return layers, c
 
@@ -192,7 +192,7 @@ for level in range(LEVELS):
         c -= c // 2
 hand = mf.ConditionalFlow(layers, encoder=sr.Encoder(FACTOR, LEVELS, nf=32, blocks=4, gc=16, out_channels=COND))
 hand(hr_batch, lr_batch)  # one forward pass in training mode initialises every ActNorm from data
-packaged = sr.SRFlow(factor=FACTOR, levels=LEVELS, steps=K, width=WIDTH, cond_channels=COND)
+packaged = sr.SRFlow(factor=FACTOR, levels=LEVELS, flow_steps=K, hidden=HIDDEN, cond_channels=COND)
 packaged.load_state_dict(hand.state_dict())  # raises if any name or shape differed
 hand.eval(), packaged.eval()
 with torch.no_grad():
@@ -225,7 +225,7 @@ print(f"{'total':<11}{total:>9,}")
 
 # %%
 STEPS = mf.pick(60, 20)
-model = sr.SRFlow(factor=FACTOR, levels=LEVELS, steps=K, width=WIDTH, cond_channels=COND).to(device)
+model = sr.SRFlow(factor=FACTOR, levels=LEVELS, flow_steps=K, hidden=HIDDEN, cond_channels=COND).to(device)
 optim = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.99))
 stream = iter(data.CropDataset(train_photos, CROP, batch_size=16, factor=FACTOR, seed=0))
 noise_gen = torch.Generator(device).manual_seed(0)  # dequantisation noise, drawn where the model lives

@@ -162,7 +162,7 @@ print(f"{'model':>7} {'K':>2} {'steps':>6} {'seed':>5} {'train wall':>11} {'s / 
 for k, m in ll.items():
     man = m.manifest
     n_par = sum(p.numel() for p in m.parameters())
-    print(f"{k:>7} {m.config['steps']:>2} {man['steps']:>6} {man['seed']:>5} {man['wall_time_s']:>9.0f} s {man['wall_time_s'] / man['steps']:>9.2f} {n_par:>11,}  {man['command']}")
+    print(f"{k:>7} {m.config['flow_steps']:>2} {man['steps']:>6} {man['seed']:>5} {man['wall_time_s']:>9.0f} s {man['wall_time_s'] / man['steps']:>9.2f} {n_par:>11,}  {man['command']}")
 same = lambda key: ll["affine"].manifest[key] == ll["spline"].manifest[key]
 assert same("steps") and same("seed") and same("training")
 assert {k: v for k, v in ll["affine"].config.items() if k != "coupling"} == {k: v for k, v in ll["spline"].config.items() if k != "coupling"}

@@ -12,21 +12,19 @@ from .flow import ConditionalFlow, format_trace
 from .diagnostics import Recorder, recording
 from .transforms import (
     ActNorm,
+    Chain,
     Features,
     InvConv1x1,
-    Sequential,
     Split,
     Squeeze,
     StandardNormal,
     Transform,
-    cond_for,
     gaussian_log_prob,
-    leaves,
 )
 from .utils import get_device, pick, quick_mode, seed_everything
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .checkpoints import available, load_pretrained
-from . import bijections, checkpoints, data, diagnostics, ood, splines
+from . import bijections, checkpoints, couplings, data, diagnostics, flow, ood, splines, transforms, utils
 
 LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "sr", "toy", "train")
 """Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""
@@ -64,28 +62,35 @@ __all__ = [
     "load_pretrained",
     "rational_quadratic_spline",
     "checkpoints",
+    "couplings",
+    "flow",
+    "transforms",
+    "utils",
     "data",
     "ood",
     "splines",
     "sr",
     "toy",
     "lowlight",
+    "cli",
+    "imageflow",
+    "metrics",
+    "plotting",
+    "train",
     "ConditionalFlow",
     "Coupling",
     "Injector",
     "InvConv1x1",
-    "Sequential",
+    "Chain",
     "Split",
     "Squeeze",
     "StandardNormal",
     "Transform",
-    "cond_for",
     "conditioner",
     "conv_net",
     "format_trace",
     "gaussian_log_prob",
     "get_device",
-    "leaves",
     "mlp",
     "pick",
     "quick_mode",

@@ -34,6 +34,11 @@ from torch import Tensor, nn
 from .splines import BoundedSpline, FullyBoundedSpline, RQSpline
 from .utils import param_planes
 
+__all__ = [
+    "ALIASES", "BIJECTIONS", "SCALES", "Affine", "Bijection", "Factory", "Spec", "bijection_names",
+    "canonical_name", "check_bijection", "make_bijection", "register_bijection"
+]  # fmt: skip
+
 
 @runtime_checkable
 class Bijection(Protocol):

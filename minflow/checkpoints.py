@@ -30,12 +30,30 @@ from typing import Callable
 import torch
 from torch import nn
 
+__all__ = [
+    "BUILDERS", "RENAMED_KEYS", "available", "build", "builder", "config_digest", "data_dir", "load_pretrained",
+    "load_state", "read_manifest", "register_builder", "save_checkpoint", "upgrade_config",
+]  # fmt: skip
+
 BUILDERS: dict[str, str | Callable[..., nn.Module]] = {
     "srflow": "minflow.sr:build_srflow",
     "llflow": "minflow.lowlight:build_llflow",
     "toy": "minflow.toy:toy_flow",
 }
 """Builder name -> the model constructor, or "module:function" to import it from when first needed."""
+
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "srflow": {"steps": "flow_steps", "width": "hidden"},
+    "llflow": {"steps": "flow_steps", "width": "hidden"},
+    "toy": {"steps": "flow_steps"},
+}
+"""Builder name -> {older config key: its name now}: older manifests and run states keep the old keys."""
+
+
+def upgrade_config(name: str, config: dict) -> dict:
+    """`config` of builder `name` with older keys renamed (`RENAMED_KEYS`); other builders' unchanged."""
+    renamed = RENAMED_KEYS.get(name, {})
+    return {renamed.get(key, key): value for key, value in config.items()}
 
 
 def register_builder(name: str):
@@ -60,10 +78,11 @@ def builder(name: str) -> Callable[..., nn.Module]:
 
 
 def build(name: str, config: dict | object) -> nn.Module:
-    """The model of builder `name` for `config`: a dict as manifests store it, or a config dataclass."""
+    """The model of builder `name` for `config`: a dict as manifests store it (older keys renamed,
+    `upgrade_config`), or a config dataclass."""
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
-    return builder(name)(**config)
+    return builder(name)(**upgrade_config(name, config))
 
 
 def data_dir() -> Path:

@@ -27,6 +27,8 @@ from .sr import SRFlowConfig
 from .bijections import ALIASES, bijection_names
 from .toy import ToyFlowConfig
 
+__all__ = ["PROG", "checkpoint_name", "main", "nonnegative_int", "parser", "positive_float", "positive_int"]
+
 PROG = "python -m minflow"
 
 # ----------------------------------------------------------------------------- argument types
@@ -79,12 +81,12 @@ def command_line(argv: list[str]) -> str:
 # ----------------------------------------------------------------------------- the commands
 
 
-def add_training_args(p: argparse.ArgumentParser, *, steps: int, batch: int, lr: float, threads: int) -> None:
+def add_training_args(p: argparse.ArgumentParser, *, steps: int, batch: int, learning_rate: float, threads: int) -> None:
     """The options every training command shares (with its own defaults): a `train.TrainConfig`."""
     p.add_argument("--steps", type=positive_int, default=steps, help="training steps (optimiser iterations)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--batch", type=positive_int, default=batch)
-    p.add_argument("--lr", type=positive_float, default=lr, help="Adam learning rate (a resumed run may lower it)")
+    p.add_argument("--lr", dest="learning_rate", type=positive_float, default=learning_rate, help="Adam learning rate (a resumed run may lower it)")
     p.add_argument("--threads", type=nonnegative_int, default=threads, help="torch CPU threads (0: torch's default)")
     p.add_argument("--runs", type=Path, default=train.RUNS, help="where run folders go: RUNS/NAME holds a run's state and checkpoints")
     p.add_argument("--ship", action="store_true", help="save the checkpoint into the shipped folder data/checkpoints "
@@ -99,7 +101,7 @@ def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) 
     p.add_argument("--crop", type=positive_int, default=64, help="training crop size (of the clean image)")
     p.add_argument("--levels", type=positive_int, default=3)
     p.add_argument("--flow-steps", type=positive_int, default=flow_steps, help="conditional steps K per level")
-    p.add_argument("--width", type=positive_int, default=32, help="conditioner width")
+    p.add_argument("--hidden", "--width", type=positive_int, default=32, help="conditioner width")
     p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
     p.add_argument("--blocks", type=positive_int, default=blocks, help="encoder residual dense blocks")
     p.add_argument("--save-every", type=positive_int, default=100)
@@ -109,7 +111,7 @@ def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) 
 def train_config(args: argparse.Namespace, name: str | None = None) -> train.TrainConfig:
     """The `train.TrainConfig` of a training command's options."""
     return train.TrainConfig(name=name or args.name, steps=args.steps, batch=args.batch, crop=getattr(args, "crop", 64),
-                             lr=args.lr, seed=args.seed, save_every=getattr(args, "save_every", 100), threads=args.threads,
+                             learning_rate=args.learning_rate, seed=args.seed, save_every=getattr(args, "save_every", 100), threads=args.threads,
                              runs=args.runs, progress=not args.no_progress, ship=args.ship, force=args.force)  # fmt: skip
 
 
@@ -117,7 +119,7 @@ Job = Callable[[str], object]  # a checked run, given the command line to record
 
 
 def prepare_sr(args: argparse.Namespace) -> Job:
-    model = SRFlowConfig(factor=args.factor, levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf,
+    model = SRFlowConfig(factor=args.factor, levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf,
                          blocks=args.blocks, coupling=args.coupling, prior=args.prior)  # fmt: skip
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
@@ -125,7 +127,7 @@ def prepare_sr(args: argparse.Namespace) -> Job:
 
 
 def prepare_lowlight(args: argparse.Namespace) -> Job:
-    model = LLFlowConfig(levels=args.levels, steps=args.flow_steps, width=args.width, nf=args.nf, blocks=args.blocks,
+    model = LLFlowConfig(levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf, blocks=args.blocks,
                          coupling=args.coupling)  # fmt: skip
     cfg = train_config(args)
     train.check_run(model, cfg, val_size=args.val_size)
@@ -135,7 +137,7 @@ def prepare_lowlight(args: argparse.Namespace) -> Job:
 def prepare_toy(args: argparse.Namespace) -> Job:
     if args.root is not None and not args.ship:
         raise ValueError("--root names the data folder that --ship writes into; add --ship")
-    model = ToyFlowConfig(coupling=args.coupling, steps=args.flow_steps, hidden=args.hidden, depth=args.depth)
+    model = ToyFlowConfig(coupling=args.coupling, flow_steps=args.flow_steps, hidden=args.hidden, depth=args.depth)
     cfg = train_config(args, args.name or f"toy_{args.coupling}_s{args.seed}")
     return lambda command: train.train_toy_checkpoint(model, cfg, command, args.root)
 
@@ -154,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     p = command("train-sr", prepare_sr, "Train the small SRFlow of chapters 4-7 on the course's photos")
     p.add_argument("--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)")
     p.add_argument("--prior", default="srflow", choices=["srflow", "conditional"])
-    add_training_args(p, steps=1800, batch=16, lr=5e-4, threads=0)
+    add_training_args(p, steps=1800, batch=16, learning_rate=5e-4, threads=0)
     add_image_args(p, flow_steps=3, blocks=4)
     p.add_argument("--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)")
     p.add_argument("--factor", type=positive_int, default=4)
@@ -162,13 +164,13 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("train-lowlight", prepare_lowlight, "Train the small LLFlow of chapter 8 on synthetic low-light pairs")
     p.add_argument("--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME")
-    add_training_args(p, steps=2000, batch=8, lr=5e-4, threads=0)
+    add_training_args(p, steps=2000, batch=8, learning_rate=5e-4, threads=0)
     add_image_args(p, flow_steps=1, blocks=2)
 
     p = command("train-toy", prepare_toy, "Train a toy conditional flow of chapters 2-7 and save a checkpoint")
     p.add_argument("--coupling", default="affine", choices=bijection_names() + sorted(ALIASES))
     p.add_argument("--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)")
-    add_training_args(p, steps=2000, batch=512, lr=1e-3, threads=1)
+    add_training_args(p, steps=2000, batch=512, learning_rate=1e-3, threads=1)
     p.add_argument("--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)")
     p.add_argument("--flow-steps", type=positive_int, default=4, help="coupling blocks")
     p.add_argument("--hidden", type=positive_int, default=64, help="conditioner width")

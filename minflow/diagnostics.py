@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from .utils import nanmin
 
+__all__ = ["Recorder", "recording"]
+
 _ACTIVE: contextvars.ContextVar[tuple["Recorder", ...]] = contextvars.ContextVar("minflow_recorders", default=())
 
 

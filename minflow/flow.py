@@ -20,6 +20,8 @@ from . import diagnostics
 from .transforms import Cond, Generator, StandardNormal, Transform, leaves
 from .utils import check_temperature
 
+__all__ = ["ConditionalFlow", "format_trace"]
+
 
 class ConditionalFlow(nn.Module):
     """A chain of transforms with a Gaussian base, an optional condition encoder, and diagnostics.

@@ -20,6 +20,8 @@ from torch import Tensor
 from .flow import ConditionalFlow
 from .utils import check_image
 
+__all__ = ["ImageFlow", "ImageFlowConfig"]
+
 
 class ImageFlowConfig:
     """What every image-flow config (a dataclass with ``levels``, ``factor``, ``quant`` and

@@ -39,6 +39,11 @@ from .imageflow import ImageFlow, ImageFlowConfig
 from .sr import Encoder, flow_level
 from .transforms import Cond, Features, Generator, Squeeze, Transform, zero_layer
 
+__all__ = [
+    "LLFlow", "LLFlowConfig", "LowLightEncoder", "PriorMean", "build_llflow", "colour_ratio", "encoder_inputs",
+    "enhance", "equalize", "squeeze_times"
+]  # fmt: skip
+
 # ----------------------------------------------------------------------------- encoder inputs
 
 
@@ -120,16 +125,16 @@ class PriorMean(Transform):
 @dataclass(frozen=True)
 class LLFlowConfig(ImageFlowConfig):
     """The architecture of an `LLFlow` (checked when made): L = `levels`, T = `transitions` and K =
-    `steps` per level, conditioner `width`, encoder `nf`, `blocks` and growth `gc`, `cond_channels`
+    `flow_steps` per level, conditioner width `hidden`, encoder `nf`, `blocks` and growth `gc`, `cond_channels`
     per level, the `coupling` bijection's name, `quant` levels, LU-parametrised 1x1 convs. Same
     size in and out, RGB."""
 
     factor: ClassVar[int] = 1
     channels: ClassVar[int] = 3
     levels: int = 3
-    steps: int = 1
+    flow_steps: int = 1
     transitions: int = 1
-    width: int = 32
+    hidden: int = 32
     nf: int = 32
     blocks: int = 2
     gc: int = 16
@@ -154,7 +159,7 @@ class LLFlow(ImageFlow):
         layers, c = [], 3
         for _ in range(cfg.levels):
             c *= 4
-            layers += flow_level(c, cfg.transitions, cfg.steps, cfg.cond_channels, cfg.width, cfg.coupling, cfg.lu)
+            layers += flow_level(c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu)
         encoder = LowLightEncoder(cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels)
         super().__init__([*layers, PriorMean()], encoder=encoder)
         self.settings = cfg

@@ -21,6 +21,8 @@ from torch import Tensor
 from .data import bicubic_down
 from .utils import nanmin
 
+__all__ = ["ARTIFACT_HIGH", "ARTIFACT_LOW", "EXPLOSION", "artifact_mask", "artifact_report", "diversity", "lr_psnr", "min_scale", "psnr", "ssim"]
+
 ARTIFACT_HIGH, ARTIFACT_LOW = 1.5, -0.5  # the paper's bounds: outside [-0.5, 1.5] is an artifact
 EXPLOSION = 1e3  # a sample "explodes" if it holds a non-finite value or max |x| > EXPLOSION
 

@@ -17,6 +17,10 @@ import torch
 
 from .utils import check_tensor
 
+__all__ = [
+    "PIVOT_RTOL", "BinnedRate", "Mahalanobis", "average_ranks", "binned_rate", "maps_to_rows", "roc_auc", "spearman"
+]  # fmt: skip
+
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
 PIVOT_RTOL = 1e-10

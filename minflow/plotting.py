@@ -8,6 +8,8 @@ from __future__ import annotations
 import matplotlib as mpl
 from matplotlib.colors import to_rgb
 
+__all__ = ["COLORS", "SEED_STYLES", "shade", "style"]
+
 COLORS = {
     "affine": "#d1495b",  # every affine-coupling model, in every chapter
     "spline": "#00798c",  # every spline-coupling model

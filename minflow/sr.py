@@ -36,19 +36,21 @@ from .couplings import Coupling, Injector
 from .imageflow import ImageFlow, ImageFlowConfig
 from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
 
-def flow_level(c: int, transitions: int, steps: int, cond_channels: int, width: int, coupling: Spec, lu: bool) -> list:
+__all__ = ["RDB", "Encoder", "SRFlow", "SRFlowConfig", "build_srflow", "flow_level", "super_resolve"]
+
+def flow_level(c: int, transitions: int, flow_steps: int, cond_channels: int, hidden: int, coupling: Spec, lu: bool) -> list:
     """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
-    `steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]; every injector and
+    `flow_steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]; every injector and
     coupling gets a new bijection `make_bijection(coupling)` (a name or a factory)."""
     layers: list[nn.Module] = [Squeeze()]
     for _ in range(transitions):
         layers += [ActNorm(c), InvConv1x1(c, lu=lu)]
-    for _ in range(steps):
+    for _ in range(flow_steps):
         layers += [
             ActNorm(c),
             InvConv1x1(c, lu=lu),
-            Injector(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
-            Coupling(c, cond_channels, make_bijection(coupling), kind="conv", hidden=width),
+            Injector(c, cond_channels, make_bijection(coupling), kind="conv", hidden=hidden),
+            Coupling(c, cond_channels, make_bijection(coupling), kind="conv", hidden=hidden),
         ]
     return layers
 
@@ -111,15 +113,15 @@ class Encoder(nn.Module):
 @dataclass(frozen=True)
 class SRFlowConfig(ImageFlowConfig):
     """The architecture of an `SRFlow` (checked when made): upscaling `factor` (a power of 2), L =
-    `levels`, T = `transitions` and K = `steps` per level, conditioner `width`, encoder `nf`,
+    `levels`, T = `transitions` and K = `flow_steps` per level, conditioner width `hidden`, encoder `nf`,
     `blocks` and growth `gc`, `cond_channels` per level, the `coupling` bijection's name, the split
     `prior` ("srflow" or "conditional"), `quant` levels, LU-parametrised 1x1 convs, `channels`."""
 
     factor: int = 4
     levels: int = 3
-    steps: int = 3
+    flow_steps: int = 3
     transitions: int = 1
-    width: int = 32
+    hidden: int = 32
     nf: int = 32
     blocks: int = 4
     gc: int = 16
@@ -155,7 +157,7 @@ class SRFlow(ImageFlow):
         layers, c = [], cfg.channels
         for level in range(cfg.levels):
             c *= 4
-            layers += flow_level(c, cfg.transitions, cfg.steps, cfg.cond_channels, cfg.width, cfg.coupling, cfg.lu)
+            layers += flow_level(c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu)
             if level < cfg.levels - 1:
                 layers.append(Split(c, cond_channels=cfg.cond_channels if cfg.prior == "conditional" else 0))
                 c -= c // 2

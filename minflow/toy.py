@@ -8,7 +8,7 @@ centred at y / 2:
 so E[x | y] = y / 2 and Cov[x | y] = A A^T / 3 (the same for every y). The flow learns p(x | y)
 from pairs (x, y) drawn with y in distribution; chapter 3 then asks it for samples at y far away.
 
-The models. `toy_flow` stacks ``steps`` blocks of [ActNorm, 2x2 invertible linear map,
+The models. `toy_flow` stacks ``flow_steps`` blocks of [ActNorm, 2x2 invertible linear map,
 conditional coupling] whose element-wise bijection is picked by name (`minflow.bijections`:
 "affine" is SRFlow's sigmoid(h + 2) + 1e-4 scale) or given as a factory. It is registered as the checkpoint
 builder "toy", so shipped checkpoints load with ``load_pretrained("toy_affine_s0")``.
@@ -43,6 +43,13 @@ from .flow import ConditionalFlow
 from .metrics import min_scale
 from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
+
+__all__ = [
+    "A", "CENTER_GAIN", "TRUE_NLL", "OOD_DIRECTION", "FIRST_OOD_RADIUS", "FAR_OOD_RADIUS", "RING_DIRECTIONS",
+    "IN_DIST_Y", "ToyFlowConfig", "as_cond", "corners", "diagnose", "flow_device", "inside_fraction", "jacobian_sv",
+    "jump", "latent", "ring", "ring_directions", "sample_at", "sample_toy", "sample_x", "sample_y", "spread",
+    "sweep", "to_u", "toy_flow", "train_toy", "true_cov", "true_mean", "true_spread", "validation_nll", "worst"
+]  # fmt: skip
 
 # ----------------------------------------------------------------------------- the task
 
@@ -131,11 +138,11 @@ def inside_fraction(x: Tensor, y: Tensor, margin: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class ToyFlowConfig:
-    """The architecture of a `toy_flow`: the `coupling` bijection's name, `steps` coupling blocks,
+    """The architecture of a `toy_flow`: the `coupling` bijection's name, `flow_steps` coupling blocks,
     conditioner `hidden` width and `depth` (what toy checkpoint manifests store)."""
 
     coupling: Spec = "affine"
-    steps: int = 4
+    flow_steps: int = 4
     hidden: int = 64
     depth: int = 4
 
@@ -144,8 +151,8 @@ class ToyFlowConfig:
         object.__setattr__(self, "coupling", spec_name(self.coupling))
 
 
-def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
-    """The toy conditional flow: `steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
+def toy_flow(coupling: Spec = "affine", flow_steps: int = 4, hidden: int = 64, depth: int = 4, **kw) -> ConditionalFlow:
+    """The toy conditional flow: `flow_steps` x [ActNorm(2), InvConv1x1(2), Coupling(2, cond 2)].
 
     ``coupling`` names the element-wise bijection (`minflow.bijections`, e.g. "affine" or
     "bounded_spline") or is a factory of one (e.g. a class); extra keywords go to it (e.g. ``eps``
@@ -153,7 +160,7 @@ def toy_flow(coupling: Spec = "affine", steps: int = 4, hidden: int = 64, depth:
     ([x_a, y] -> `depth` ReLU layers of `hidden` -> zero-initialised output).
     """
     layers = []
-    for _ in range(steps):
+    for _ in range(flow_steps):
         bijection = make_bijection(coupling, **kw)
         layers += [ActNorm(2), InvConv1x1(2), Coupling(2, 2, bijection, kind="mlp", hidden=hidden, depth=depth)]
     return ConditionalFlow(layers, event_shape=(2,))
@@ -167,7 +174,7 @@ def train_toy(
     flow: ConditionalFlow,
     steps: int,
     batch: int = 512,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
@@ -178,7 +185,7 @@ def train_toy(
     """
     device = flow_device(flow)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    opt = torch.optim.Adam(flow.parameters(), lr=learning_rate)
     flow.train()
     bar = range(steps)
     if progress:
@@ -193,7 +200,7 @@ def train_toy(
         x, y = sample_toy(batch, gen, device)
         loss = -flow.log_prob(x, y).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower lr or check the model")
+            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower the learning rate or check the model")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -21,7 +21,7 @@ shipped folder data/checkpoints/ (or $MINFLOW_DATA/checkpoints/) instead, and on
 
 A run that diverges (a non-finite loss or gradient) stops before the optimiser moves, saves the
 state from before the update that led there, and names the command that retakes that update
-with half the learning rate. A run may go on with a smaller lr (never a larger one, nor any
+with half the learning rate. A run may go on with a smaller learning rate (never a larger one, nor any
 other changed setting); the manifest records the learning rates as ``lr_history``.
 """
 
@@ -47,6 +47,12 @@ from .sr import SRFlowConfig
 from .toy import ToyFlowConfig
 from .utils import seed_everything
 
+__all__ = [
+    "LOWLIGHT", "RUNS", "SR", "NonFiniteLoss", "Progress", "Task", "TrainConfig", "TrainError", "check_run",
+    "checkpoint_root", "evaluate", "fit", "ship", "train_images", "train_toy_checkpoint", "validation_pairs",
+    "with_learning_rate",
+]  # fmt: skip
+
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 
 
@@ -67,7 +73,7 @@ def _at_least(low: int | float, **values) -> None:
 @dataclass(frozen=True)
 class TrainConfig:
     """How a run trains, checked when made: run `name` (folder ``runs / name``, checkpoint NAME),
-    `steps` optimiser iterations of `batch` examples (image crops of `crop` pixels), Adam at `lr`,
+    `steps` optimiser iterations of `batch` examples (image crops of `crop` pixels), Adam at `learning_rate`,
     random `seed`, the state saved every `save_every` steps, `threads` torch CPU threads (0: torch's
     default), a progress bar, and where the checkpoint goes (`ship`, `force`: see the module docstring)."""
 
@@ -75,7 +81,7 @@ class TrainConfig:
     steps: int = 1800
     batch: int = 16
     crop: int = 64
-    lr: float = 5e-4
+    learning_rate: float = 5e-4
     seed: int = 0
     save_every: int = 100
     threads: int = 0
@@ -91,8 +97,9 @@ class TrainConfig:
         for key in ("steps", "batch", "crop", "save_every", "seed", "threads"):
             if not isinstance(getattr(self, key), int):
                 raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        rate = self.learning_rate
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {rate!r}")
         object.__setattr__(self, "runs", Path(self.runs))
 
 
@@ -117,18 +124,18 @@ def checkpoint_root(cfg: TrainConfig, names: list[str], data: Path | None = None
     return root
 
 
-def with_lr(command: str, lr: float) -> str:
-    """`command` with its (last) --lr set to `lr`, or --lr added."""
+def with_learning_rate(command: str, learning_rate: float) -> str:
+    """`command` with its (last) --lr set to `learning_rate`, or --lr added."""
     words = shlex.split(command)
     for i in reversed(range(len(words))):
         if words[i] == "--lr" and i + 1 < len(words):
-            words[i + 1] = repr(lr)
+            words[i + 1] = repr(learning_rate)
             break
         if words[i].startswith("--lr="):
-            words[i] = f"--lr={lr!r}"
+            words[i] = f"--lr={learning_rate!r}"
             break
     else:
-        words += ["--lr", repr(lr)]
+        words += ["--lr", repr(learning_rate)]
     return shlex.join(words)
 
 
@@ -161,20 +168,21 @@ def _clone(obj):
     return obj
 
 
-def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path) -> list[list]:
-    """The saved run's lr history, after checking that it may go on with these settings."""
+def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path, builder: str) -> list[list]:
+    """The saved run's lr history, after checking that it may go on with these settings (the saved
+    config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
     saved = dict(state["hyper"])
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
     saved.pop("lr", None)  # older states kept their one lr here
     differ = [f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
-              for what, old, new in (("config", state["config"], config), ("setting", saved, hyper))
+              for what, old, new in (("config", checkpoints.upgrade_config(builder, state["config"]), config), ("setting", saved, hyper))
               for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
     if differ:
         raise TrainError(f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
                          f"or delete {path.parent} to start over")  # fmt: skip
-    if cfg.lr > history[-1][1]:
+    if cfg.learning_rate > history[-1][1]:
         raise TrainError(f"{path} goes on at --lr {history[-1][1]!r} (lr history {history}); a run may go on with the "
-                         f"same or a smaller --lr, not {cfg.lr!r}; use another --name, or delete {path.parent} to start over")  # fmt: skip
+                         f"same or a smaller --lr, not {cfg.learning_rate!r}; use another --name, or delete {path.parent} to start over")  # fmt: skip
     return history
 
 
@@ -185,48 +193,49 @@ def _divergence(what: str, loss: Tensor, failed: int, saved: dict, retake: bool,
         where = "the initial model" if saved["step"] == 0 else f"the state resumed from {path} (step {saved['step']})"
         return (head + f"It comes from {where} before any update, so a smaller --lr cannot help: check the model and "
                 f"data, or try another --seed.")  # fmt: skip
-    lr = saved["lr_history"][-1][1]
-    again = f"\n    {with_lr(command, lr / 2)}" if command else f" (lr={lr / 2!r})"
+    half = saved["lr_history"][-1][1] / 2
+    again = f"\n    {with_learning_rate(command, half)}" if command else f" (learning_rate={half!r})"
     return (head + f"The last good state, from before the update of step {saved['step'] + 1} that led there, "
             f"is saved in {path} (step {saved['step']}). Resume it with half the learning rate:{again}")  # fmt: skip
 
 
 def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg: TrainConfig, config: dict,
-        on_step: Callable[[Progress], None] | None = None, command: str | None = None) -> Progress:
+        on_step: Callable[[Progress], None] | None = None, command: str | None = None, builder: str = "") -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
     Each step takes ``x, cond = batches(gen)`` and one Adam step (betas 0.9, 0.99) on
     ``model.nll_bpd(x, cond, gen).mean()``; `gen` (seeded with ``cfg.seed``) drives all the
     randomness, so a run is reproducible and resumes exactly. Every ``cfg.save_every`` steps the
     state goes to ``cfg.runs / cfg.name / "state.pt"``. A saved state resumes with the same config
-    and hyper-parameters and the same or a smaller ``cfg.lr`` (recorded in ``lr_history``); anything
+    and hyper-parameters and the same or a smaller ``cfg.learning_rate`` (recorded in ``lr_history``); anything
     else is refused. A non-finite loss or gradient raises `NonFiniteLoss` before the optimiser moves,
     once the last good state (model, optimiser, generator from before the update that led there) is
     saved and loaded back into `model`: resuming retakes that update on the same batch (the state
-    after it would meet the same non-finite value again, whatever the lr). The message names the
+    after it would meet the same non-finite value again, whatever the learning rate). The message names the
     command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
-    checkpoint).
+    checkpoint). `builder` names the checkpoint builder of `config` (a saved state's older config
+    keys are renamed as for it).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     hyper = {k: getattr(cfg, k) for k in ("seed", "batch", "crop")}
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
     run = cfg.runs / cfg.name
     run.mkdir(parents=True, exist_ok=True)
-    state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, cfg.lr]]
+    state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, cfg.learning_rate]]
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
-        lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path)
+        lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path, builder)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         gen.set_state(state["generator"])
         step, wall = state["step"], state["wall"]
         for group in optim.param_groups:
-            group["lr"] = cfg.lr
-        if cfg.lr < lr_history[-1][1] and step < cfg.steps:
-            lr_history = [e for e in lr_history if e[0] < step] + [[step, cfg.lr]]
-            print(f"learning rate {cfg.lr!r} from step {step} on (lr history {lr_history})", flush=True)
+            group["lr"] = cfg.learning_rate
+        if cfg.learning_rate < lr_history[-1][1] and step < cfg.steps:
+            lr_history = [e for e in lr_history if e[0] < step] + [[step, cfg.learning_rate]]
+            print(f"learning rate {cfg.learning_rate!r} from step {step} on (lr history {lr_history})", flush=True)
         print(f"resuming {cfg.name} from step {step} ({state_path})", flush=True)
 
     def snapshot(copy: bool) -> dict:
@@ -280,11 +289,11 @@ def ship(model: nn.Module, name: str, builder: str, config: dict, cfg: TrainConf
          evaluate: Callable[[], dict], root: Path, **training) -> dict:
     """Validate with ``evaluate()`` and save checkpoint `name` under `root` (see `checkpoint_root`)
     with the record every manifest carries: the command, seed, steps, training and evaluation
-    seconds, the metrics, and the training settings (batch, crop, lr, threads, Adam betas, the
-    lr history, plus ``training``). Returns the metrics."""
+    seconds, the metrics, and the training settings (``batch``, ``crop``, ``lr`` (the learning rate),
+    ``threads``, Adam betas, ``lr_history``, plus ``training``). Returns the metrics."""
     t0 = time.perf_counter()
     metrics = evaluate()
-    settings = {k: getattr(cfg, k) for k in ("batch", "crop", "lr", "threads")}
+    settings = {"batch": cfg.batch, "crop": cfg.crop, "lr": cfg.learning_rate, "threads": cfg.threads}
     record = {"command": command, "seed": cfg.seed, "steps": progress.step, "wall_time_s": round(progress.wall, 1),
               "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
               "training": settings | {"adam_betas": [0.9, 0.99], "lr_history": progress.lr_history, **training}}  # fmt: skip
@@ -315,7 +324,7 @@ class Task:
 
 
 SR = Task("srflow", degrade=lambda model, hr, gen: bicubic_down(hr, model.factor),
-          baseline=lambda model, lr: bicubic_up(lr, model.factor), baseline_name="bicubic", temperature=0.7, shave=True)
+          baseline=lambda model, low_res: bicubic_up(low_res, model.factor), baseline_name="bicubic", temperature=0.7, shave=True)
 """Super-resolution: HR given its bicubic LR, against bicubic upscaling (chapters 4-7)."""
 LOWLIGHT = Task("llflow", degrade=lambda model, x, gen: darken(x, gen)[0],
                 baseline=lambda model, dark: equalize(dark[None])[0], baseline_name="histeq", temperature=0.0,
@@ -411,7 +420,7 @@ def train_images(task: Task, config: SRFlowConfig | LLFlowConfig, cfg: TrainConf
         if early and progress.step == early:
             save(f"{cfg.name}_early", progress)
 
-    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command)
+    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command, builder=task.builder)
     return save(cfg.name, progress)
 
 
@@ -429,7 +438,7 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
     flow = checkpoints.build("toy", config)
     start = time.time()
     try:
-        history = toy.train_toy(flow, cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed, progress=cfg.progress)
+        history = toy.train_toy(flow, cfg.steps, batch=cfg.batch, learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress)
     except FloatingPointError as err:
         raise TrainError(f"{err}; nothing was saved") from None
     wall = time.time() - start
@@ -443,7 +452,7 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
         "true_spread": toy.true_spread(),
         "inside_frac_y0": toy.inside_fraction(x0, torch.zeros(2)),
     }
-    record = {"command": command, "seed": cfg.seed, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.lr,
+    record = {"command": command, "seed": cfg.seed, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.learning_rate,
               "threads": torch.get_num_threads(), "wall_time_s": round(wall, 1),
               "metrics": {k: round(v, 5) for k, v in metrics.items()}}  # fmt: skip
     path = checkpoints.save_checkpoint(flow, cfg.name, builder="toy", config=asdict(config), record=record, root=root)

@@ -12,7 +12,7 @@ A condition (`Cond`) is a tensor, or `Features`: feature maps keyed by spatial s
 layer picks the map that matches its input (`cond_for`).
 
 Every ``inverse`` takes the same sampling keywords, ``temperature`` (T >= 0) and ``generator``:
-layers that draw noise (`Split`) use them, the others ignore them, and `Sequential` passes them on.
+layers that draw noise (`Split`) use them, the others ignore them, and `Chain` passes them on.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from .utils import check_cond, check_temperature, check_tensor
+
+__all__ = [
+    "Cond", "ActNorm", "Chain", "Features", "InvConv1x1", "Split", "Squeeze", "StandardNormal", "Transform",
+    "cond_for", "gaussian_log_prob"
+]  # fmt: skip
 
 Size = tuple[int, int]
 
@@ -99,7 +104,7 @@ class Transform(nn.Module):
         raise NotImplementedError
 
 
-class Sequential(Transform):
+class Chain(Transform):
     """Composition: forward applies the layers in order, inverse in reverse; logdets add up."""
 
     def __init__(self, *layers: Transform):
@@ -124,10 +129,10 @@ class Sequential(Transform):
 
 
 def leaves(layers) -> list[Transform]:
-    """Flatten nested `Sequential`s into the list of leaf transforms, in forward order."""
+    """Flatten nested `Chain`s into the list of leaf transforms, in forward order."""
     out: list[Transform] = []
     for layer in layers:
-        out.extend(leaves(layer.layers) if isinstance(layer, Sequential) else [layer])
+        out.extend(leaves(layer.layers) if isinstance(layer, Chain) else [layer])
     return out
 
 

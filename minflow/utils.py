@@ -10,6 +10,8 @@ import random
 import numpy as np
 import torch
 
+__all__ = ["QUICK_ENV", "get_device", "pick", "quick_mode", "seed_everything"]
+
 QUICK_ENV = "MINFLOW_QUICK"
 
 

@@ -32,8 +32,8 @@ def test_one_name_means_one_class_everywhere():
     assert type(mf.make_bijection("spline_bounded")) is mf.FullyBoundedSpline
     assert type(mf.make_bijection("spline_full")) is mf.RQSpline
     assert mf.make_bijection("softclamp").scale_name == "softclamp"
-    flows = [toy.toy_flow("fully_bounded_spline", steps=1), sr.SRFlow(levels=1, steps=1, coupling="spline_bounded", nf=4,
-                                                                         blocks=1, gc=2, cond_channels=2, width=4)]
+    flows = [toy.toy_flow("fully_bounded_spline", flow_steps=1), sr.SRFlow(levels=1, flow_steps=1, coupling="spline_bounded", nf=4,
+                                                                         blocks=1, gc=2, cond_channels=2, hidden=4)]
     for flow in flows:
         assert {type(m.bijection) for m in flow.modules() if isinstance(m, mf.Coupling)} == {mf.FullyBoundedSpline}
 
@@ -59,13 +59,13 @@ class Doubling(nn.Module):
 
 
 def test_a_factory_is_accepted_wherever_a_name_is():
-    flow = toy.toy_flow(Doubling, steps=2, hidden=4, depth=1)
+    flow = toy.toy_flow(Doubling, flow_steps=2, hidden=4, depth=1)
     assert all(isinstance(m.bijection, Doubling) for m in flow.modules() if isinstance(m, mf.Coupling))
     x, y = torch.randn(4, 2), torch.randn(4, 2)
     z, _ = flow(x, y)
     assert torch.allclose(flow.inverse(z, y)[0], x, atol=1e-5)
-    small = dict(nf=4, blocks=1, gc=2, cond_channels=2, width=4)
-    model = sr.SRFlow(levels=1, steps=1, coupling=Doubling, **small)
+    small = dict(nf=4, blocks=1, gc=2, cond_channels=2, hidden=4)
+    model = sr.SRFlow(levels=1, flow_steps=1, coupling=Doubling, **small)
     assert {type(m.bijection) for m in model.modules() if isinstance(m, (mf.Coupling, mf.Injector))} == {Doubling}
     assert model.config["coupling"] is Doubling  # not registered: such a model is not saved by name
     ll = lowlight.LLFlow(levels=1, coupling=Doubling, **small)
@@ -76,9 +76,9 @@ def test_registering_a_name_is_one_call(monkeypatch):
     monkeypatch.setattr(bijections, "BIJECTIONS", dict(bijections.BIJECTIONS))
     assert mf.register_bijection("doubling", Doubling) is Doubling
     assert "doubling" in mf.bijection_names() and isinstance(mf.make_bijection("doubling"), Doubling)
-    model = sr.SRFlow(levels=1, steps=1, coupling=Doubling, nf=4, blocks=1, gc=2, cond_channels=2, width=4)
+    model = sr.SRFlow(levels=1, flow_steps=1, coupling=Doubling, nf=4, blocks=1, gc=2, cond_channels=2, hidden=4)
     assert model.config["coupling"] == "doubling" and json.dumps(model.config)  # a registered factory is saved by name
-    assert isinstance(toy.toy_flow("doubling", steps=1).layers[2].bijection, Doubling)
+    assert isinstance(toy.toy_flow("doubling", flow_steps=1).layers[2].bijection, Doubling)
     mf.register_bijection("doubling", Doubling)  # a name of one's own can be registered again (a re-run cell)
     for bad in ("affine", "spline", "Doubling", "two__parts", ""):
         with pytest.raises(ValueError, match="name"):

@@ -19,7 +19,7 @@ from minflow import metrics, ood, toy
 
 def test_level_one_features_are_one_vector_per_lr_pixel():
     torch.manual_seed(0)
-    model = mf.sr.SRFlow(nf=8, blocks=2, gc=4, cond_channels=6, width=8, steps=1).eval()
+    model = mf.sr.SRFlow(nf=8, blocks=2, gc=4, cond_channels=6, hidden=8, flow_steps=1).eval()
     assert model.encoder.scales[1] == 1.0  # 4x, 3 levels: level 1 works on the LR grid
     lr = torch.rand(2, 3, 8, 12)
     with torch.no_grad():

@@ -24,12 +24,12 @@ BAD_TEMPERATURES = [-0.1, -math.inf, math.inf, math.nan]
 
 def tiny_sr() -> SRFlow:
     torch.manual_seed(0)
-    return SRFlow(factor=2, levels=2, steps=1, width=4, nf=4, blocks=1, gc=4, cond_channels=4).eval()  # has a Split
+    return SRFlow(factor=2, levels=2, flow_steps=1, hidden=4, nf=4, blocks=1, gc=4, cond_channels=4).eval()  # has a Split
 
 
 def tiny_ll() -> LLFlow:
     torch.manual_seed(0)
-    return LLFlow(levels=1, steps=1, width=4, nf=4, blocks=1, gc=4, cond_channels=4).eval()
+    return LLFlow(levels=1, flow_steps=1, hidden=4, nf=4, blocks=1, gc=4, cond_channels=4).eval()
 
 
 # ----------------------------------------------------------------------------- ActNorm's first batch

@@ -18,7 +18,7 @@ from minflow.lowlight import LLFlow, LLFlowConfig, encoder_inputs, enhance, equa
 from minflow.splines import BoundedSpline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lol_tiny"
-TINY = dict(levels=3, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8)
+TINY = dict(levels=3, flow_steps=1, hidden=8, nf=8, blocks=1, gc=4, cond_channels=8)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +155,7 @@ def test_round_trip_float64(coupling):
 
 
 def test_logdet_matches_autograd_jacobian():
-    model = tiny(levels=1, steps=2)
+    model = tiny(levels=1, flow_steps=2)
     x, y = pair(1, 2, 2)
     jac = torch.autograd.functional.jacobian(lambda v: model(v.view_as(x), y)[0].flatten(), x.flatten())
     assert torch.allclose(torch.linalg.slogdet(jac)[1], model(x, y)[1][0], atol=1e-8)
@@ -257,7 +257,7 @@ def test_a_few_steps_reduce_the_loss():
     assert all(map(math.isfinite, losses)) and sum(losses[-3:]) / 3 < losses[0] - 0.5
 
 
-ARGS = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16",
+ARGS = ["--levels", "2", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16",
         "--val-size", "32", "--save-every", "2", "--threads", "1"]  # fmt: skip
 
 

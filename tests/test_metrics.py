@@ -234,7 +234,7 @@ def test_recorded_min_scale_matches_the_trace():
     from minflow.sr import SRFlow
 
     torch.manual_seed(0)
-    model = SRFlow(levels=2, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8).eval()
+    model = SRFlow(levels=2, flow_steps=1, hidden=8, nf=8, blocks=1, gc=4, cond_channels=8).eval()
     lr = torch.rand(3, 3, 8, 8)
     with torch.no_grad(), mf.recording() as rec:
         x, rows = model.trace(lr, temperature=0.5, generator=torch.Generator().manual_seed(0))

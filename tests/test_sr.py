@@ -16,7 +16,7 @@ from minflow.couplings import Affine, Coupling
 from minflow.sr import SRFlow, make_bijection, super_resolve
 from minflow.transforms import Split
 
-TINY = dict(levels=3, steps=1, width=8, nf=8, blocks=1, gc=4, cond_channels=8)
+TINY = dict(levels=3, flow_steps=1, hidden=8, nf=8, blocks=1, gc=4, cond_channels=8)
 
 
 def tiny(**kw) -> SRFlow:
@@ -63,7 +63,7 @@ def test_round_trip_float64(prior):
 
 def test_logdet_matches_autograd_jacobian():
     """One level (no split) is a bijection of R^48: its logdet is log|det J| of the whole map."""
-    model = tiny(levels=1, factor=2, steps=2)
+    model = tiny(levels=1, factor=2, flow_steps=2)
     hr, lr = pair(1, 2, 2, factor=2)
     z, logdet = model(hr, lr)
     jac = torch.autograd.functional.jacobian(lambda x: model(x.view_as(hr), lr)[0].flatten(), hr.flatten())
@@ -136,7 +136,7 @@ def test_metrics():
 
 # ----------------------------------------------------------------------------- the command
 
-ARGS = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2",
+ARGS = ["--levels", "2", "--flow-steps", "1", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2",
         "--crop", "32", "--val-size", "64", "--val-samples", "1", "--save-every", "2", "--no-progress", "--threads", "1"]  # fmt: skip
 
 
@@ -213,7 +213,7 @@ def test_config_dataclass_builds_the_same_model_and_checks_itself():
     from minflow.lowlight import LLFlow, LLFlowConfig
     from minflow.sr import SRFlowConfig
 
-    cfg = SRFlowConfig(levels=2, steps=1, width=8, nf=8, blocks=1)
+    cfg = SRFlowConfig(levels=2, flow_steps=1, hidden=8, nf=8, blocks=1)
     torch.manual_seed(0)
     a = SRFlow(cfg)
     torch.manual_seed(0)

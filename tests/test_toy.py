@@ -130,7 +130,7 @@ def test_spline_names_build_or_explain(name):
 def test_train_few_steps_learns():
     torch.manual_seed(0)
     flow = toy.toy_flow(hidden=32, depth=2)
-    hist = toy.train_toy(flow, 60, batch=256, lr=3e-3, seed=0, progress=False)
+    hist = toy.train_toy(flow, 60, batch=256, learning_rate=3e-3, seed=0, progress=False)
     assert len(hist) == 60 and all(math.isfinite(v) for v in hist)
     assert sum(hist[-10:]) / 10 < sum(hist[:10]) / 10 - 0.3
     assert not flow.training
@@ -154,7 +154,7 @@ def test_command_writes_a_loadable_checkpoint(tmp_path):
     assert path == tmp_path / "checkpoints" / "toy_affine_s3.pt"
     man = read_manifest("toy_affine_s3", tmp_path)
     assert man["builder"] == "toy" and man["seed"] == 3 and man["steps"] == 5
-    assert man["config"] == {"coupling": "affine", "steps": 4, "hidden": 16, "depth": 1}
+    assert man["config"] == {"coupling": "affine", "flow_steps": 4, "hidden": 16, "depth": 1}
     assert man["command"] == "python -m minflow train-toy " + " ".join(args)
     assert man["wall_time_s"] >= 0 and {"val_nll", "spread_y0", "inside_frac_y0"} <= set(man["metrics"])
     flow = load_pretrained("toy_affine_s3", root=tmp_path)

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = data_dir() / "checkpoints"  # the repository's, read before any test changes $MINFLOW_DATA
 
 TOY = ["--steps", "2", "--hidden", "8", "--depth", "1", "--flow-steps", "1", "--batch", "16", "--no-progress"]
-SR = ["--levels", "2", "--flow-steps", "1", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "32",
+SR = ["--levels", "2", "--flow-steps", "1", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "32",
       "--val-size", "64", "--val-samples", "1", "--no-progress", "--threads", "1"]  # fmt: skip
-LL = ["--levels", "2", "--width", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
+LL = ["--levels", "2", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
       "--no-progress", "--threads", "1"]  # fmt: skip
 COMMANDS = {  # name -> (main, argv before the options, tiny options)
     "toy": (cli.main, ["train-toy"], TOY),
@@ -150,7 +150,7 @@ BAD = [(which, option, value) for which in ("toy", "sr", "lowlight") for option,
     ("--steps", "0"), ("--steps", "-1"), ("--steps", "1.5"), ("--batch", "0"), ("--flow-steps", "0"),
     ("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"), ("--threads", "-1"))]  # fmt: skip
 BAD += [("toy", o, "0") for o in ("--hidden", "--depth")]
-BAD += [(w, o, "0") for w in ("sr", "lowlight") for o in ("--save-every", "--width", "--nf", "--blocks", "--crop", "--levels")]
+BAD += [(w, o, "0") for w in ("sr", "lowlight") for o in ("--save-every", "--hidden", "--nf", "--blocks", "--crop", "--levels")]
 BAD += [("sr", "--val-samples", "0"), ("sr", "--early", "-1"), ("sr", "--early", "5"), ("sr", "--factor", "3"),
         ("sr", "--crop", "30"), ("sr", "--val-size", "2"), ("sr", "--coupling", "nope"), ("lowlight", "--crop", "18"),
         ("lowlight", "--coupling", "nope"), ("toy", "--coupling", "nope"), ("toy", "--root", "elsewhere"),
@@ -266,7 +266,7 @@ def batches(gen: torch.Generator):
 
 
 def fit_args(tmp_path: Path, name: str = "q", **kw) -> train_mod.TrainConfig:
-    base = dict(threads=0, seed=0, batch=2, crop=1, lr=1.0, runs=tmp_path / "runs", name=name, steps=4, save_every=100,
+    base = dict(threads=0, seed=0, batch=2, crop=1, learning_rate=1.0, runs=tmp_path / "runs", name=name, steps=4, save_every=100,
                 progress=False)  # fmt: skip
     return train_mod.TrainConfig(**{**base, **kw})
 
@@ -303,7 +303,7 @@ def test_divergence_saves_the_state_before_the_update_that_led_there(tmp_path):
     # the same lr diverges again at the same step; half of it goes on past it
     with pytest.raises(train_mod.NonFiniteLoss, match="at step 4"):
         train_mod.fit(Quadratic(), batches, fit_args(tmp_path), {})
-    progress = train_mod.fit(model := Quadratic(), batches, fit_args(tmp_path, lr=0.5), {})
+    progress = train_mod.fit(model := Quadratic(), batches, fit_args(tmp_path, learning_rate=0.5), {})
     assert progress.step == 4 and progress.lr_history == [[0, 1.0], [2, 0.5]] and torch.isfinite(model.w)
     done = state(tmp_path)
     assert done["step"] == 4 and done["lr_history"] == [[0, 1.0], [2, 0.5]]
@@ -329,30 +329,40 @@ def test_a_nonfinite_first_loss_says_a_smaller_lr_cannot_help(tmp_path):
 
 def test_saving_and_snapshots_do_not_change_the_result(tmp_path):
     a, b = Quadratic(), Quadratic()
-    train_mod.fit(a, batches, fit_args(tmp_path, "a", lr=0.1, steps=6, save_every=1), {})
-    train_mod.fit(b, batches, fit_args(tmp_path, "b", lr=0.1, steps=3), {})
-    train_mod.fit(b, batches, fit_args(tmp_path, "b", lr=0.1, steps=6), {})  # resumed
+    train_mod.fit(a, batches, fit_args(tmp_path, "a", learning_rate=0.1, steps=6, save_every=1), {})
+    train_mod.fit(b, batches, fit_args(tmp_path, "b", learning_rate=0.1, steps=3), {})
+    train_mod.fit(b, batches, fit_args(tmp_path, "b", learning_rate=0.1, steps=6), {})  # resumed
     assert torch.equal(a.w, b.w) and same(state(tmp_path, "a")["generator"], state(tmp_path, "b")["generator"])
 
 
 def test_resume_refuses_a_larger_lr_and_other_settings(tmp_path):
-    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=2), {"width": 8})
+    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=2), {"width": 8})
     with pytest.raises(train_mod.TrainError, match="goes on at --lr 0.1.*same or a smaller --lr, not 0.2"):
-        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.2, steps=3), {"width": 8})
+        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.2, steps=3), {"width": 8})
     with pytest.raises(train_mod.TrainError, match="other settings.*setting batch: 2 there, 3 now"):
-        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=3, batch=3), {"width": 8})
+        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=3, batch=3), {"width": 8})
     with pytest.raises(train_mod.TrainError, match="other settings.*config width: 8 there, 16 now"):
-        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=3), {"width": 16})
+        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=3), {"width": 16})
     assert state(tmp_path)["step"] == 2  # nothing changed
 
 
+def test_a_state_with_older_config_keys_resumes_with_the_current_names(tmp_path):
+    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=2), {"steps": 1, "width": 8})
+    progress = train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=3), {"flow_steps": 1, "hidden": 8},
+                             builder="srflow")  # fmt: skip
+    assert progress.step == 3
+    with pytest.raises(train_mod.TrainError, match="config hidden: 8 there, 16 now"):
+        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=4), {"flow_steps": 1, "hidden": 16},
+                      builder="srflow")  # fmt: skip
+
+
 def test_a_state_from_before_lr_history_resumes(tmp_path):
-    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.1, steps=2), {})
+    train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=2), {})
     old = state(tmp_path)
     del old["lr_history"]
     old["hyper"]["lr"] = 0.1  # how states recorded their one lr
     torch.save(old, tmp_path / "runs" / "q" / "state.pt")
-    progress = train_mod.fit(Quadratic(), batches, fit_args(tmp_path, lr=0.05, steps=3), {})
+    progress = train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.05, steps=3), {})
     assert progress.step == 3 and progress.lr_history == [[0, 0.1], [2, 0.05]]
 
 
@@ -380,7 +390,7 @@ def test_train_config_refuses_meaningless_values(tmp_path):
     good = dict(name="n", runs=tmp_path)
     assert train_mod.TrainConfig(**good).runs == tmp_path and train_mod.TrainConfig(name="n", runs=str(tmp_path)).runs == tmp_path
     for bad, match in [({"name": "../up"}, "plain file name"), ({"steps": 0}, "steps must be"), ({"batch": 1.5}, "whole number"),
-                       ({"lr": 0.0}, "lr must be"), ({"lr": math.nan}, "lr must be"), ({"seed": -1}, "seed must be"),
+                       ({"learning_rate": 0.0}, "learning_rate must be"), ({"learning_rate": math.nan}, "learning_rate must be"), ({"seed": -1}, "seed must be"),
                        ({"threads": True}, "threads must be"), ({"crop": 0}, "crop must be")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             train_mod.TrainConfig(**{**good, **bad})

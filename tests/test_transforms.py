@@ -73,7 +73,7 @@ def cases():
     )
     out["coupling-unconditional"] = vec(lambda: randomize_zero_layers(mf.Coupling(2, 0, kind="mlp", hidden=16, depth=2)), c=2)
     out["sequential"] = img(
-        lambda: mf.Sequential(
+        lambda: mf.Chain(
             make_actnorm(4),
             mf.InvConv1x1(4, lu=True),
             randomize_zero_layers(mf.Injector(4, 3, kind="conv", hidden=8)),
@@ -122,7 +122,7 @@ def test_property_image_step(c, cond_c, size, batch, scale, std, seed):
     """A conditional step on random shapes, conditions and parameters inverts and its logdet is exact."""
     torch.manual_seed(seed)  # the layers' own initialisation: the example must not depend on earlier tests
     g = torch.Generator().manual_seed(seed)
-    step = mf.Sequential(
+    step = mf.Chain(
         make_actnorm(c),
         mf.InvConv1x1(c, lu=True),
         mf.Injector(c, cond_c, mf.Affine(scale), kind="conv", hidden=4),
@@ -284,7 +284,7 @@ def test_training_runs_no_diagnostics(monkeypatch):
 
     calls = []
     monkeypatch.setattr(minflow.diagnostics, "nanmin", lambda *a: calls.append(a))
-    flow = mf.toy.toy_flow("affine", steps=2, hidden=4, depth=1)
+    flow = mf.toy.toy_flow("affine", flow_steps=2, hidden=4, depth=1)
     mf.toy.train_toy(flow, 2, batch=8, progress=False)
     flow.sample(torch.zeros(4, 2))
     assert calls == []
@@ -317,7 +317,7 @@ def test_every_inverse_takes_the_sampling_keywords():
         z = torch.randn(2, 2 if isinstance(layer, mf.Split) else 4, 4, 4)
         cond = torch.randn(2, 2, 4, 4) if isinstance(layer, mf.Injector) else None
         layer.inverse(z, cond, temperature=0.5, generator=gen())
-    seq = mf.Sequential(mf.ActNorm(4), mf.Split(4))  # Sequential passes the keywords on
+    seq = mf.Chain(mf.ActNorm(4), mf.Split(4))  # Chain passes the keywords on
     z1 = torch.zeros(2, 2, 4, 4)
     a, _ = seq.inverse(z1, temperature=0.5, generator=gen())
     b, _ = mf.Split(4).inverse(z1, temperature=0.5, generator=gen())
@@ -327,15 +327,15 @@ def test_every_inverse_takes_the_sampling_keywords():
 def test_features_are_keyed_by_size():
     f = mf.Features({(4, 4): torch.zeros(2, 3, 4, 4)}, prior_mean=torch.zeros(2, 12, 2, 2))
     assert list(f) == [(4, 4)] and len(f) == 1 and f[(4, 4)].shape == (2, 3, 4, 4) and f.prior_mean.shape[1] == 12
-    assert mf.cond_for(f, torch.zeros(2, 1, 4, 4)) is f[(4, 4)]
+    assert mf.transforms.cond_for(f, torch.zeros(2, 1, 4, 4)) is f[(4, 4)]
     with pytest.raises(KeyError, match=r"no condition features for spatial size \(8, 8\); have sizes \[\(4, 4\)\]"):
-        mf.cond_for(f, torch.zeros(2, 1, 8, 8))
+        mf.transforms.cond_for(f, torch.zeros(2, 1, 8, 8))
     with pytest.raises(TypeError, match="spatial size"):
         mf.Features({"mean": torch.zeros(2, 3, 4, 4)})
     with pytest.raises(ValueError, match="for size"):
         mf.Features({(4, 4): torch.zeros(2, 3, 8, 8)})
     with pytest.raises(TypeError, match="minflow.Features"):
-        mf.cond_for({(4, 4): torch.zeros(2, 3, 4, 4)}, torch.zeros(2, 1, 4, 4))
+        mf.transforms.cond_for({(4, 4): torch.zeros(2, 3, 4, 4)}, torch.zeros(2, 1, 4, 4))
 
 
 # ----------------------------------------------------------------------------- clear errors

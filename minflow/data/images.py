@@ -26,6 +26,14 @@ import torch.nn.functional as F
 
 from ..utils import check_image
 
+__all__ = [
+    "TRAIN_PHOTOS", "VAL_PHOTOS", "TEST_PHOTOS", "OTHER_IMAGES", "OOD_GROUPS", "DIV2K_URLS", "CropDataset",
+    "OODInput", "add_noise", "bicubic_down", "bicubic_up", "blur_down", "box_kernel", "center_crop", "check_size",
+    "contrast", "fit_square", "gamma", "gaussian_kernel", "invert", "jpeg", "load_div2k", "load_photo",
+    "load_photos", "mod_crop", "motion_kernel", "nearest_down", "ood_sets", "photo_names", "random_crops",
+    "synthetic_patterns", "to_tensor"
+]  # fmt: skip
+
 Tensor = torch.Tensor
 
 TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "rocket", "coins", "hubble_deep_field", "clock",

@@ -21,6 +21,11 @@ from ..utils import check_image
 from .images import (OTHER_IMAGES, TEST_PHOTOS, VAL_PHOTOS, _require, check_size, fit_square, load_photo, random_crops,
                      synthetic_patterns, to_tensor)  # fmt: skip
 
+__all__ = [
+    "DARKEN_RANGES", "LL_GROUPS", "LOL_PAGE", "LOL_URL", "OOD_DARKEN", "LowLightInput", "LowLightPairs", "darken",
+    "darken_ranges", "load_lol", "lowlight_ood_sets", "paired_crops"
+]  # fmt: skip
+
 # ----------------------------------------------------------------------------- synthetic low light
 
 DARKEN_RANGES = {  # each drawn per image, uniformly (log-uniformly for exposure and photon)
