@@ -18,8 +18,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -40,11 +40,13 @@ def machine(clock: str = "cpu") -> str:
     except OSError:
         pass
     try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+        load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "load average ?"
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), {load}, clock: {clock}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), {load}, clock: {clock}"
+    )
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -54,12 +56,17 @@ def add_timing_args(parser, rounds: int, min_run_time: float) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
     parser.add_argument("--min-run-time", type=float, default=min_run_time, help="seconds per blocked_autorange")
-    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
-                        help="cpu: this process's CPU time (robust to other jobs); wall: elapsed time")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="cpu",
+        help="cpu: this process's CPU time (robust to other jobs); wall: elapsed time",
+    )
 
 
-def measure(fns: dict[str, Callable[[], object]], rounds: int, min_run_time: float, threads: int,
-            clock: str = "cpu") -> dict[str, list[float]]:
+def measure(
+    fns: dict[str, Callable[[], object]], rounds: int, min_run_time: float, threads: int, clock: str = "cpu"
+) -> dict[str, list[float]]:
     """{name: [median seconds per call, one per round]}, candidates interleaved within each round."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm-up (allocator, lazy inits, compilation) outside the timing

@@ -32,7 +32,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import add_timing_args, fmt_ratio, machine, measure, ms, ratio
 
 import minflow.splines as splines
@@ -107,8 +106,12 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     randomize_zero_layers(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.99))
     g = torch.Generator().manual_seed(1)
-    hr = F.interpolate(torch.rand(batch, 3, hr_size // 8, hr_size // 8, generator=g), size=(hr_size, hr_size),
-                       mode="bilinear", align_corners=False)  # smooth, photo-like values in [0, 1]
+    hr = F.interpolate(
+        torch.rand(batch, 3, hr_size // 8, hr_size // 8, generator=g),
+        size=(hr_size, hr_size),
+        mode="bilinear",
+        align_corners=False,
+    )  # smooth, photo-like values in [0, 1]
     lr = F.avg_pool2d(hr, model.factor)
     with torch.no_grad():  # data-dependent ActNorm initialisation, outside the timing
         model.nll_bpd(hr, lr)
@@ -139,15 +142,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine(args.clock)}")
-    print(f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; the spline eager (default) "
-          f"{'only' if args.no_compile else 'and compiled (the compiled backend, compilation excluded)'}")
+    print(
+        f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; the spline eager (default) "
+        f"{'only' if args.no_compile else 'and compiled (the compiled backend, compilation excluded)'}"
+    )
     kinds = ["spline", "affine", "affine4"] + ([] if args.no_compile else ["compiled"])
     results = []
     parts = []
     if args.only in (None, "layer"):
         s = args.hr // 2
-        parts += [(f"Coupling layer (12 ch, {s}x{s})", lambda k: layer_fns(k, Coupling, args.batch, s)),
-                  (f"Injector layer (12 ch, {s}x{s})", lambda k: layer_fns(k, Injector, args.batch, s))]
+        parts += [
+            (f"Coupling layer (12 ch, {s}x{s})", lambda k: layer_fns(k, Coupling, args.batch, s)),
+            (f"Injector layer (12 ch, {s}x{s})", lambda k: layer_fns(k, Injector, args.batch, s)),
+        ]
     if args.only in (None, "flow"):
         parts += [(f"SRFlow ({args.hr}x{args.hr} HR)", lambda k: flow_fns(k, args.batch, args.hr))]
     for name, make in parts:
@@ -165,7 +172,10 @@ def main() -> None:
                 r = ratio(times, f"{kind} {what}", f"affine {what}")
                 label = LABELS[kind]
                 results.append((name, what, label, r, ms(times, f"{kind} {what}"), ms(times, f"affine {what}")))
-                print(f"  {what:6s} {label:22s} / affine {fmt_ratio(r)}" + ("" if kind == "affine4" else f"  (target <= {TARGET})"))
+                print(
+                    f"  {what:6s} {label:22s} / affine {fmt_ratio(r)}"
+                    + ("" if kind == "affine4" else f"  (target <= {TARGET})")
+                )
     print(f"\nsummary (time spline / affine, target <= {TARGET}x)")
     print(f"{'':32s} {'step':>6} {'against affine':>22} {'ratio':>7} {'its ms':>8} {'affine ms':>10}  target")
     for name, what, label, r, ts, ta in results:

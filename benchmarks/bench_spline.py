@@ -38,7 +38,6 @@ import argparse
 import time
 
 import torch
-
 from _common import add_timing_args, fmt_ratio, machine, measure, ms, ratio
 
 from minflow.splines import RQSpline, rational_quadratic_spline, rq_knots
@@ -78,10 +77,13 @@ def check_agreement(bins: int, bound: float, n: int = 100_000) -> None:
             a = (bij.inverse if inverse else bij)(x, params)
             b = rational_quadratic_spline(x, *bij.knots(params), inverse=inverse)
             errs[f"RQSpline vs raw ({'inverse' if inverse else 'forward'})"] = max(
-                (a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item())
+                (a[0] - b[0]).abs().max().item(), (a[1] - b[1]).abs().max().item()
+            )
         worst = max(errs.values())
-        print(f"  agreement {str(dtype)[6:]:8s} max |diff| {worst:.1e} (tolerance {tol:.0e}): "
-              + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+        print(
+            f"  agreement {str(dtype)[6:]:8s} max |diff| {worst:.1e} (tolerance {tol:.0e}): "
+            + ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        )
         if not worst <= tol:
             raise SystemExit(f"minflow and zuko disagree in {dtype}: {errs}")
 
@@ -107,8 +109,10 @@ def main() -> None:
     try:
         import zuko
         from zuko.transforms import MonotonicRQSTransform
-    except ImportError:
-        raise SystemExit("this benchmark compares against zuko: .venv/bin/pip install zuko (the 'bench' extra)")
+    except ImportError as err:
+        raise SystemExit(
+            "this benchmark compares against zuko: .venv/bin/pip install zuko (the 'bench' extra)"
+        ) from err
 
     print(f"machine: {machine(args.clock)}")
     print(f"zuko {zuko.__version__}, {args.bins} bins on [-{args.bound}, {args.bound}], float32, CPU")
@@ -154,21 +158,27 @@ def main() -> None:
             print("  " + "  ".join(f"{k} {ms(times, k):.2f}" for k in fns))
             for direction in ("fwd", "inv"):
                 for impl in paths:
-                    print(f"  {direction} {PATHS[impl]:18s}: "
-                          f"{fmt_ratio(ratio(times, f'{direction} zuko', f'{direction} {impl}'))} zuko's throughput, "
-                          f"{fmt_ratio(ratio(times, f'{direction} {impl}', 'floor'))} the memory floor")
+                    print(
+                        f"  {direction} {PATHS[impl]:18s}: "
+                        f"{fmt_ratio(ratio(times, f'{direction} zuko', f'{direction} {impl}'))} zuko's throughput, "
+                        f"{fmt_ratio(ratio(times, f'{direction} {impl}', 'floor'))} the memory floor"
+                    )
 
     print(f"\nsummary: throughput vs zuko (target >= {TARGET:g}x), time / memory floor (stretch <= {STRETCH:g}x)")
-    print(f"{'elements':>9} {'params':>7} {'dir':>4} {'minflow path':>18} {'vs zuko':>8} {'/ floor':>8}  "
-          f"{'minflow ms':>10} {'zuko ms':>8} {'floor ms':>8}")
+    print(
+        f"{'elements':>9} {'params':>7} {'dir':>4} {'minflow path':>18} {'vs zuko':>8} {'/ floor':>8}  "
+        f"{'minflow ms':>10} {'zuko ms':>8} {'floor ms':>8}"
+    )
     for size, layout, times in rows:
         for direction in ("fwd", "inv"):
             for impl in paths:
                 vz = ratio(times, f"{direction} zuko", f"{direction} {impl}")[0]
                 vf = ratio(times, f"{direction} {impl}", "floor")[0]
-                print(f"{size:9.0e} {layout:>7} {direction:>4} {PATHS[impl]:>18} {vz:7.2f}x {vf:7.1f}x  "
-                      f"{ms(times, f'{direction} {impl}'):10.2f} {ms(times, f'{direction} zuko'):8.2f} "
-                      f"{ms(times, 'floor'):8.2f}")
+                print(
+                    f"{size:9.0e} {layout:>7} {direction:>4} {PATHS[impl]:>18} {vz:7.2f}x {vf:7.1f}x  "
+                    f"{ms(times, f'{direction} {impl}'):10.2f} {ms(times, f'{direction} zuko'):8.2f} "
+                    f"{ms(times, 'floor'):8.2f}"
+                )
 
 
 if __name__ == "__main__":

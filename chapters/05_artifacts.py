@@ -31,7 +31,9 @@ if "google.colab" in sys.modules:
 
     course = Path("minflow").resolve()  # /content/minflow on Colab
     if not course.exists():
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        clone = subprocess.run(
+            ["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True
+        )
         if clone.returncode != 0:
             raise RuntimeError(
                 f"Could not clone {REPO}: {clone.stderr.strip()}\n"

@@ -6,10 +6,13 @@ return ``(output, logdet)``.
 
 import importlib
 
+from . import bijections, checkpoints, couplings, data, diagnostics, flow, ood, splines, transforms, utils
 from .bijections import SCALES, Affine, Bijection, bijection_names, make_bijection, register_bijection
+from .checkpoints import available, load_pretrained
 from .couplings import Coupling, Injector, conditioner, conv_net, mlp
-from .flow import ConditionalFlow, format_trace
 from .diagnostics import Recorder, recording
+from .flow import ConditionalFlow, format_trace
+from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
 from .transforms import (
     ActNorm,
     Chain,
@@ -22,9 +25,6 @@ from .transforms import (
     gaussian_log_prob,
 )
 from .utils import get_device, pick, quick_mode, seed_everything
-from .splines import BoundedSpline, FullyBoundedSpline, RQSpline, rational_quadratic_spline
-from .checkpoints import available, load_pretrained
-from . import bijections, checkpoints, couplings, data, diagnostics, flow, ood, splines, transforms, utils
 
 LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "sr", "toy", "train")
 """Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""

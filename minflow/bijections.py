@@ -26,7 +26,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +36,19 @@ from .splines import BoundedSpline, FullyBoundedSpline, RQSpline
 from .utils import param_planes
 
 __all__ = [
-    "ALIASES", "BIJECTIONS", "SCALES", "Affine", "Bijection", "Factory", "Spec", "bijection_names",
-    "canonical_name", "check_bijection", "make_bijection", "register_bijection"
-]  # fmt: skip
+    "ALIASES",
+    "BIJECTIONS",
+    "SCALES",
+    "Affine",
+    "Bijection",
+    "Factory",
+    "Spec",
+    "bijection_names",
+    "canonical_name",
+    "check_bijection",
+    "make_bijection",
+    "register_bijection",
+]
 
 
 @runtime_checkable
@@ -55,8 +66,10 @@ def check_bijection(obj: object) -> Bijection:
     """`obj`, or a clear error unless it has ``n_params`` (an int >= 1), ``forward`` and ``inverse``."""
     missing = [m for m in ("n_params", "forward", "inverse") if not hasattr(obj, m)]
     if missing or not isinstance(obj, Bijection):
-        raise TypeError(f"a bijection needs n_params, forward(x, params) and inverse(y, params); "
-                        f"{type(obj).__name__} lacks {', '.join(missing) or 'callable forward/inverse'}")
+        raise TypeError(
+            f"a bijection needs n_params, forward(x, params) and inverse(y, params); "
+            f"{type(obj).__name__} lacks {', '.join(missing) or 'callable forward/inverse'}"
+        )
     n = obj.n_params
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{type(obj).__name__}.n_params must be an int >= 1, got {n!r}")
@@ -122,8 +135,9 @@ class Affine(nn.Module):
 
     def _unbind(self, params: Tensor) -> tuple[Tensor, Tensor]:
         if params.shape[-1] != 2:
-            raise ValueError(f"Affine needs params of shape x.shape + (2,) = (t, h), "
-                             f"got last dimension {params.shape[-1]}")
+            raise ValueError(
+                f"Affine needs params of shape x.shape + (2,) = (t, h), got last dimension {params.shape[-1]}"
+            )
         planes, dim = param_planes(params)
         return planes.unbind(dim)
 
@@ -185,7 +199,9 @@ def register_bijection(name: str, factory: Factory) -> Factory:
     if name in _BUILTIN or name in ALIASES:
         raise ValueError(f"{name!r} is a built-in bijection name; choose another")
     if not callable(factory):
-        raise TypeError(f"the factory for {name!r} must be callable (a class or function), got {type(factory).__name__}")
+        raise TypeError(
+            f"the factory for {name!r} must be callable (a class or function), got {type(factory).__name__}"
+        )
     BIJECTIONS[name] = factory
     return factory
 
@@ -199,8 +215,10 @@ def canonical_name(name: str) -> str:
     """The registered name for `name` or its alias, or a clear error naming the choices."""
     name = ALIASES.get(name, name)
     if name not in BIJECTIONS:
-        raise ValueError(f"unknown coupling {name!r}: choose a bijection name of {bijection_names()} "
-                         f"(older names {sorted(ALIASES)} still work), or pass a factory")
+        raise ValueError(
+            f"unknown coupling {name!r}: choose a bijection name of {bijection_names()} "
+            f"(older names {sorted(ALIASES)} still work), or pass a factory"
+        )
     return name
 
 

@@ -24,16 +24,27 @@ import os
 import pickle
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 __all__ = [
-    "BUILDERS", "RENAMED_KEYS", "available", "build", "builder", "config_digest", "data_dir", "load_pretrained",
-    "load_state", "read_manifest", "register_builder", "save_checkpoint", "upgrade_config",
-]  # fmt: skip
+    "BUILDERS",
+    "RENAMED_KEYS",
+    "available",
+    "build",
+    "builder",
+    "config_digest",
+    "data_dir",
+    "load_pretrained",
+    "load_state",
+    "read_manifest",
+    "register_builder",
+    "save_checkpoint",
+    "upgrade_config",
+]
 
 BUILDERS: dict[str, str | Callable[..., nn.Module]] = {
     "srflow": "minflow.sr:build_srflow",
@@ -98,8 +109,10 @@ REQUIRED = {"builder": str, "config": dict, "sha256": str, "config_sha256": str}
 def check_name(name: str) -> str:
     """`name`, or a clear error unless it is a plain file name that stays in the checkpoints folder."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; "
-                         f"not starting with '.'), got {name!r}")
+        raise ValueError(
+            f"a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; "
+            f"not starting with '.'), got {name!r}"
+        )
     return name
 
 
@@ -125,8 +138,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: nn.Module, name: str, builder: str, config: dict | object, record: dict,
-                    root: Path | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, name: str, builder: str, config: dict | object, record: dict, root: Path | None = None
+) -> Path:
     """Write NAME.pt and its manifest NAME.json; `record` holds command, seed, wall time, metrics.
     `config` is a dict or a config dataclass (stored as a dict)."""
     pt, js = _paths(name, root)
@@ -179,7 +193,9 @@ def read_manifest(name: str, root: Path | None = None) -> dict:
         if key not in manifest:
             raise ValueError(f"checkpoint manifest {js} has no {key!r} key")
         if not isinstance(manifest[key], kind):
-            raise ValueError(f"checkpoint manifest {js}: {key!r} must be a {kind.__name__}, got {type(manifest[key]).__name__}")
+            raise ValueError(
+                f"checkpoint manifest {js}: {key!r} must be a {kind.__name__}, got {type(manifest[key]).__name__}"
+            )
     return manifest
 
 
@@ -191,17 +207,23 @@ def load_state(name: str, root: Path | None = None) -> tuple[dict, dict]:
     how = f"Recreate it with: {manifest.get('command', '(command not recorded)')}"
     digest = config_digest(manifest["builder"], manifest["config"])
     if digest != manifest["config_sha256"]:
-        raise RuntimeError(f"checkpoint manifest {js} was edited: the SHA-256 of its builder and config is {digest[:12]}..., "
-                           f"its config_sha256 {manifest['config_sha256'][:12]}...; restore the file. {how}")
+        raise RuntimeError(
+            f"checkpoint manifest {js} was edited: the SHA-256 of its builder and config is {digest[:12]}..., "
+            f"its config_sha256 {manifest['config_sha256'][:12]}...; restore the file. {how}"
+        )
     if not pt.exists():
         raise FileNotFoundError(f"checkpoint file {pt} is missing. {how}")
     digest = sha256(pt)
     if digest != manifest["sha256"]:
-        raise RuntimeError(f"checkpoint {pt} is corrupt: SHA-256 {digest[:12]}... != manifest {manifest['sha256'][:12]}... {how}")
+        raise RuntimeError(
+            f"checkpoint {pt} is corrupt: SHA-256 {digest[:12]}... != manifest {manifest['sha256'][:12]}... {how}"
+        )
     try:
         return torch.load(pt, map_location="cpu", weights_only=True), manifest
     except pickle.UnpicklingError as err:
-        raise RuntimeError(f"checkpoint {pt} holds more than tensors and was refused (it is loaded with weights_only=True)") from err
+        raise RuntimeError(
+            f"checkpoint {pt} holds more than tensors and was refused (it is loaded with weights_only=True)"
+        ) from err
 
 
 def load_pretrained(name: str, device: torch.device | str = "cpu", root: Path | None = None) -> nn.Module:

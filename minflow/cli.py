@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import checkpoints, train
+from .bijections import ALIASES, bijection_names
 from .lowlight import LLFlowConfig
 from .sr import SRFlowConfig
-from .bijections import ALIASES, bijection_names
 from .toy import ToyFlowConfig
 
 __all__ = ["PROG", "checkpoint_name", "main", "nonnegative_int", "parser", "positive_float", "positive_int"]
@@ -81,23 +81,44 @@ def command_line(argv: list[str]) -> str:
 # ----------------------------------------------------------------------------- the commands
 
 
-def add_training_args(p: argparse.ArgumentParser, *, steps: int, batch: int, learning_rate: float, threads: int) -> None:
+def add_training_args(
+    p: argparse.ArgumentParser, *, steps: int, batch: int, learning_rate: float, threads: int
+) -> None:
     """The options every training command shares (with its own defaults): a `train.TrainConfig`."""
     p.add_argument("--steps", type=positive_int, default=steps, help="training steps (optimiser iterations)")
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--batch", type=positive_int, default=batch)
-    p.add_argument("--lr", dest="learning_rate", type=positive_float, default=learning_rate, help="Adam learning rate (a resumed run may lower it)")
+    p.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=positive_float,
+        default=learning_rate,
+        help="Adam learning rate (a resumed run may lower it)",
+    )
     p.add_argument("--threads", type=nonnegative_int, default=threads, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--runs", type=Path, default=train.RUNS, help="where run folders go: RUNS/NAME holds a run's state and checkpoints")
-    p.add_argument("--ship", action="store_true", help="save the checkpoint into the shipped folder data/checkpoints "
-                   "($MINFLOW_DATA/checkpoints when set) instead of the run folder")  # fmt: skip
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=train.RUNS,
+        help="where run folders go: RUNS/NAME holds a run's state and checkpoints",
+    )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="save the checkpoint into the shipped folder data/checkpoints "
+        "($MINFLOW_DATA/checkpoints when set) instead of the run folder",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint of this name")
     p.add_argument("--no-progress", action="store_true")
 
 
 def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) -> None:
     """The architecture and validation options the image tasks share."""
-    p.add_argument("--coupling", default="affine", help="a bijection of minflow.bijections by name or alias, e.g. 'affine' (SRFlow's) or 'bounded_spline'")
+    p.add_argument(
+        "--coupling",
+        default="affine",
+        help="a bijection of minflow.bijections by name or alias, e.g. 'affine' (SRFlow's) or 'bounded_spline'",
+    )
     p.add_argument("--crop", type=positive_int, default=64, help="training crop size (of the clean image)")
     p.add_argument("--levels", type=positive_int, default=3)
     p.add_argument("--flow-steps", type=positive_int, default=flow_steps, help="conditional steps K per level")
@@ -105,30 +126,59 @@ def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) 
     p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
     p.add_argument("--blocks", type=positive_int, default=blocks, help="encoder residual dense blocks")
     p.add_argument("--save-every", type=positive_int, default=100)
-    p.add_argument("--val-size", type=nonnegative_int, default=0, help="validate on centre crops of this size (0: whole photos)")
+    p.add_argument(
+        "--val-size", type=nonnegative_int, default=0, help="validate on centre crops of this size (0: whole photos)"
+    )
 
 
 def train_config(args: argparse.Namespace, name: str | None = None) -> train.TrainConfig:
     """The `train.TrainConfig` of a training command's options."""
-    return train.TrainConfig(name=name or args.name, steps=args.steps, batch=args.batch, crop=getattr(args, "crop", 64),
-                             learning_rate=args.learning_rate, seed=args.seed, save_every=getattr(args, "save_every", 100), threads=args.threads,
-                             runs=args.runs, progress=not args.no_progress, ship=args.ship, force=args.force)  # fmt: skip
+    return train.TrainConfig(
+        name=name or args.name,
+        steps=args.steps,
+        batch=args.batch,
+        crop=getattr(args, "crop", 64),
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        save_every=getattr(args, "save_every", 100),
+        threads=args.threads,
+        runs=args.runs,
+        progress=not args.no_progress,
+        ship=args.ship,
+        force=args.force,
+    )
 
 
 Job = Callable[[str], object]  # a checked run, given the command line to record
 
 
 def prepare_sr(args: argparse.Namespace) -> Job:
-    model = SRFlowConfig(factor=args.factor, levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf,
-                         blocks=args.blocks, coupling=args.coupling, prior=args.prior)  # fmt: skip
+    model = SRFlowConfig(
+        factor=args.factor,
+        levels=args.levels,
+        flow_steps=args.flow_steps,
+        hidden=args.hidden,
+        nf=args.nf,
+        blocks=args.blocks,
+        coupling=args.coupling,
+        prior=args.prior,
+    )
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
-    return lambda command: train.train_images(train.SR, model, cfg, command, args.early, args.val_size, args.val_samples)
+    return lambda command: train.train_images(
+        train.SR, model, cfg, command, args.early, args.val_size, args.val_samples
+    )
 
 
 def prepare_lowlight(args: argparse.Namespace) -> Job:
-    model = LLFlowConfig(levels=args.levels, flow_steps=args.flow_steps, hidden=args.hidden, nf=args.nf, blocks=args.blocks,
-                         coupling=args.coupling)  # fmt: skip
+    model = LLFlowConfig(
+        levels=args.levels,
+        flow_steps=args.flow_steps,
+        hidden=args.hidden,
+        nf=args.nf,
+        blocks=args.blocks,
+        coupling=args.coupling,
+    )
     cfg = train_config(args)
     train.check_run(model, cfg, val_size=args.val_size)
     return lambda command: train.train_images(train.LOWLIGHT, model, cfg, command, val_size=args.val_size)
@@ -144,34 +194,49 @@ def prepare_toy(args: argparse.Namespace) -> Job:
 
 def parser() -> argparse.ArgumentParser:
     """``python -m minflow`` and its commands; each command's parser holds its `prepare` function."""
-    top = argparse.ArgumentParser(prog=PROG, description="minflow: conditional normalizing flows for imaging inverse problems.")
+    top = argparse.ArgumentParser(
+        prog=PROG, description="minflow: conditional normalizing flows for imaging inverse problems."
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, prepare: Callable[[argparse.Namespace], Job], summary: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=summary, description=f"{summary} (see minflow.train for where checkpoints go "
-                                "and how a run resumes).")  # fmt: skip
+        p = commands.add_parser(
+            name,
+            help=summary,
+            description=f"{summary} (see minflow.train for where checkpoints go and how a run resumes).",
+        )
         p.set_defaults(prepare=prepare, parser=p)
         return p
 
     p = command("train-sr", prepare_sr, "Train the small SRFlow of chapters 4-7 on the course's photos")
-    p.add_argument("--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)")
+    p.add_argument(
+        "--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)"
+    )
     p.add_argument("--prior", default="srflow", choices=["srflow", "conditional"])
     add_training_args(p, steps=1800, batch=16, learning_rate=5e-4, threads=0)
     add_image_args(p, flow_steps=3, blocks=4)
-    p.add_argument("--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)")
+    p.add_argument(
+        "--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)"
+    )
     p.add_argument("--factor", type=positive_int, default=4)
     p.add_argument("--val-samples", type=positive_int, default=3)
 
     p = command("train-lowlight", prepare_lowlight, "Train the small LLFlow of chapter 8 on synthetic low-light pairs")
-    p.add_argument("--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME")
+    p.add_argument(
+        "--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME"
+    )
     add_training_args(p, steps=2000, batch=8, learning_rate=5e-4, threads=0)
     add_image_args(p, flow_steps=1, blocks=2)
 
     p = command("train-toy", prepare_toy, "Train a toy conditional flow of chapters 2-7 and save a checkpoint")
     p.add_argument("--coupling", default="affine", choices=bijection_names() + sorted(ALIASES))
-    p.add_argument("--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)")
+    p.add_argument(
+        "--name", type=checkpoint_name, help="run folder and checkpoint name (default toy_<coupling>_s<seed>)"
+    )
     add_training_args(p, steps=2000, batch=512, learning_rate=1e-3, threads=1)
-    p.add_argument("--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)")
+    p.add_argument(
+        "--root", type=Path, default=None, help="with --ship: the data folder (default $MINFLOW_DATA or data/)"
+    )
     p.add_argument("--flow-steps", type=positive_int, default=4, help="coupling blocks")
     p.add_argument("--hidden", type=positive_int, default=64, help="conditioner width")
     p.add_argument("--depth", type=positive_int, default=4, help="conditioner layers")

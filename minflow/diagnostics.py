@@ -27,7 +27,7 @@ from .utils import nanmin
 
 __all__ = ["Recorder", "recording"]
 
-_ACTIVE: contextvars.ContextVar[tuple["Recorder", ...]] = contextvars.ContextVar("minflow_recorders", default=())
+_ACTIVE: contextvars.ContextVar[tuple[Recorder, ...]] = contextvars.ContextVar("minflow_recorders", default=())
 
 
 class Recorder:

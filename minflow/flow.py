@@ -11,7 +11,7 @@ their half at the same temperature T.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,9 @@ class ConditionalFlow(nn.Module):
     `latent_shape`.
     """
 
-    def __init__(self, layers: Sequence[Transform], event_shape: tuple[int, ...] | None = None, encoder: nn.Module | None = None):
+    def __init__(
+        self, layers: Sequence[Transform], event_shape: tuple[int, ...] | None = None, encoder: nn.Module | None = None
+    ):
         super().__init__()
         self.layers = nn.ModuleList(leaves(layers))
         self.event_shape = tuple(event_shape) if event_shape is not None else None
@@ -97,7 +99,9 @@ class ConditionalFlow(nn.Module):
             n = self._batch(cond, num_samples)
             device = next(self.parameters()).device if cond is None else cond.device
             dtype = next(self.parameters()).dtype
-            z = self.base.sample(self.latent_shape(feats, n), temperature, device=device, dtype=dtype, generator=generator)
+            z = self.base.sample(
+                self.latent_shape(feats, n), temperature, device=device, dtype=dtype, generator=generator
+            )
         return z, feats
 
     def sample(
@@ -151,5 +155,7 @@ def format_trace(rows: list[dict]) -> str:
     lines = [f"{'layer':>5}  {'name':<14}{'max|x|':>12}{'variance':>12}{'non-finite':>11}{'min s':>11}"]
     for r in rows:
         s = "" if r["min_scale"] is None else f"{r['min_scale']:.2e}"
-        lines.append(f"{r['index']:>5}  {r['name']:<14}{r['max_abs']:>12.3g}{r['variance']:>12.3g}{r['nonfinite']:>11d}{s:>11}")
+        lines.append(
+            f"{r['index']:>5}  {r['name']:<14}{r['max_abs']:>12.3g}{r['variance']:>12.3g}{r['nonfinite']:>11d}{s:>11}"
+        )
     return "\n".join(lines)

@@ -79,8 +79,14 @@ class ImageFlow(ConditionalFlow):
         return self.bits_per_dim(self.dequantize(image, generator), cond) + math.log2(self.quant)
 
     @torch.no_grad()
-    def sample_images(self, cond: Tensor, temperature: float = 0.7, num_samples: int = 1,
-                      generator: torch.Generator | None = None, chunk: int = 8) -> Tensor:
+    def sample_images(
+        self,
+        cond: Tensor,
+        temperature: float = 0.7,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        chunk: int = 8,
+    ) -> Tensor:
         """Samples given whole condition images of any size, *unclamped* (explosions are returned as is).
 
         (C, h, w) -> (num_samples, C, f h, f w); (B, C, h, w) -> (B, num_samples, C, f h, f w). A

@@ -40,9 +40,17 @@ from .sr import Encoder, flow_level
 from .transforms import Cond, Features, Generator, Squeeze, Transform, zero_layer
 
 __all__ = [
-    "LLFlow", "LLFlowConfig", "LowLightEncoder", "PriorMean", "build_llflow", "colour_ratio", "encoder_inputs",
-    "enhance", "equalize", "squeeze_times"
-]  # fmt: skip
+    "LLFlow",
+    "LLFlowConfig",
+    "LowLightEncoder",
+    "PriorMean",
+    "build_llflow",
+    "colour_ratio",
+    "encoder_inputs",
+    "enhance",
+    "equalize",
+    "squeeze_times",
+]
 
 # ----------------------------------------------------------------------------- encoder inputs
 
@@ -96,7 +104,9 @@ class LowLightEncoder(nn.Module):
         if dark.dim() != 4 or dark.shape[1] != 3:
             raise ValueError(f"the dark image must have shape (B, 3, H, W), got {tuple(dark.shape)}")
         if dark.shape[2] % m or dark.shape[3] % m:
-            raise ValueError(f"image size {tuple(dark.shape[2:])} must be divisible by {m} for this flow; enhance() pads for you")
+            raise ValueError(
+                f"image size {tuple(dark.shape[2:])} must be divisible by {m} for this flow; enhance() pads for you"
+            )
         feats = self.body(squeeze_times(encoder_inputs(dark), 1))
         first = feats[(dark.shape[2] // 2, dark.shape[3] // 2)]
         colour = 3 * colour_ratio(dark.clamp(min=0)) + squeeze_times(self.colour(first), 1, inverse=True)
@@ -118,7 +128,9 @@ class PriorMean(Transform):
     def _mean(x: Tensor, cond: Cond) -> Tensor:
         mean = cond.prior_mean if isinstance(cond, Features) else None
         if mean is None or mean.shape[1:] != x.shape[1:]:
-            raise ValueError(f"PriorMean needs Features whose prior_mean is shaped like {tuple(x.shape[1:])} per sample")
+            raise ValueError(
+                f"PriorMean needs Features whose prior_mean is shaped like {tuple(x.shape[1:])} per sample"
+            )
         return mean
 
 
@@ -159,7 +171,9 @@ class LLFlow(ImageFlow):
         layers, c = [], 3
         for _ in range(cfg.levels):
             c *= 4
-            layers += flow_level(c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu)
+            layers += flow_level(
+                c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu
+            )
         encoder = LowLightEncoder(cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels)
         super().__init__([*layers, PriorMean()], encoder=encoder)
         self.settings = cfg
@@ -171,8 +185,10 @@ class LLFlow(ImageFlow):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """normal x, dark cond -> (z - mu, logdet): the standardised top latent."""
         if cond is None or x.dim() != 4 or x.shape != cond.shape or x.shape[1] != 3:
-            raise ValueError(f"need normal and dark images of one shape (B, 3, H, W), got {tuple(x.shape)} "
-                             f"and {None if cond is None else tuple(cond.shape)}")  # fmt: skip
+            raise ValueError(
+                f"need normal and dark images of one shape (B, 3, H, W), got {tuple(x.shape)} "
+                f"and {None if cond is None else tuple(cond.shape)}"
+            )
         return super().forward(x, cond)
 
     def colour_map(self, dark: Tensor) -> Tensor:
@@ -180,14 +196,19 @@ class LLFlow(ImageFlow):
         return squeeze_times(self.condition(dark).prior_mean, self.levels, inverse=True)
 
 
-
 def build_llflow(**config) -> LLFlow:
     """The checkpoint builder "llflow": `LLFlow(**config)` (config as stored in a checkpoint manifest)."""
     return LLFlow(**config)
 
 
-def enhance(model: LLFlow, dark: Tensor, temperature: float = 0.0, num_samples: int = 1,
-            generator: torch.Generator | None = None, chunk: int = 8) -> Tensor:
+def enhance(
+    model: LLFlow,
+    dark: Tensor,
+    temperature: float = 0.0,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    chunk: int = 8,
+) -> Tensor:
     """Enhanced images for dark images of any size, *unclamped*; T = 0 (LLFlow's choice) gives z = mu.
 
     (3, H, W) -> (num_samples, 3, H, W); (B, 3, H, W) -> (B, num_samples, 3, H, W). Sizes that are
@@ -196,7 +217,9 @@ def enhance(model: LLFlow, dark: Tensor, temperature: float = 0.0, num_samples: 
     return model.sample_images(dark, temperature, num_samples, generator, chunk)
 
 
-if __name__ == "__main__":  # the old form `python -m minflow.lowlight train ...`: `python -m minflow train-lowlight ...`
+if (
+    __name__ == "__main__"
+):  # the old form `python -m minflow.lowlight train ...`: `python -m minflow train-lowlight ...`
     import sys
 
     from .cli import main

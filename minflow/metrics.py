@@ -21,7 +21,18 @@ from torch import Tensor
 from .data import bicubic_down
 from .utils import nanmin
 
-__all__ = ["ARTIFACT_HIGH", "ARTIFACT_LOW", "EXPLOSION", "artifact_mask", "artifact_report", "diversity", "lr_psnr", "min_scale", "psnr", "ssim"]
+__all__ = [
+    "ARTIFACT_HIGH",
+    "ARTIFACT_LOW",
+    "EXPLOSION",
+    "artifact_mask",
+    "artifact_report",
+    "diversity",
+    "lr_psnr",
+    "min_scale",
+    "psnr",
+    "ssim",
+]
 
 ARTIFACT_HIGH, ARTIFACT_LOW = 1.5, -0.5  # the paper's bounds: outside [-0.5, 1.5] is an artifact
 EXPLOSION = 1e3  # a sample "explodes" if it holds a non-finite value or max |x| > EXPLOSION
@@ -34,8 +45,10 @@ def _shaved_pair(x: Tensor, y: Tensor, shave: int, what: str, min_size: int = 1)
         if not isinstance(t, Tensor):
             raise TypeError(f"{what}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(f"{what}: {name} must be a float image (data range 1), got dtype {t.dtype}; "
-                            "convert an 8-bit image with x.float() / 255")
+            raise TypeError(
+                f"{what}: {name} must be a float image (data range 1), got dtype {t.dtype}; "
+                "convert an 8-bit image with x.float() / 255"
+            )
     if x.shape != y.shape:
         raise ValueError(f"{what}: x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.device != y.device:
@@ -49,8 +62,10 @@ def _shaved_pair(x: Tensor, y: Tensor, shave: int, what: str, min_size: int = 1)
     h, w = x.shape[-2] - 2 * shave, x.shape[-1] - 2 * shave
     if min(h, w) < min_size:
         need = f"its {min_size}x{min_size} window needs" if min_size > 1 else "it needs"
-        raise ValueError(f"{what}: images of shape {tuple(x.shape)} with shave={shave} leave {max(h, 0)}x{max(w, 0)} px; "
-                         f"{need} at least {min_size}x{min_size}")
+        raise ValueError(
+            f"{what}: images of shape {tuple(x.shape)} with shave={shave} leave {max(h, 0)}x{max(w, 0)} px; "
+            f"{need} at least {min_size}x{min_size}"
+        )
     if shave:
         x, y = x[..., shave:-shave, shave:-shave], y[..., shave:-shave, shave:-shave]
     return x, y
@@ -99,7 +114,9 @@ def lr_psnr(sr: Tensor, lr: Tensor, factor: int) -> float:
     upscaling itself is not perfectly consistent, since down(up(lr)) != lr.
     """
     if not isinstance(lr, Tensor) or not lr.is_floating_point():
-        raise TypeError(f"lr_psnr: lr must be a float image (data range 1), got {getattr(lr, 'dtype', type(lr).__name__)}")
+        raise TypeError(
+            f"lr_psnr: lr must be a float image (data range 1), got {getattr(lr, 'dtype', type(lr).__name__)}"
+        )
     if sr.shape[-2:] != (lr.shape[-2] * factor, lr.shape[-1] * factor):
         raise ValueError(f"sr {tuple(sr.shape)} must be {factor}x the size of lr {tuple(lr.shape)}")
     down = bicubic_down(sr.clamp(0, 1), factor)
@@ -166,7 +183,13 @@ def artifact_report(x: Tensor, min_scale: float | Tensor | None = None) -> dict:
         "nonfinite": int(nonfinite.sum()),
         "min_scale": min_scale,
     }
-    report = {"fraction": fraction, "max_abs": max_abs, "nonfinite": nonfinite, "explosion": explosion, "summary": summary}
+    report = {
+        "fraction": fraction,
+        "max_abs": max_abs,
+        "nonfinite": nonfinite,
+        "explosion": explosion,
+        "summary": summary,
+    }
     if per_scale is not None:
         report["min_scale"] = per_scale
     return report

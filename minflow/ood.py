@@ -10,7 +10,8 @@ from the training features. All statistics are kept in float64 on the device of 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,10 +19,17 @@ import torch
 from .utils import check_tensor
 
 __all__ = [
-    "PIVOT_RTOL", "BinnedRate", "Mahalanobis", "average_ranks", "binned_rate", "maps_to_rows", "roc_auc", "spearman"
-]  # fmt: skip
+    "PIVOT_RTOL",
+    "BinnedRate",
+    "Mahalanobis",
+    "average_ranks",
+    "binned_rate",
+    "maps_to_rows",
+    "roc_auc",
+    "spearman",
+]
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 PIVOT_RTOL = 1e-10
 """Singularity rule: the covariance counts as singular when, for some feature i, the variance left

@@ -23,8 +23,9 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -236,7 +237,9 @@ def _bounded_knot(planes: Tensor, pdim: int, s: BoundedSettings, ops: Ops) -> tu
     return c * ops.tanh(0.5 * a), c * ops.tanh(0.5 * h), deriv, t
 
 
-def _bounded(x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool, ops: Ops) -> tuple[Tensor, Tensor]:
+def _bounded(
+    x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool, ops: Ops
+) -> tuple[Tensor, Tensor]:
     """`BoundedSpline` forward, y = RQS(x) + t, or inverse, x = RQS^{-1}(y - t).
 
     The right bin is the left one mirrored through the origin, so with sigma = +-1 the bin is always
@@ -348,13 +351,18 @@ class _Compiled:
             return _Compiled.cache[name](x.contiguous(), *args)
         except Exception as err:  # noqa: BLE001 - whatever failed, the eager map gives the same numbers
             _Compiled.failure = f"{type(err).__name__}: {err}"
-            warnings.warn(f"minflow.spline_kernels: torch.compile failed ({_Compiled.failure[:300]}); "
-                          "running eagerly from now on", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"minflow.spline_kernels: torch.compile failed ({_Compiled.failure[:300]}); "
+                "running eagerly from now on",
+                RuntimeWarning,
+                stacklevel=4,
+            )
             return self.fn(x, *args)
 
 
 def _kernels(spline: Callable, bounded: Callable, rq: Callable) -> Kernels:
-    """The public signatures of `minflow.splines.Kernels` around the three maps run by ``spline``, ``bounded``, ``rq``."""
+    """The public signatures of `minflow.splines.Kernels` around the three maps run by ``spline``,
+    ``bounded`` and ``rq``."""
 
     def spline_map(x: Tensor, knots_in: Tensor, knots_out: Tensor, derivatives: Tensor, inverse: bool):
         return spline(x, knots_in, knots_out, derivatives, inverse)

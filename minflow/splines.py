@@ -39,16 +39,30 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BACKENDS", "BoundedSettings", "BoundedSpline", "FullyBoundedSpline", "Kernels", "RQSettings", "RQSpline",
-           "cumulative_sizes", "default_backend", "kernels", "rational_quadratic_spline", "rq_knots", "set_backend",
-           "softplus_derivatives"]
+__all__ = [
+    "BACKENDS",
+    "BoundedSettings",
+    "BoundedSpline",
+    "FullyBoundedSpline",
+    "Kernels",
+    "RQSettings",
+    "RQSpline",
+    "cumulative_sizes",
+    "default_backend",
+    "kernels",
+    "rational_quadratic_spline",
+    "rq_knots",
+    "set_backend",
+    "softplus_derivatives",
+]
 
 # ----------------------------------------------------------------------------- into the box, and kept there
 
@@ -73,7 +87,9 @@ def _keep_in(v: Tensor, lo, hi) -> Tensor:
     where rounding touched the bound.
     """
     vd = v.detach()
-    return v + (vd.clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi) - vd)
+    return v + (
+        vd.clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi) - vd
+    )
 
 
 # ----------------------------------------------------------------------------- one bin
@@ -146,8 +162,10 @@ def _validate_knots(knots_x: Tensor, knots_y: Tensor, derivatives: Tensor) -> No
     for name, v in (("knots_x", knots_x), ("knots_y", knots_y)):
         step = v.diff(dim=-1)
         if not (step > 0).all():
-            raise ValueError(f"{name} must be strictly increasing along its last dimension; knots {_first(step <= 0)} "
-                             "and the next one are not (in this dtype)")
+            raise ValueError(
+                f"{name} must be strictly increasing along its last dimension; knots {_first(step <= 0)} "
+                "and the next one are not (in this dtype)"
+            )
     if not (derivatives > 0).all():
         raise ValueError(f"derivatives must be positive; not at index {_first(derivatives <= 0)}")
 
@@ -156,7 +174,9 @@ def _first(bad: Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in bad.nonzero()[0])
 
 
-def _spline(x: Tensor, knots_in: Tensor, knots_out: Tensor, derivatives: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+def _spline(
+    x: Tensor, knots_in: Tensor, knots_out: Tensor, derivatives: Tensor, inverse: bool
+) -> tuple[Tensor, Tensor]:
     """`rational_quadratic_spline` without checks, from the knots on the input and on the output axis."""
     u, inside = _into_box(x, knots_in[..., 0], knots_in[..., -1])  # a safe in-interval value *before* any arithmetic
     # the bin k with knots_in[k] <= u < knots_in[k + 1] (the last bin includes the box's end)
@@ -174,8 +194,14 @@ def _spline(x: Tensor, knots_in: Tensor, knots_out: Tensor, derivatives: Tensor,
 
 
 def rational_quadratic_spline(
-    x: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tensor, inverse: bool = False, validate: bool = False,
-    *, backend: str = "fast",
+    x: Tensor,
+    knots_x: Tensor,
+    knots_y: Tensor,
+    derivatives: Tensor,
+    inverse: bool = False,
+    validate: bool = False,
+    *,
+    backend: str = "fast",
 ) -> tuple[Tensor, Tensor]:
     """The monotone RQ spline through (knots_x, knots_y) with ``derivatives``, identity outside.
 
@@ -290,7 +316,8 @@ class RQSettings:
 
 
 def _bounded_knots(params: Tensor, s: BoundedSettings) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`BoundedSpline`'s knots from raw (a, h, d, t): (knots_x, knots_y, derivatives), each x.shape + (3,), and the shift.
+    """`BoundedSpline`'s knots from raw (a, h, d, t): (knots_x, knots_y, derivatives), each
+    x.shape + (3,), and the shift.
 
     Interior knot (x_1, y_1) = B (1 - 2m) (tanh(a/2), tanh(h/2)), derivative 1 + (1 - m_d) expm1(d),
     with d -> d_max tanh(d / d_max) and t -> t_max tanh(t / t_max) where those bounds are set.
@@ -406,12 +433,14 @@ class BoundedSpline(_Spline):
     max_log_derivative: float | None = None  # no bound on d and t: the paper's
     max_shift: float | None = None
 
-    def __init__(self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3, *,
-                 backend: str | None = None):
+    def __init__(
+        self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3, *, backend: str | None = None
+    ):
         super().__init__(backend)
         if bound <= 0 or not 0 < min_bin < 0.5 or not 0 < min_derivative < 1:
-            raise ValueError(f"need bound > 0, 0 < min_bin < 0.5, 0 < min_derivative < 1; got "
-                             f"{bound}, {min_bin}, {min_derivative}")
+            raise ValueError(
+                f"need bound > 0, 0 < min_bin < 0.5, 0 < min_derivative < 1; got {bound}, {min_bin}, {min_derivative}"
+            )
         self.bound, self.min_bin, self.min_derivative = bound, min_bin, min_derivative
 
     @property
@@ -420,8 +449,10 @@ class BoundedSpline(_Spline):
 
     def _check(self, params: Tensor) -> None:
         if params.shape[-1] != self.n_params:
-            raise ValueError(f"{type(self).__name__} needs params of shape x.shape + (4,) = (a, h, d, t), "
-                             f"got last dimension {params.shape[-1]}")
+            raise ValueError(
+                f"{type(self).__name__} needs params of shape x.shape + (4,) = (a, h, d, t), "
+                f"got last dimension {params.shape[-1]}"
+            )
 
     def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(knots_x, knots_y, derivatives) of shape x.shape + (3,), for plots and checks:
@@ -435,9 +466,15 @@ class BoundedSpline(_Spline):
         return _bounded_knots(params, self.settings)[3]
 
     def extra_repr(self) -> str:
-        bounds = ("" if self.max_shift is None else
-                  f"max_log_derivative={self.max_log_derivative}, max_shift={self.max_shift}, ")
-        return f"bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, {bounds}" + super().extra_repr()
+        bounds = (
+            ""
+            if self.max_shift is None
+            else f"max_log_derivative={self.max_log_derivative}, max_shift={self.max_shift}, "
+        )
+        return (
+            f"bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, {bounds}"
+            + super().extra_repr()
+        )
 
 
 class FullyBoundedSpline(BoundedSpline):
@@ -449,8 +486,16 @@ class FullyBoundedSpline(BoundedSpline):
     moves an element by at most t_max + 2B per layer, whatever the condition.
     """
 
-    def __init__(self, bound: float = 0.5, min_bin: float = 1e-3, min_derivative: float = 1e-3,
-                 max_log_derivative: float = 3.0, max_shift: float = 3.0, *, backend: str | None = None):
+    def __init__(
+        self,
+        bound: float = 0.5,
+        min_bin: float = 1e-3,
+        min_derivative: float = 1e-3,
+        max_log_derivative: float = 3.0,
+        max_shift: float = 3.0,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__(bound, min_bin, min_derivative, backend=backend)
         if max_log_derivative <= 0 or max_shift <= 0:
             raise ValueError("max_log_derivative and max_shift must be positive")
@@ -472,12 +517,21 @@ class RQSpline(_Spline):
 
     _map = "rq"
 
-    def __init__(self, bins: int = 8, bound: float = 3.0, min_bin: float = 1e-3, min_derivative: float = 1e-3, *,
-                 backend: str | None = None):
+    def __init__(
+        self,
+        bins: int = 8,
+        bound: float = 3.0,
+        min_bin: float = 1e-3,
+        min_derivative: float = 1e-3,
+        *,
+        backend: str | None = None,
+    ):
         super().__init__(backend)
         if bins < 2 or bound <= 0 or not 0 < min_bin * bins < 1 or not 0 < min_derivative < 1:
-            raise ValueError(f"need bins >= 2, bound > 0, 0 < min_bin * bins < 1, 0 < min_derivative < 1; "
-                             f"got {bins}, {bound}, {min_bin}, {min_derivative}")
+            raise ValueError(
+                f"need bins >= 2, bound > 0, 0 < min_bin * bins < 1, 0 < min_derivative < 1; "
+                f"got {bins}, {bound}, {min_bin}, {min_derivative}"
+            )
         self.bins, self.bound, self.min_bin, self.min_derivative = bins, bound, min_bin, min_derivative
         self.n_params = 3 * bins - 1
 
@@ -487,8 +541,10 @@ class RQSpline(_Spline):
 
     def _check(self, params: Tensor) -> None:
         if params.shape[-1] != self.n_params:
-            raise ValueError(f"RQSpline(bins={self.bins}) needs params of shape x.shape + ({self.n_params},) "
-                             f"(K widths, K heights, K-1 derivatives), got last dimension {params.shape[-1]}")
+            raise ValueError(
+                f"RQSpline(bins={self.bins}) needs params of shape x.shape + ({self.n_params},) "
+                f"(K widths, K heights, K-1 derivatives), got last dimension {params.shape[-1]}"
+            )
 
     def knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(knots_x, knots_y, derivatives), each of shape x.shape + (K + 1,), for plots and checks."""
@@ -496,8 +552,10 @@ class RQSpline(_Spline):
         return rq_knots(*_rq_split(params, self.bins), self.bound, self.min_bin, self.min_derivative)
 
     def extra_repr(self) -> str:
-        return (f"bins={self.bins}, bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, "
-                + super().extra_repr())
+        return (
+            f"bins={self.bins}, bound={self.bound}, min_bin={self.min_bin}, min_derivative={self.min_derivative}, "
+            + super().extra_repr()
+        )
 
 
 def set_backend(module: nn.Module, backend: str) -> nn.Module:

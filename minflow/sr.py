@@ -38,7 +38,10 @@ from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
 
 __all__ = ["RDB", "Encoder", "SRFlow", "SRFlowConfig", "build_srflow", "flow_level", "super_resolve"]
 
-def flow_level(c: int, transitions: int, flow_steps: int, cond_channels: int, hidden: int, coupling: Spec, lu: bool) -> list:
+
+def flow_level(
+    c: int, transitions: int, flow_steps: int, cond_channels: int, hidden: int, coupling: Spec, lu: bool
+) -> list:
     """One level on c = 4 * (incoming channels): Squeeze, `transitions` x [ActNorm, 1x1 conv], then
     `flow_steps` x [ActNorm, 1x1 conv, Injector(features), Coupling(x_a, features)]; every injector and
     coupling gets a new bijection `make_bijection(coupling)` (a name or a factory)."""
@@ -75,7 +78,9 @@ class Encoder(nn.Module):
     then per level a 1x1 adapter conv to `out_channels` resized to the level's size (HR / 2^(l+1)):
     nearest upsampling where it is larger than LR, average pooling where smaller."""
 
-    def __init__(self, factor: int, levels: int, nf: int, blocks: int, gc: int, out_channels: int, in_channels: int = 3):
+    def __init__(
+        self, factor: int, levels: int, nf: int, blocks: int, gc: int, out_channels: int, in_channels: int = 3
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.head = nn.Conv2d(in_channels, nf, 3, padding=1)
@@ -157,7 +162,9 @@ class SRFlow(ImageFlow):
         layers, c = [], cfg.channels
         for level in range(cfg.levels):
             c *= 4
-            layers += flow_level(c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu)
+            layers += flow_level(
+                c, cfg.transitions, cfg.flow_steps, cfg.cond_channels, cfg.hidden, cfg.coupling, cfg.lu
+            )
             if level < cfg.levels - 1:
                 layers.append(Split(c, cond_channels=cfg.cond_channels if cfg.prior == "conditional" else 0))
                 c -= c // 2
@@ -171,7 +178,10 @@ class SRFlow(ImageFlow):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if cond is None or x.dim() != 4 or cond.dim() != 4 or x.shape[:2] != cond.shape[:2]:
-            raise ValueError(f"need HR (B, C, H, W) and LR (B, C, h, w) alike, got {tuple(x.shape)} and {None if cond is None else tuple(cond.shape)}")
+            raise ValueError(
+                f"need HR (B, C, H, W) and LR (B, C, h, w) alike, got {tuple(x.shape)} and "
+                f"{None if cond is None else tuple(cond.shape)}"
+            )
         if x.shape[2:] != (cond.shape[2] * self.factor, cond.shape[3] * self.factor):
             raise ValueError(f"HR {tuple(x.shape[2:])} must be {self.factor}x the LR size {tuple(cond.shape[2:])}")
         return super().forward(x, cond)
@@ -182,8 +192,14 @@ def build_srflow(**config) -> SRFlow:
     return SRFlow(**config)
 
 
-def super_resolve(model: SRFlow, lr: Tensor, temperature: float = 0.7, num_samples: int = 1,
-                  generator: torch.Generator | None = None, chunk: int = 8) -> Tensor:
+def super_resolve(
+    model: SRFlow,
+    lr: Tensor,
+    temperature: float = 0.7,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    chunk: int = 8,
+) -> Tensor:
     """Samples of HR given full LR images of any size, *unclamped*: `ImageFlow.sample_images`.
 
     lr: (C, h, w) -> (num_samples, C, f h, f w); (B, C, h, w) -> (B, num_samples, C, f h, f w),

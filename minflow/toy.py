@@ -30,8 +30,8 @@ data/checkpoints/ or $MINFLOW_DATA/checkpoints/, where only ``--force`` replaces
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,11 +45,40 @@ from .transforms import ActNorm, InvConv1x1
 from .utils import check_temperature
 
 __all__ = [
-    "A", "CENTER_GAIN", "TRUE_NLL", "OOD_DIRECTION", "FIRST_OOD_RADIUS", "FAR_OOD_RADIUS", "RING_DIRECTIONS",
-    "IN_DIST_Y", "ToyFlowConfig", "as_cond", "corners", "diagnose", "flow_device", "inside_fraction", "jacobian_sv",
-    "jump", "latent", "ring", "ring_directions", "sample_at", "sample_toy", "sample_x", "sample_y", "spread",
-    "sweep", "to_u", "toy_flow", "train_toy", "true_cov", "true_mean", "true_spread", "validation_nll", "worst"
-]  # fmt: skip
+    "A",
+    "CENTER_GAIN",
+    "TRUE_NLL",
+    "OOD_DIRECTION",
+    "FIRST_OOD_RADIUS",
+    "FAR_OOD_RADIUS",
+    "RING_DIRECTIONS",
+    "IN_DIST_Y",
+    "ToyFlowConfig",
+    "as_cond",
+    "corners",
+    "diagnose",
+    "flow_device",
+    "inside_fraction",
+    "jacobian_sv",
+    "jump",
+    "latent",
+    "ring",
+    "ring_directions",
+    "sample_at",
+    "sample_toy",
+    "sample_x",
+    "sample_y",
+    "spread",
+    "sweep",
+    "to_u",
+    "toy_flow",
+    "train_toy",
+    "true_cov",
+    "true_mean",
+    "true_spread",
+    "validation_nll",
+    "worst",
+]
 
 # ----------------------------------------------------------------------------- the task
 
@@ -200,7 +229,9 @@ def train_toy(
         x, y = sample_toy(batch, gen, device)
         loss = -flow.log_prob(x, y).mean()
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss ({loss.item()}) at step {step}; lower the learning rate or check the model")
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at step {step}; lower the learning rate or check the model"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -241,7 +272,9 @@ def as_cond(y, n: int, flow: nn.Module) -> Tensor:
     return y.to(p.device).expand(n, 2).contiguous()
 
 
-def latent(n: int, temperature: float = 1.0, generator: torch.Generator | None = None, flow: nn.Module | None = None) -> Tensor:
+def latent(
+    n: int, temperature: float = 1.0, generator: torch.Generator | None = None, flow: nn.Module | None = None
+) -> Tensor:
     """n latents z ~ N(0, T^2 I2), drawn on the CPU (same numbers on every device), moved to the flow's."""
     check_temperature(temperature)
     z = temperature * torch.randn(n, 2, generator=generator)

@@ -39,7 +39,17 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoints, toy
-from .data import TRAIN_PHOTOS, VAL_PHOTOS, bicubic_down, bicubic_up, center_crop, darken, load_photos, mod_crop, random_crops
+from .data import (
+    TRAIN_PHOTOS,
+    VAL_PHOTOS,
+    bicubic_down,
+    bicubic_up,
+    center_crop,
+    darken,
+    load_photos,
+    mod_crop,
+    random_crops,
+)
 from .imageflow import ImageFlow, ImageFlowConfig
 from .lowlight import LLFlowConfig, equalize
 from .metrics import psnr, ssim
@@ -48,10 +58,24 @@ from .toy import ToyFlowConfig
 from .utils import seed_everything
 
 __all__ = [
-    "LOWLIGHT", "RUNS", "SR", "NonFiniteLoss", "Progress", "Task", "TrainConfig", "TrainError", "check_run",
-    "checkpoint_root", "evaluate", "fit", "ship", "train_images", "train_toy_checkpoint", "validation_pairs",
+    "LOWLIGHT",
+    "RUNS",
+    "SR",
+    "NonFiniteLoss",
+    "Progress",
+    "Task",
+    "TrainConfig",
+    "TrainError",
+    "check_run",
+    "checkpoint_root",
+    "evaluate",
+    "fit",
+    "ship",
+    "train_images",
+    "train_toy_checkpoint",
+    "validation_pairs",
     "with_learning_rate",
-]  # fmt: skip
+]
 
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 
@@ -119,7 +143,11 @@ def checkpoint_root(cfg: TrainConfig, names: list[str], data: Path | None = None
             return root
     taken = [n for n in names if n in checkpoints.available(root)]
     if taken and not cfg.force:
-        what = f"checkpoint {taken[0]} already exists" if len(taken) == 1 else f"checkpoints {', '.join(taken)} already exist"
+        what = (
+            f"checkpoint {taken[0]} already exists"
+            if len(taken) == 1
+            else f"checkpoints {', '.join(taken)} already exist"
+        )
         raise TrainError(f"{what} in {root / 'checkpoints'}; add --force to replace, or choose another --name")
     return root
 
@@ -137,7 +165,6 @@ def with_learning_rate(command: str, learning_rate: float) -> str:
     else:
         words += ["--lr", repr(learning_rate)]
     return shlex.join(words)
-
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -168,39 +195,65 @@ def _clone(obj):
     return obj
 
 
-def _resumed_lr_history(state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path, builder: str) -> list[list]:
+def _resumed_lr_history(
+    state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path, builder: str
+) -> list[list]:
     """The saved run's lr history, after checking that it may go on with these settings (the saved
     config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
     saved = dict(state["hyper"])
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
     saved.pop("lr", None)  # older states kept their one lr here
-    differ = [f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
-              for what, old, new in (("config", checkpoints.upgrade_config(builder, state["config"]), config), ("setting", saved, hyper))
-              for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]  # fmt: skip
+    differ = [
+        f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
+        for what, old, new in (
+            ("config", checkpoints.upgrade_config(builder, state["config"]), config),
+            ("setting", saved, hyper),
+        )
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
     if differ:
-        raise TrainError(f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
-                         f"or delete {path.parent} to start over")  # fmt: skip
+        raise TrainError(
+            f"{path} was made with other settings ({'; '.join(differ)}); use another --name, "
+            f"or delete {path.parent} to start over"
+        )
     if cfg.learning_rate > history[-1][1]:
-        raise TrainError(f"{path} goes on at --lr {history[-1][1]!r} (lr history {history}); a run may go on with the "
-                         f"same or a smaller --lr, not {cfg.learning_rate!r}; use another --name, or delete {path.parent} to start over")  # fmt: skip
+        raise TrainError(
+            f"{path} goes on at --lr {history[-1][1]!r} (lr history {history}); a run may go on with the "
+            f"same or a smaller --lr, not {cfg.learning_rate!r}; use another --name, or delete {path.parent} "
+            "to start over"
+        )
     return history
 
 
-def _divergence(what: str, loss: Tensor, failed: int, saved: dict, retake: bool, path: Path, command: str | None) -> str:
+def _divergence(
+    what: str, loss: Tensor, failed: int, saved: dict, retake: bool, path: Path, command: str | None
+) -> str:
     """The message of a `NonFiniteLoss` at step `failed`, with the state `saved` on disk at `path`."""
     head = f"non-finite {what} at step {failed} (loss {loss.item():.4g}). "
     if not retake:
         where = "the initial model" if saved["step"] == 0 else f"the state resumed from {path} (step {saved['step']})"
-        return (head + f"It comes from {where} before any update, so a smaller --lr cannot help: check the model and "
-                f"data, or try another --seed.")  # fmt: skip
+        return (
+            head + f"It comes from {where} before any update, so a smaller --lr cannot help: check the model and "
+            f"data, or try another --seed."
+        )
     half = saved["lr_history"][-1][1] / 2
     again = f"\n    {with_learning_rate(command, half)}" if command else f" (learning_rate={half!r})"
-    return (head + f"The last good state, from before the update of step {saved['step'] + 1} that led there, "
-            f"is saved in {path} (step {saved['step']}). Resume it with half the learning rate:{again}")  # fmt: skip
+    return (
+        head + f"The last good state, from before the update of step {saved['step'] + 1} that led there, "
+        f"is saved in {path} (step {saved['step']}). Resume it with half the learning rate:{again}"
+    )
 
 
-def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg: TrainConfig, config: dict,
-        on_step: Callable[[Progress], None] | None = None, command: str | None = None, builder: str = "") -> Progress:
+def fit(
+    model,
+    batches: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+    cfg: TrainConfig,
+    config: dict,
+    on_step: Callable[[Progress], None] | None = None,
+    command: str | None = None,
+    builder: str = "",
+) -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
     Each step takes ``x, cond = batches(gen)`` and one Adam step (betas 0.9, 0.99) on
@@ -211,10 +264,10 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg:
     else is refused. A non-finite loss or gradient raises `NonFiniteLoss` before the optimiser moves,
     once the last good state (model, optimiser, generator from before the update that led there) is
     saved and loaded back into `model`: resuming retakes that update on the same batch (the state
-    after it would meet the same non-finite value again, whatever the learning rate). The message names the
-    command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs after every step (e.g. to save an early
-    checkpoint). `builder` names the checkpoint builder of `config` (a saved state's older config
-    keys are renamed as for it).
+    after it would meet the same non-finite value again, whatever the learning rate). The message
+    names the command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs
+    after every step (e.g. to save an early checkpoint). `builder` names the checkpoint builder of
+    `config` (a saved state's older config keys are renamed as for it).
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -240,8 +293,16 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg:
 
     def snapshot(copy: bool) -> dict:
         keep = _clone if copy else (lambda obj: obj)
-        return {"model": keep(model.state_dict()), "optim": keep(optim.state_dict()), "generator": gen.get_state(),
-                "step": step, "wall": wall, "config": config, "hyper": hyper, "lr_history": lr_history}  # fmt: skip
+        return {
+            "model": keep(model.state_dict()),
+            "optim": keep(optim.state_dict()),
+            "generator": gen.get_state(),
+            "step": step,
+            "wall": wall,
+            "config": config,
+            "hyper": hyper,
+            "lr_history": lr_history,
+        }
 
     model.train()
     bar = None
@@ -285,8 +346,18 @@ def fit(model, batches: Callable[[torch.Generator], tuple[Tensor, Tensor]], cfg:
     return Progress(step, wall, lr_history)
 
 
-def ship(model: nn.Module, name: str, builder: str, config: dict, cfg: TrainConfig, command: str, progress: Progress,
-         evaluate: Callable[[], dict], root: Path, **training) -> dict:
+def ship(
+    model: nn.Module,
+    name: str,
+    builder: str,
+    config: dict,
+    cfg: TrainConfig,
+    command: str,
+    progress: Progress,
+    evaluate: Callable[[], dict],
+    root: Path,
+    **training,
+) -> dict:
     """Validate with ``evaluate()`` and save checkpoint `name` under `root` (see `checkpoint_root`)
     with the record every manifest carries: the command, seed, steps, training and evaluation
     seconds, the metrics, and the training settings (``batch``, ``crop``, ``lr`` (the learning rate),
@@ -294,9 +365,15 @@ def ship(model: nn.Module, name: str, builder: str, config: dict, cfg: TrainConf
     t0 = time.perf_counter()
     metrics = evaluate()
     settings = {"batch": cfg.batch, "crop": cfg.crop, "lr": cfg.learning_rate, "threads": cfg.threads}
-    record = {"command": command, "seed": cfg.seed, "steps": progress.step, "wall_time_s": round(progress.wall, 1),
-              "eval_time_s": round(time.perf_counter() - t0, 1), "metrics": metrics,
-              "training": settings | {"adam_betas": [0.9, 0.99], "lr_history": progress.lr_history, **training}}  # fmt: skip
+    record = {
+        "command": command,
+        "seed": cfg.seed,
+        "steps": progress.step,
+        "wall_time_s": round(progress.wall, 1),
+        "eval_time_s": round(time.perf_counter() - t0, 1),
+        "metrics": metrics,
+        "training": settings | {"adam_betas": [0.9, 0.99], "lr_history": progress.lr_history, **training},
+    }
     checkpoints.save_checkpoint(model, name, builder=builder, config=config, record=record, root=root)
     return metrics
 
@@ -323,12 +400,24 @@ class Task:
     training: dict = field(default_factory=dict)
 
 
-SR = Task("srflow", degrade=lambda model, hr, gen: bicubic_down(hr, model.factor),
-          baseline=lambda model, low_res: bicubic_up(low_res, model.factor), baseline_name="bicubic", temperature=0.7, shave=True)
+SR = Task(
+    "srflow",
+    degrade=lambda model, hr, gen: bicubic_down(hr, model.factor),
+    baseline=lambda model, low_res: bicubic_up(low_res, model.factor),
+    baseline_name="bicubic",
+    temperature=0.7,
+    shave=True,
+)
 """Super-resolution: HR given its bicubic LR, against bicubic upscaling (chapters 4-7)."""
-LOWLIGHT = Task("llflow", degrade=lambda model, x, gen: darken(x, gen)[0],
-                baseline=lambda model, dark: equalize(dark[None])[0], baseline_name="histeq", temperature=0.0,
-                shave=False, training={"data": "darken(TRAIN_PHOTOS crops)"})  # fmt: skip
+LOWLIGHT = Task(
+    "llflow",
+    degrade=lambda model, x, gen: darken(x, gen)[0],
+    baseline=lambda model, dark: equalize(dark[None])[0],
+    baseline_name="histeq",
+    temperature=0.0,
+    shave=False,
+    training={"data": "darken(TRAIN_PHOTOS crops)"},
+)
 """Low light: the photo given its `darken` capture, against histogram equalisation (chapter 8)."""
 
 
@@ -359,19 +448,31 @@ def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, 
         mean, baseline = samples.mean(0).clamp(0, 1), task.baseline(model, cond)
         finite = torch.isfinite(samples)
         rows[name] = {
-            "bpd": bpd, "psnr": psnr(mean, x, shave), "ssim": ssim(mean, x, shave),
-            f"{base}_psnr": psnr(baseline, x, shave), f"{base}_ssim": ssim(baseline, x, shave),
+            "bpd": bpd,
+            "psnr": psnr(mean, x, shave),
+            "ssim": ssim(mean, x, shave),
+            f"{base}_psnr": psnr(baseline, x, shave),
+            f"{base}_ssim": ssim(baseline, x, shave),
             "max_abs": samples[finite].abs().max().item() if finite.any() else math.nan,
             "nonfinite": int((~finite).sum()),
-        }  # fmt: skip
+        }
     model.train(was_training)
     keys = ("bpd", "psnr", "ssim", f"{base}_psnr", f"{base}_ssim")
     avg = {k: sum(r[k] for r in rows.values()) / len(rows) for k in keys}
-    return {"val_bpd": avg.pop("bpd"), **avg, "temperature": task.temperature, "num_samples": num_samples,
-            "eval_seed": seed, "val_size": size, "per_image": rows}  # fmt: skip
+    return {
+        "val_bpd": avg.pop("bpd"),
+        **avg,
+        "temperature": task.temperature,
+        "num_samples": num_samples,
+        "eval_seed": seed,
+        "val_size": size,
+        "per_image": rows,
+    }
 
 
-def check_run(config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_size: int = 0, val_samples: int = 1) -> None:
+def check_run(
+    config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_size: int = 0, val_samples: int = 1
+) -> None:
     """A clear error unless these settings of `train_images` suit each other and the model: the
     crop and `val_size` (0: whole photos) multiples of what the model accepts, `early` below the steps."""
     _at_least(0, early=early, val_size=val_size)
@@ -385,8 +486,15 @@ def check_run(config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_siz
         raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
 
 
-def train_images(task: Task, config: SRFlowConfig | LLFlowConfig, cfg: TrainConfig, command: str, early: int = 0,
-                 val_size: int = 0, val_samples: int = 1) -> dict:
+def train_images(
+    task: Task,
+    config: SRFlowConfig | LLFlowConfig,
+    cfg: TrainConfig,
+    command: str,
+    early: int = 0,
+    val_size: int = 0,
+    val_samples: int = 1,
+) -> dict:
     """Run (or resume) training of an image task as the module docstring says; returns the final metrics.
 
     Saves NAME at the end and NAME_early at step `early` (0: none; it must be below ``cfg.steps``);
@@ -408,12 +516,26 @@ def train_images(task: Task, config: SRFlowConfig | LLFlowConfig, cfg: TrainConf
         return x, task.degrade(model, x, gen)
 
     def save(name: str, progress: Progress) -> dict:
-        metrics = ship(model, name, task.builder, model_config, cfg, command, progress,
-                       lambda: evaluate(model, task, val_size, val_samples, seed=0), root, **task.training)  # fmt: skip
+        metrics = ship(
+            model,
+            name,
+            task.builder,
+            model_config,
+            cfg,
+            command,
+            progress,
+            lambda: evaluate(model, task, val_size, val_samples, seed=0),
+            root,
+            **task.training,
+        )
         base = task.baseline_name
-        print(f"saved checkpoint {name} at step {progress.step} in {root / 'checkpoints'}: val bpd {metrics['val_bpd']:.3f}, "
-              f"PSNR {metrics['psnr']:.2f} dB ({base} {metrics[f'{base}_psnr']:.2f}), "
-              f"SSIM {metrics['ssim']:.3f} ({base} {metrics[f'{base}_ssim']:.3f})", flush=True)  # fmt: skip
+        print(
+            f"saved checkpoint {name} at step {progress.step} in {root / 'checkpoints'}: "
+            f"val bpd {metrics['val_bpd']:.3f}, "
+            f"PSNR {metrics['psnr']:.2f} dB ({base} {metrics[f'{base}_psnr']:.2f}), "
+            f"SSIM {metrics['ssim']:.3f} ({base} {metrics[f'{base}_ssim']:.3f})",
+            flush=True,
+        )
         return metrics
 
     def save_early(progress: Progress) -> None:
@@ -438,7 +560,9 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
     flow = checkpoints.build("toy", config)
     start = time.time()
     try:
-        history = toy.train_toy(flow, cfg.steps, batch=cfg.batch, learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress)
+        history = toy.train_toy(
+            flow, cfg.steps, batch=cfg.batch, learning_rate=cfg.learning_rate, seed=cfg.seed, progress=cfg.progress
+        )
     except FloatingPointError as err:
         raise TrainError(f"{err}; nothing was saved") from None
     wall = time.time() - start
@@ -452,9 +576,16 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
         "true_spread": toy.true_spread(),
         "inside_frac_y0": toy.inside_fraction(x0, torch.zeros(2)),
     }
-    record = {"command": command, "seed": cfg.seed, "steps": cfg.steps, "batch": cfg.batch, "lr": cfg.learning_rate,
-              "threads": torch.get_num_threads(), "wall_time_s": round(wall, 1),
-              "metrics": {k: round(v, 5) for k, v in metrics.items()}}  # fmt: skip
+    record = {
+        "command": command,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "batch": cfg.batch,
+        "lr": cfg.learning_rate,
+        "threads": torch.get_num_threads(),
+        "wall_time_s": round(wall, 1),
+        "metrics": {k: round(v, 5) for k, v in metrics.items()},
+    }
     path = checkpoints.save_checkpoint(flow, cfg.name, builder="toy", config=asdict(config), record=record, root=root)
     print(f"saved {path} in {wall:.1f} s: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return path

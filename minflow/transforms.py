@@ -26,9 +26,18 @@ from torch import Tensor, nn
 from .utils import check_cond, check_temperature, check_tensor
 
 __all__ = [
-    "Cond", "ActNorm", "Chain", "Features", "InvConv1x1", "Split", "Squeeze", "StandardNormal", "Transform",
-    "cond_for", "gaussian_log_prob"
-]  # fmt: skip
+    "Cond",
+    "ActNorm",
+    "Chain",
+    "Features",
+    "InvConv1x1",
+    "Split",
+    "Squeeze",
+    "StandardNormal",
+    "Transform",
+    "cond_for",
+    "gaussian_log_prob",
+]
 
 Size = tuple[int, int]
 
@@ -45,8 +54,10 @@ class Features(Mapping[Size, Tensor]):
             if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) for k in key)):
                 raise TypeError(f"Features are keyed by spatial size (H, W), a tuple of two ints; got key {key!r}")
             if not isinstance(value, Tensor) or value.dim() != 4 or tuple(value.shape[2:]) != key:
-                raise ValueError(f"the feature map for size {key} must be a (B, C, {key[0]}, {key[1]}) tensor, "
-                                 f"got {getattr(value, 'shape', type(value).__name__)}")
+                raise ValueError(
+                    f"the feature map for size {key} must be a (B, C, {key[0]}, {key[1]}) tensor, "
+                    f"got {getattr(value, 'shape', type(value).__name__)}"
+                )
         if prior_mean is not None and not isinstance(prior_mean, Tensor):
             raise TypeError(f"prior_mean must be a tensor or None, got {type(prior_mean).__name__}")
         self._maps, self.prior_mean = dict(maps), prior_mean
@@ -164,8 +175,10 @@ class ActNorm(Transform):
         if x.numel() == 0:
             raise ValueError(f"{what} is empty: shape {tuple(x.shape)}. The layer stays uninitialised")
         if not torch.isfinite(x).all():
-            raise ValueError(f"{what} holds non-finite values (shape {tuple(x.shape)}): the data or an earlier layer "
-                             "produced inf/NaN. The layer stays uninitialised")
+            raise ValueError(
+                f"{what} holds non-finite values (shape {tuple(x.shape)}): the data or an earlier layer "
+                "produced inf/NaN. The layer stays uninitialised"
+            )
         dims = [d for d in range(x.dim()) if d != 1]
         mean = x.mean(dim=dims)
         std = x.std(dim=dims, unbiased=False) if x.numel() > x.shape[1] else torch.ones_like(mean)
@@ -328,7 +341,12 @@ class Split(Transform):
         return z1, gaussian_log_prob(z2, mean, log_std)
 
     def inverse(
-        self, z1: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None,
+        self,
+        z1: Tensor,
+        cond: Cond = None,
+        *,
+        temperature: float = 1.0,
+        generator: Generator = None,
         z2: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         check_tensor(z1, "z1", (4,) if self.image else (2,), self.keep)

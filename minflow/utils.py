@@ -43,8 +43,14 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def check_tensor(x: torch.Tensor, name: str, ndim: tuple[int, ...], channels: int | None = None,
-                 floating: bool = False, shape: str | None = None) -> None:
+def check_tensor(
+    x: torch.Tensor,
+    name: str,
+    ndim: tuple[int, ...],
+    channels: int | None = None,
+    floating: bool = False,
+    shape: str | None = None,
+) -> None:
     """Raise a clear error unless `x` is a tensor with one of the allowed ranks and `channels` in dim 1.
 
     The one input check of minflow (`check_image` builds on it): a non-tensor or, with `floating`,
@@ -82,7 +88,9 @@ def check_image(x: torch.Tensor, name: str, channels: int = 3, size: str = "H, W
     if x.dim() not in (3, 4) or x.shape[-3] != channels:
         raise ValueError(f"{name} must be a {shape} tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a float image in [0, 1], got dtype {x.dtype}; convert an 8-bit image with x.float() / 255")
+        raise TypeError(
+            f"{name} must be a float image in [0, 1], got dtype {x.dtype}; convert an 8-bit image with x.float() / 255"
+        )
     if not values:
         return
     if not torch.isfinite(x).all():
@@ -92,8 +100,10 @@ def check_image(x: torch.Tensor, name: str, channels: int = 3, size: str = "H, W
     low, high = x.min().item(), x.max().item()
     whole_0_255 = low >= 0 and high > 1 and high <= 255 and bool((x == x.round()).all())
     if max(-low, high) > PIXEL_LIMIT or whole_0_255:
-        raise ValueError(f"{name} has values in [{low:.4g}, {high:.4g}]: it looks like a 0..255 image, and images are "
-                         "floats in [0, 1]; divide it by 255 first")
+        raise ValueError(
+            f"{name} has values in [{low:.4g}, {high:.4g}]: it looks like a 0..255 image, and images are "
+            "floats in [0, 1]; divide it by 255 first"
+        )
 
 
 def check_temperature(temperature: float) -> float:
@@ -115,7 +125,12 @@ def check_cond(x: torch.Tensor, cond: torch.Tensor | None, channels: int) -> Non
         raise TypeError(f"cond must be a torch.Tensor, got {type(cond).__name__}")
     if cond.device != x.device:
         raise ValueError(f"cond is on {cond.device} but the input is on {x.device}; move both to one device")
-    if cond.dim() != x.dim() or cond.shape[0] != x.shape[0] or cond.shape[1] != channels or cond.shape[2:] != x.shape[2:]:
+    if (
+        cond.dim() != x.dim()
+        or cond.shape[0] != x.shape[0]
+        or cond.shape[1] != channels
+        or cond.shape[2:] != x.shape[2:]
+    ):
         want = (x.shape[0], channels) + tuple(x.shape[2:])
         raise ValueError(f"cond must have shape {want} for an input of shape {tuple(x.shape)}, got {tuple(cond.shape)}")
 
@@ -147,4 +162,3 @@ def nanmin(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         return v.new_full(v.shape[:d] + v.shape[d + 1 :], math.nan)
     low = v.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf).amin(d)
     return low.masked_fill(v.isnan().all(d), math.nan)
-

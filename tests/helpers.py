@@ -56,7 +56,9 @@ def check_shipped_checkpoint(name: str, builder: str, command: str, validation_p
     manifest, metrics = model.manifest, model.manifest["metrics"]
     assert manifest["bytes"] <= 10 * 2**20 and manifest["builder"] == builder and manifest["seed"] == 0
     assert manifest["command"].startswith(command) and manifest["wall_time_s"] > 0
-    assert metrics["val_bpd"] == pytest.approx(sum(r["bpd"] for r in metrics["per_image"].values()) / len(metrics["per_image"]))
+    assert metrics["val_bpd"] == pytest.approx(
+        sum(r["bpd"] for r in metrics["per_image"].values()) / len(metrics["per_image"])
+    )
     photo, x, cond = validation_pairs(model, metrics)[0]
     with torch.no_grad():
         got = model.nll_bpd(x[None], cond[None], torch.Generator().manual_seed(metrics["eval_seed"])).item()

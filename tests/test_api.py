@@ -10,9 +10,9 @@ import pytest
 import minflow as mf
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(mf.__path__, "minflow.") if m.name != "minflow.__main__"
-) + ["minflow"]
+MODULES = sorted(m.name for m in pkgutil.walk_packages(mf.__path__, "minflow.") if m.name != "minflow.__main__") + [
+    "minflow"
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -119,7 +119,9 @@ def test_model_modules_import_neither_training_nor_the_command_line():
     import subprocess
     import sys
 
-    code = ("import sys, minflow.sr, minflow.lowlight, minflow.toy, minflow.imageflow, minflow.ood, minflow.metrics; "
-            "print(sorted(m for m in ('minflow.train', 'minflow.cli') if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, minflow.sr, minflow.lowlight, minflow.toy, minflow.imageflow, minflow.ood, minflow.metrics; "
+        "print(sorted(m for m in ('minflow.train', 'minflow.cli') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"

@@ -26,14 +26,17 @@ def test_one_name_means_one_class_everywhere():
     assert kinds["bounded_spline"] is mf.BoundedSpline and kinds["fully_bounded_spline"] is mf.FullyBoundedSpline
     assert kinds["rq_spline"] is mf.RQSpline and mf.make_bijection("affine").scale_name == "sigmoid"
     assert {n: mf.make_bijection(n).scale_name for n in mf.bijection_names() if n.startswith("affine_")} == {
-        f"affine_{s}": s for s in mf.SCALES if s != "sigmoid"}
+        f"affine_{s}": s for s in mf.SCALES if s != "sigmoid"
+    }
     # the old toy and SR names are aliases of those
     assert type(mf.make_bijection("spline")) is mf.BoundedSpline
     assert type(mf.make_bijection("spline_bounded")) is mf.FullyBoundedSpline
     assert type(mf.make_bijection("spline_full")) is mf.RQSpline
     assert mf.make_bijection("softclamp").scale_name == "softclamp"
-    flows = [toy.toy_flow("fully_bounded_spline", flow_steps=1), sr.SRFlow(levels=1, flow_steps=1, coupling="spline_bounded", nf=4,
-                                                                         blocks=1, gc=2, cond_channels=2, hidden=4)]
+    flows = [
+        toy.toy_flow("fully_bounded_spline", flow_steps=1),
+        sr.SRFlow(levels=1, flow_steps=1, coupling="spline_bounded", nf=4, blocks=1, gc=2, cond_channels=2, hidden=4),
+    ]
     for flow in flows:
         assert {type(m.bijection) for m in flow.modules() if isinstance(m, mf.Coupling)} == {mf.FullyBoundedSpline}
 

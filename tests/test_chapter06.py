@@ -57,7 +57,10 @@ def test_toy_scale_output_is_row_one_of_the_read_out():
 
 def test_read_out_deviation_is_bounded_by_mahalanobis_distance():
     gen = torch.Generator().manual_seed(0)
-    train = torch.relu(torch.randn(500, 16, generator=gen, dtype=torch.float64) @ torch.randn(16, 16, generator=gen, dtype=torch.float64))
+    train = torch.relu(
+        torch.randn(500, 16, generator=gen, dtype=torch.float64)
+        @ torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    )
     train[:, 3] = 0.0  # a dead unit: only shrinkage keeps the covariance invertible
     test = 20 * torch.randn(300, 16, generator=gen, dtype=torch.float64)
     w, b = torch.randn(16, generator=gen, dtype=torch.float64), 0.3

@@ -57,8 +57,19 @@ def test_unknown_name_lists_the_valid_ones():
 
 
 def test_split_is_fixed_and_disjoint():
-    assert data.TRAIN_PHOTOS == ("astronaut", "camera", "chelsea", "rocket", "coins", "hubble_deep_field", "clock",
-                                 "brick", "grass", "gravel", "flower")
+    assert data.TRAIN_PHOTOS == (
+        "astronaut",
+        "camera",
+        "chelsea",
+        "rocket",
+        "coins",
+        "hubble_deep_field",
+        "clock",
+        "brick",
+        "grass",
+        "gravel",
+        "flower",
+    )
     assert data.VAL_PHOTOS == ("coffee", "china")
     groups = [set(data.TRAIN_PHOTOS), set(data.VAL_PHOTOS), set(data.TEST_PHOTOS), set(data.OTHER_IMAGES)]
     assert sum(map(len, groups)) == len(set().union(*groups)) == len(data.photo_names())
@@ -91,7 +102,7 @@ def test_random_crops_shape_reproducible_and_windows_of_the_images():
         corner = crop[0].min()  # every window of the arange image, flipped or not, has a unique minimum
         if (big[0] == corner).any():
             i, j = [int(t) for t in (big[0] == corner).nonzero()[0]]
-            window = big[:, i:i + 8, j:j + 8]
+            window = big[:, i : i + 8, j : j + 8]
             assert any(torch.equal(crop, w) for w in (window, window.flip(-1), window.flip(-2), window.flip(-1, -2)))
     with pytest.raises(ValueError, match="size=32"):
         data.random_crops(images, 32, 1)
@@ -257,8 +268,14 @@ def ood():
 
 def test_ood_sets_have_the_documented_groups_names_shapes_and_range(ood):
     assert tuple(ood) == data.OOD_GROUPS
-    assert set(ood["content"]) == {"checkerboard", "checker_1px", "stripes_2px", "uniform_noise", "retina",
-                                   "rendered_text"}
+    assert set(ood["content"]) == {
+        "checkerboard",
+        "checker_1px",
+        "stripes_2px",
+        "uniform_noise",
+        "retina",
+        "rendered_text",
+    }
     kinds = ("nearest", "noise_0.1", "gaussian_blur_3", "box_blur", "motion_blur", "jpeg_10", "contrast_x4")
     assert set(ood["degradation"]) == {f"{p}/{k}" for p in data.VAL_PHOTOS for k in kinds}
     assert set(ood["benign"]) == {"page", "text", "cell", "coffee/inverted", "china/inverted"}
@@ -339,10 +356,17 @@ def test_manifest_names_every_loadable_image_with_its_file_and_use():
 
     rows = manifest_rows()
     assert set(rows) == set(data.photo_names())
-    homes = {"scikit-image": Path(skimage.__file__).parent.parent, "scikit-learn": Path(sklearn.__file__).parent.parent,
-             "matplotlib": Path(matplotlib.__file__).parent.parent}
-    use = {**{n: "train" for n in data.TRAIN_PHOTOS}, **{n: "val" for n in data.VAL_PHOTOS},
-           **{n: "test" for n in data.TEST_PHOTOS}, **{n: "OOD" for n in data.OTHER_IMAGES}}
+    homes = {
+        "scikit-image": Path(skimage.__file__).parent.parent,
+        "scikit-learn": Path(sklearn.__file__).parent.parent,
+        "matplotlib": Path(matplotlib.__file__).parent.parent,
+    }
+    use = {
+        **{n: "train" for n in data.TRAIN_PHOTOS},
+        **{n: "val" for n in data.VAL_PHOTOS},
+        **{n: "test" for n in data.TEST_PHOTOS},
+        **{n: "OOD" for n in data.OTHER_IMAGES},
+    }
     for name, (_, package, file, licence, credit, used) in rows.items():
         assert (homes[package] / file.strip("`")).is_file(), (name, file)
         assert licence and credit, name

@@ -15,7 +15,11 @@ from minflow import checkpoints
 def toy(steps=3, cond_c=2, scale="sigmoid"):
     layers = []
     for _ in range(steps):
-        layers += [mf.ActNorm(2), mf.InvConv1x1(2), mf.Coupling(2, cond_c, mf.Affine(scale), kind="mlp", hidden=16, depth=2)]
+        layers += [
+            mf.ActNorm(2),
+            mf.InvConv1x1(2),
+            mf.Coupling(2, cond_c, mf.Affine(scale), kind="mlp", hidden=16, depth=2),
+        ]
     return mf.ConditionalFlow(layers, event_shape=(2,))
 
 
@@ -38,8 +42,12 @@ def image_flow(prior_cond=0):
 
 
 def feats(b, size=8, dtype=torch.float64):
-    return mf.Features({(size // 2, size // 2): torch.randn(b, 2, size // 2, size // 2, dtype=dtype),
-                        (size // 4, size // 4): torch.randn(b, 2, size // 4, size // 4, dtype=dtype)})
+    return mf.Features(
+        {
+            (size // 2, size // 2): torch.randn(b, 2, size // 2, size // 2, dtype=dtype),
+            (size // 4, size // 4): torch.randn(b, 2, size // 4, size // 4, dtype=dtype),
+        }
+    )
 
 
 def test_log_prob_matches_change_of_variables():

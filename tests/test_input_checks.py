@@ -12,10 +12,17 @@ import torch
 
 import minflow as mf
 from minflow import data
-from minflow.checkpoints import (config_digest, data_dir, load_pretrained, load_state, read_manifest, register_builder,
-                                 save_checkpoint, sha256)  # fmt: skip
+from minflow.checkpoints import (
+    config_digest,
+    data_dir,
+    load_pretrained,
+    load_state,
+    read_manifest,
+    register_builder,
+    save_checkpoint,
+    sha256,
+)
 from minflow.lowlight import LLFlow, enhance
-from minflow.metrics import psnr, ssim
 from minflow.sr import SRFlow, super_resolve
 from minflow.utils import PIXEL_LIMIT, check_image, check_temperature
 
@@ -24,7 +31,9 @@ BAD_TEMPERATURES = [-0.1, -math.inf, math.inf, math.nan]
 
 def tiny_sr() -> SRFlow:
     torch.manual_seed(0)
-    return SRFlow(factor=2, levels=2, flow_steps=1, hidden=4, nf=4, blocks=1, gc=4, cond_channels=4).eval()  # has a Split
+    return SRFlow(
+        factor=2, levels=2, flow_steps=1, hidden=4, nf=4, blocks=1, gc=4, cond_channels=4
+    ).eval()  # has a Split
 
 
 def tiny_ll() -> LLFlow:
@@ -95,9 +104,16 @@ def as_0_255(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
 def test_super_resolve_and_enhance_refuse_integer_images(dtype):
     image = as_0_255(torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))).to(dtype)
-    with pytest.raises(TypeError, match=re.escape(f"LR must be a float image in [0, 1], got dtype {dtype}; convert an 8-bit image with x.float() / 255")):
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"LR must be a float image in [0, 1], got dtype {dtype}; convert an 8-bit image with x.float() / 255"
+        ),
+    ):
         super_resolve(tiny_sr(), image)
-    with pytest.raises(TypeError, match=re.escape(f"the dark image must be a float image in [0, 1], got dtype {dtype}")):
+    with pytest.raises(
+        TypeError, match=re.escape(f"the dark image must be a float image in [0, 1], got dtype {dtype}")
+    ):
         enhance(tiny_ll(), image)
 
 
@@ -106,7 +122,9 @@ def test_super_resolve_and_enhance_refuse_0_255_float_images():
     dark = data.lowlight_ood_sets(16)["darker"]["coffee"].dark
     assert as_0_255(dark).max() <= PIXEL_LIMIT  # so dark that only its whole numbers give it away
     for image in (as_0_255(photo), as_0_255(photo) + 0.25, as_0_255(dark)):
-        with pytest.raises(ValueError, match=r"LR has values in \[.*\]: it looks like a 0\.\.255 image.*divide it by 255"):
+        with pytest.raises(
+            ValueError, match=r"LR has values in \[.*\]: it looks like a 0\.\.255 image.*divide it by 255"
+        ):
             super_resolve(tiny_sr(), image[:, :4, :4])
         with pytest.raises(ValueError, match="the dark image has values in .*divide it by 255"):
             enhance(tiny_ll(), image)
@@ -201,12 +219,16 @@ def test_reformatted_manifest_still_loads(tmp_path):
     load_pretrained("t", root=tmp_path)
 
 
-@pytest.mark.parametrize("change", [{"config": {"channels": 3}}, {"builder": "srflow"}, {"config": {"channels": 2, "x": 1}}])
+@pytest.mark.parametrize(
+    "change", [{"config": {"channels": 3}}, {"builder": "srflow"}, {"config": {"channels": 2, "x": 1}}]
+)
 def test_edited_config_is_refused_naming_the_file(tmp_path, change):
     js = saved(tmp_path)
     saved(tmp_path, "other", channels=3)  # a valid model the edit could otherwise build
     edit(js, **change)
-    with pytest.raises(RuntimeError, match=re.escape(f"checkpoint manifest {js} was edited") + ".*pytest tests/test_input_checks.py"):
+    with pytest.raises(
+        RuntimeError, match=re.escape(f"checkpoint manifest {js} was edited") + ".*pytest tests/test_input_checks.py"
+    ):
         load_pretrained("t", root=tmp_path)
     with pytest.raises(RuntimeError, match="was edited"):
         load_state("t", tmp_path)
@@ -242,7 +264,9 @@ def test_missing_manifest_key_names_the_file_and_the_key(tmp_path, key):
 def test_unreadable_manifest_names_the_file(tmp_path, text):
     js = saved(tmp_path)
     js.write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(ValueError, match=re.escape(f"checkpoint manifest {js} ") + "(is not valid JSON|must hold a JSON object)"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"checkpoint manifest {js} ") + "(is not valid JSON|must hold a JSON object)"
+    ):
         load_pretrained("t", root=tmp_path)
 
 
@@ -256,12 +280,23 @@ def test_names_that_leave_the_checkpoints_folder_are_refused(tmp_path, name):
     (root / "checkpoints").mkdir(parents=True)
     for f in saved(tmp_path / "made", "x").parent.iterdir():
         shutil.copy(f, root)
-    message = re.escape(f"a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; not starting with '.'), got {name!r}")
-    for call in (lambda: load_pretrained(name, root=root), lambda: load_state(name, root), lambda: read_manifest(name, root),
-                 lambda: save_checkpoint(_build(), name, "test-input-checks", {}, RECORD, root=root)):  # fmt: skip
+    message = re.escape(
+        "a checkpoint name must be a plain file name (letters, digits, '_', '-', '.'; not starting with '.'), "
+        f"got {name!r}"
+    )
+    for call in (
+        lambda: load_pretrained(name, root=root),
+        lambda: load_state(name, root),
+        lambda: read_manifest(name, root),
+        lambda: save_checkpoint(_build(), name, "test-input-checks", {}, RECORD, root=root),
+    ):
         with pytest.raises(ValueError, match=message):
             call()
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["checkpoints", "x.json", "x.pt"]  # nothing written
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "checkpoints",
+        "x.json",
+        "x.pt",
+    ]  # nothing written
 
 
 def test_checkpoint_holding_code_is_refused_and_the_code_does_not_run(tmp_path):
@@ -277,8 +312,14 @@ def test_checkpoint_holding_code_is_refused_and_the_code_does_not_run(tmp_path):
     pt = folder / "evil.pt"
     torch.save({"weight": Payload()}, pt)
     builder, config = "test-input-checks", {"channels": 2}
-    manifest = {"name": "evil", "builder": builder, "config": config, **RECORD,
-                "sha256": sha256(pt), "config_sha256": config_digest(builder, config)}  # fmt: skip
+    manifest = {
+        "name": "evil",
+        "builder": builder,
+        "config": config,
+        **RECORD,
+        "sha256": sha256(pt),
+        "config_sha256": config_digest(builder, config),
+    }
     (folder / "evil.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError, match="holds more than tensors and was refused"):
         load_state("evil", tmp_path)
@@ -288,7 +329,11 @@ def test_checkpoint_holding_code_is_refused_and_the_code_does_not_run(tmp_path):
 
 
 def test_one_image_check_with_or_without_the_value_checks():
-    for bad, error in [(torch.rand(3, 4, 4).numpy(), TypeError), (torch.rand(2, 4, 4), ValueError), (torch.ones(3, 4, 4, dtype=torch.uint8), TypeError)]:
+    for bad, error in [
+        (torch.rand(3, 4, 4).numpy(), TypeError),
+        (torch.rand(2, 4, 4), ValueError),
+        (torch.ones(3, 4, 4, dtype=torch.uint8), TypeError),
+    ]:
         for values in (True, False):
             with pytest.raises(error):
                 check_image(bad, "x", 3, values=values)

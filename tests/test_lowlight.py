@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import check_shipped_checkpoint, randomize_zero_layers
-from minflow import cli, data, lowlight, train
+
+from minflow import cli, data, train
 from minflow.checkpoints import available, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling, Injector
 from minflow.data import LowLightPairs, darken, load_lol
-from minflow.lowlight import LLFlow, LLFlowConfig, encoder_inputs, enhance, equalize
+from minflow.lowlight import LLFlow, encoder_inputs, enhance, equalize
 from minflow.splines import BoundedSpline
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "lol_tiny"
@@ -257,13 +257,33 @@ def test_a_few_steps_reduce_the_loss():
     assert all(map(math.isfinite, losses)) and sum(losses[-3:]) / 3 < losses[0] - 0.5
 
 
-ARGS = ["--levels", "2", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16",
-        "--val-size", "32", "--save-every", "2", "--threads", "1"]  # fmt: skip
+ARGS = [
+    "--levels",
+    "2",
+    "--hidden",
+    "8",
+    "--nf",
+    "8",
+    "--blocks",
+    "1",
+    "--batch",
+    "2",
+    "--crop",
+    "16",
+    "--val-size",
+    "32",
+    "--save-every",
+    "2",
+    "--threads",
+    "1",
+]
 
 
 def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
-    run = lambda name, *extra: cli.main(["train-lowlight", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra])
+    run = lambda name, *extra: cli.main(
+        ["train-lowlight", "--name", name, "--runs", str(tmp_path / "runs"), *ARGS, *extra]
+    )
     run("a", "--steps", "3", "--coupling", "spline")
     run("b", "--steps", "2", "--coupling", "spline")
     metrics = run("b", "--steps", "3", "--coupling", "spline")
@@ -286,5 +306,9 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("name", ["ll_affine", "ll_spline", "ll_affine_k3", "ll_spline_k3"])
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
-    check_shipped_checkpoint(name, "llflow", "python -m minflow.lowlight train",
-                             lambda m, metrics: train.validation_pairs(m, train.LOWLIGHT, metrics["val_size"], metrics["eval_seed"]))
+    check_shipped_checkpoint(
+        name,
+        "llflow",
+        "python -m minflow.lowlight train",
+        lambda m, metrics: train.validation_pairs(m, train.LOWLIGHT, metrics["val_size"], metrics["eval_seed"]),
+    )

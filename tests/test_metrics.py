@@ -57,10 +57,17 @@ def test_ssim_of_constant_shift_is_luminance_term():
 def skimage_pairs() -> dict[str, tuple]:
     """(reference, distorted, channel_axis) of real photos as float64 arrays in [0, 1]: a grey and
     a colour crop, each against a blurred and a noisy copy."""
-    np, skdata, filters = pytest.importorskip("numpy"), pytest.importorskip("skimage.data"), pytest.importorskip("skimage.filters")
+    np, skdata, filters = (
+        pytest.importorskip("numpy"),
+        pytest.importorskip("skimage.data"),
+        pytest.importorskip("skimage.filters"),
+    )
     rng = np.random.default_rng(0)
     out = {}
-    for name, img, axis in (("camera", skdata.camera()[128:224, 160:272], None), ("astronaut", skdata.astronaut()[:96, 180:292], -1)):
+    for name, img, axis in (
+        ("camera", skdata.camera()[128:224, 160:272], None),
+        ("astronaut", skdata.astronaut()[:96, 180:292], -1),
+    ):
         img = img.astype(np.float64) / 255
         out[f"{name} blurred"] = (img, filters.gaussian(img, sigma=2, channel_axis=axis), axis)
         out[f"{name} noisy"] = (img, np.clip(img + rng.normal(0, 0.1, img.shape), 0, 1), axis)
@@ -74,8 +81,15 @@ def test_ssim_matches_scikit_image(shave):
     structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
     crop = lambda v: v[shave:-shave, shave:-shave] if shave else v
     for name, (a, b, axis) in skimage_pairs().items():
-        expect = structural_similarity(crop(a), crop(b), data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, channel_axis=axis)  # fmt: skip
+        expect = structural_similarity(
+            crop(a),
+            crop(b),
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            channel_axis=axis,
+        )
         assert 0.3 < expect < 0.9, name  # structured images, neither trivial nor hopeless
         x, y = (torch.from_numpy((v if axis is None else v.transpose(2, 0, 1)).copy()) for v in (a, b))
         assert ssim(x, y, shave=shave) == pytest.approx(expect, abs=1e-10), name
@@ -86,7 +100,10 @@ def test_psnr_and_ssim_refuse_mismatched_shapes():
     x = image(size=16)
     for fn in (psnr, ssim):
         for other in (x[:1], x[None], x[:, :15], x.expand(2, 3, 16, 16)):
-            with pytest.raises(ValueError, match=re.escape(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(other.shape)}")):
+            with pytest.raises(
+                ValueError,
+                match=re.escape(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(other.shape)}"),
+            ):
                 fn(x, other)
 
 
@@ -94,7 +111,9 @@ def test_psnr_and_ssim_refuse_mismatched_shapes():
 def test_psnr_and_ssim_refuse_integer_images(dtype):
     x = (image(size=16) * 255).round().to(dtype)
     for fn in (psnr, ssim):
-        with pytest.raises(TypeError, match=re.escape(f"{fn.__name__}: x must be a float image (data range 1), got dtype {dtype}")):
+        with pytest.raises(
+            TypeError, match=re.escape(f"{fn.__name__}: x must be a float image (data range 1), got dtype {dtype}")
+        ):
             fn(x, x)
         with pytest.raises(TypeError, match=f"y must be a float image.*{dtype}.*x.float\\(\\) / 255"):
             fn(x.float() / 255, x)
@@ -103,13 +122,20 @@ def test_psnr_and_ssim_refuse_integer_images(dtype):
 
 
 def test_psnr_and_ssim_refuse_images_too_small_once_shaved():
-    with pytest.raises(ValueError, match=re.escape("ssim: images of shape (3, 10, 12) with shave=0 leave 10x12 px; its 11x11 window needs at least 11x11")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "ssim: images of shape (3, 10, 12) with shave=0 leave 10x12 px; its 11x11 window needs at least 11x11"
+        ),
+    ):
         ssim(torch.zeros(3, 10, 12), torch.zeros(3, 10, 12))
     with pytest.raises(ValueError, match=re.escape("with shave=3 leave 10x10 px; its 11x11 window")):
         ssim(torch.zeros(3, 16, 16), torch.zeros(3, 16, 16), shave=3)
     assert ssim(torch.zeros(3, 17, 17), torch.zeros(3, 17, 17), shave=3) == pytest.approx(1.0)
     assert ssim(torch.zeros(1, 5, 5), torch.zeros(1, 5, 5), radius=2) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match=re.escape("psnr: images of shape (3, 8, 8) with shave=4 leave 0x0 px; it needs at least 1x1")):
+    with pytest.raises(
+        ValueError, match=re.escape("psnr: images of shape (3, 8, 8) with shave=4 leave 0x0 px; it needs at least 1x1")
+    ):
         psnr(torch.zeros(3, 8, 8), torch.ones(3, 8, 8), shave=4)
     for bad in ({"shave": -1}, {"shave": 1.5}):
         with pytest.raises(ValueError, match="shave must be an int >= 0"):
@@ -227,7 +253,9 @@ def test_psnr_and_ssim_match_train_module():
 def test_artifact_report_per_sample_scale():
     x = torch.zeros(3, 3, 4, 4)
     rep = artifact_report(x, min_scale=torch.tensor([0.5, 1e-4, 0.2]))
-    assert rep["min_scale"].tolist() == pytest.approx([0.5, 1e-4, 0.2]) and rep["summary"]["min_scale"] == pytest.approx(1e-4)
+    assert rep["min_scale"].tolist() == pytest.approx([0.5, 1e-4, 0.2]) and rep["summary"][
+        "min_scale"
+    ] == pytest.approx(1e-4)
 
 
 def test_recorded_min_scale_matches_the_trace():

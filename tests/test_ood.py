@@ -39,8 +39,10 @@ def direct_distance(x_fit, x_score, shrinkage=0.0):
 def test_one_dimensional_hand_example():
     # data -1, 1: mean 0, MLE variance 1, so the distance of x is |x| (not x^2)
     m = Mahalanobis(shrinkage=0).fit(torch.tensor([[-1.0], [1.0]], dtype=torch.float64))
-    assert torch.allclose(m.score(torch.tensor([[3.0], [-0.5], [0.0]], dtype=torch.float64)),
-                          torch.tensor([3.0, 0.5, 0.0], dtype=torch.float64))
+    assert torch.allclose(
+        m.score(torch.tensor([[3.0], [-0.5], [0.0]], dtype=torch.float64)),
+        torch.tensor([3.0, 0.5, 0.0], dtype=torch.float64),
+    )
 
 
 @SETTINGS
@@ -314,7 +316,7 @@ def test_spearman_ties_and_types():
 @SETTINGS
 @given(data=st.data())
 def test_roc_auc_matches_sklearn(data):
-    labels = data.draw(st.lists(st.booleans(), min_size=2, max_size=40).filter(lambda l: 0 < sum(l) < len(l)))
+    labels = data.draw(st.lists(st.booleans(), min_size=2, max_size=40).filter(lambda b: 0 < sum(b) < len(b)))
     scores = data.draw(st.lists(st.integers(0, 4), min_size=len(labels), max_size=len(labels)))
     assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +25,14 @@ def _split(req: str) -> tuple[str, str]:
 
 def test_environment_yml_lists_what_pyproject_lists():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + [r for extra in ("course", "test") for r in project["optional-dependencies"][extra]]
+    wanted = project["dependencies"] + [
+        r for extra in ("course", "test") for r in project["optional-dependencies"][extra]
+    ]
     pip_side = {CONDA_NAMES.get(n, n): s for n, s in map(_split, wanted)}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    conda_side = dict(_split(d) for d in env["dependencies"] if isinstance(d, str) and not d.startswith(("python", "pip")))
+    conda_side = dict(
+        _split(d) for d in env["dependencies"] if isinstance(d, str) and not d.startswith(("python", "pip"))
+    )
     assert conda_side == pip_side
     assert any(isinstance(d, dict) and "--editable ." in d.get("pip", []) for d in env["dependencies"])
 
@@ -72,7 +76,11 @@ def test_ci_proves_the_oldest_and_newest_torch():
     makefile = (ROOT / "Makefile").read_text()
     oldest = re.search(r"^TORCH_OLDEST \?= torch==(\S+)$", makefile, re.M).group(1)
     assert re.search(r"^TORCH_NEWEST \?= torch$", makefile, re.M)
-    assert re.search(r"^test-newest:\n\tPIP_FIND_LINKS=\$\$\(mktemp -d\) \$\(MAKE\) test .*TORCH='\$\(TORCH_NEWEST\)'", makefile, re.M)
+    assert re.search(
+        r"^test-newest:\n\tPIP_FIND_LINKS=\$\$\(mktemp -d\) \$\(MAKE\) test .*TORCH='\$\(TORCH_NEWEST\)'",
+        makefile,
+        re.M,
+    )
     assert re.search(r"^unit-oldest:\n\t\$\(MAKE\) unit .*TORCH='\$\(TORCH_OLDEST\)'", makefile, re.M)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert f"torch>={oldest}" in project["dependencies"]
@@ -80,3 +88,17 @@ def test_ci_proves_the_oldest_and_newest_torch():
     assert f"torch {oldest}" in (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.index("make test") < ci.index("make test-newest") < ci.index("make unit-oldest")
+
+
+def test_make_test_runs_ruff():
+    """`make test` lints and checks the formatting first (ruff, pinned in the test extra)."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: lint$", makefile, re.M)
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert (
+        "ruff check minflow tests tools benchmarks" in lint
+        and "ruff format --check minflow tests tools benchmarks" in lint
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(r.startswith("ruff==") for r in project["project"]["optional-dependencies"]["test"])
+    assert project["tool"]["ruff"]["line-length"] == 120

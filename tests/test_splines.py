@@ -18,6 +18,7 @@ import torch
 from helpers import jacobian_logdet, randomize_zero_layers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 import minflow as mf
 import minflow.spline_kernels as spline_kernels
@@ -391,8 +392,19 @@ def test_fully_bounded_spline_survives_huge_params(path):
     version overflows exp(d) here, the failure the pilot saw on inputs far outside [0, 1])."""
     bij = FullyBoundedSpline(backend=path)
     z = torch.tensor([0.0, 0.3, -0.4, 1e30, 5.0], dtype=torch.float32).repeat(4)
-    p = torch.tensor([[1e30, -1e30, 1e30, 1e30], [-1e30, 1e30, -1e30, -1e30], [50.0, -50.0, 200.0, 1e6],
-                      [0.0, 0.0, -200.0, -1e6]], dtype=torch.float32).repeat_interleave(5, 0).requires_grad_()
+    p = (
+        torch.tensor(
+            [
+                [1e30, -1e30, 1e30, 1e30],
+                [-1e30, 1e30, -1e30, -1e30],
+                [50.0, -50.0, 200.0, 1e6],
+                [0.0, 0.0, -200.0, -1e6],
+            ],
+            dtype=torch.float32,
+        )
+        .repeat_interleave(5, 0)
+        .requires_grad_()
+    )
     for fn in (bij, bij.inverse):
         out, ladj = fn(z, p)
         assert torch.isfinite(out).all() and torch.isfinite(ladj).all()
@@ -581,6 +593,7 @@ def test_kernels_match_the_reference_float64(name, backend):
         out = {}
         for path in ("reference", backend):
             if name == "raw":
+
                 def fn(x, kx, ky, d, path=path, inverse=inverse):
                     return rational_quadratic_spline(x, kx, ky, d, inverse=inverse, backend=path)
             else:
@@ -713,8 +726,13 @@ def _edge_points(bij, p: Tensor, inverse: bool) -> Tensor:
         k = k + bij.shift(p)[..., None]
         gap = 8 * torch.finfo(k.dtype).eps * (1 + k.abs().amax())  # y - t may round back into the box
     ends = k[..., [0, -1]]
-    out = torch.stack([torch.nextafter(ends[..., 0] - gap, torch.tensor(-math.inf, dtype=k.dtype)),
-                       torch.nextafter(ends[..., 1] + gap, torch.tensor(math.inf, dtype=k.dtype))], -1)
+    out = torch.stack(
+        [
+            torch.nextafter(ends[..., 0] - gap, torch.tensor(-math.inf, dtype=k.dtype)),
+            torch.nextafter(ends[..., 1] + gap, torch.tensor(math.inf, dtype=k.dtype)),
+        ],
+        -1,
+    )
     return torch.cat([k, out], -1)  # (n, K + 1 + 2): knots (ends included), then just outside
 
 
@@ -751,8 +769,7 @@ def test_raw_slope_at_box_ends_whatever_clamps_tie_rule(path, tie, monkeypatch):
     kx, ky, d = random_knots((16,), 4, torch.float64, g)
     for inverse, axis, want in ((False, kx, d), (True, ky, 1 / d)):
         for j in range(5):  # every knot, both ends included
-            slope, ladj, _ = _slope(lambda v, inverse=inverse: rqs(v, kx, ky, d, inverse=inverse),
-                                    axis[:, j])
+            slope, ladj, _ = _slope(lambda v, inverse=inverse: rqs(v, kx, ky, d, inverse=inverse), axis[:, j])
             assert torch.allclose(slope, want[:, j], rtol=1e-9, atol=0), (inverse, j)
             assert torch.allclose(ladj, want[:, j].log(), rtol=0, atol=1e-9), (inverse, j)
 
@@ -819,7 +836,9 @@ def test_inverse_is_the_identity_outside_even_with_a_steep_end_bin(path, dtype):
 @settings(max_examples=60, deadline=None)
 @given(
     # (no subnormals: some torch builds set flush-to-zero, and hypothesis refuses to draw them then)
-    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=11, max_size=11),
+    st.lists(
+        st.floats(width=32, allow_nan=False, allow_infinity=False, allow_subnormal=False), min_size=11, max_size=11
+    ),
     st.floats(-5, 5, width=32),
 )
 @pytest.mark.parametrize("path", PATHS)

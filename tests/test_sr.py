@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import check_shipped_checkpoint
+
 from minflow.checkpoints import available, data_dir, load_pretrained, load_state
 from minflow.couplings import Affine, Coupling
 from minflow.sr import SRFlow, make_bijection, super_resolve
@@ -136,8 +136,31 @@ def test_metrics():
 
 # ----------------------------------------------------------------------------- the command
 
-ARGS = ["--levels", "2", "--flow-steps", "1", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2",
-        "--crop", "32", "--val-size", "64", "--val-samples", "1", "--save-every", "2", "--no-progress", "--threads", "1"]  # fmt: skip
+ARGS = [
+    "--levels",
+    "2",
+    "--flow-steps",
+    "1",
+    "--hidden",
+    "8",
+    "--nf",
+    "8",
+    "--blocks",
+    "1",
+    "--batch",
+    "2",
+    "--crop",
+    "32",
+    "--val-size",
+    "64",
+    "--val-samples",
+    "1",
+    "--save-every",
+    "2",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def run(tmp_path, name, *extra):
@@ -153,7 +176,9 @@ def test_command_trains_ships_and_resumes(tmp_path, monkeypatch, capsys):
     metrics = run(tmp_path, "b", "--steps", "4")
     assert "resuming b from step 2" in capsys.readouterr().out
     runs = tmp_path / "runs"  # checkpoints go into the run folders, not the data folder
-    assert available(tmp_path) == [] and available(runs / "a") == ["a"] and set(available(runs / "b")) == {"b", "b_early"}
+    assert (
+        available(tmp_path) == [] and available(runs / "a") == ["a"] and set(available(runs / "b")) == {"b", "b_early"}
+    )
     (sa, ma), (sb, mb) = load_state("a", runs / "a"), load_state("b", runs / "b")
     assert ma["steps"] == mb["steps"] == 4 and load_state("b_early", runs / "b")[1]["steps"] == 1
     assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-5) for k in sa)  # resumed == straight
@@ -184,11 +209,15 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- shipped checkpoint
 
 
-@pytest.mark.parametrize("name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"])
+@pytest.mark.parametrize(
+    "name", ["sr_affine", "sr_affine_early", "sr_spline", "sr_spline_full", "sr_spline_full_cprior"]
+)
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
     from minflow.train import SR, validation_pairs
 
-    check_shipped_checkpoint(name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, SR, metrics["val_size"]))
+    check_shipped_checkpoint(
+        name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, SR, metrics["val_size"])
+    )
 
 
 @pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
@@ -218,14 +247,22 @@ def test_config_dataclass_builds_the_same_model_and_checks_itself():
     a = SRFlow(cfg)
     torch.manual_seed(0)
     b = checkpoints.build("srflow", dict(a.config))  # as a manifest stores it
-    assert a.config == b.config == dict(vars(cfg)) and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert a.config == b.config == dict(vars(cfg)) and all(
+        torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict()
+    )
     assert SRFlow(cfg, coupling="tanh").config["coupling"] == "tanh" and a.lr_multiple == cfg.lr_multiple == 1
-    for bad, match in [({"factor": 3}, "power of 2"), ({"prior": "x"}, "prior"), ({"coupling": "nope"}, "unknown coupling")]:
+    for bad, match in [
+        ({"factor": 3}, "power of 2"),
+        ({"prior": "x"}, "prior"),
+        ({"coupling": "nope"}, "unknown coupling"),
+    ]:
         with pytest.raises(ValueError, match=match):
             SRFlowConfig(**bad)
     with pytest.raises(TypeError):
         SRFlowConfig(nope=1)
     # one base owns dequantisation, bits per dim and padded sampling for both image flows
     for cls in (SRFlow, LLFlow):
-        assert issubclass(cls, ImageFlow) and all(name not in vars(cls) for name in ("dequantize", "nll_bpd", "sample_images"))
+        assert issubclass(cls, ImageFlow) and all(
+            name not in vars(cls) for name in ("dequantize", "nll_bpd", "sample_images")
+        )
     assert LLFlowConfig().lr_multiple == 8 and LLFlowConfig.factor == 1

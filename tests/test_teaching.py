@@ -8,12 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -37,7 +37,9 @@ def test_colab_badge_and_setup_cell_come_from_the_one_repository_setting(src):
     assert notebooks.colab_url(src.stem) in (ROOT / "README.md").read_text(), "README lists every chapter"
     setup = first_code_cell(nb)
     assert "colab" in setup.metadata["tags"]
-    assert setup.source == notebooks.setup_cell(src.read_text()), f"run `make notebooks` to rewrite {src.name}'s set-up cell"
+    assert setup.source == notebooks.setup_cell(src.read_text()), (
+        f"run `make notebooks` to rewrite {src.name}'s set-up cell"
+    )
 
 
 def _run_setup_cell(src, repo: str, tmp_path: Path, monkeypatch) -> list:
@@ -82,24 +84,31 @@ def test_colab_cell_clones_and_installs_and_the_chapter_imports_work(tmp_path):
     src = CHAPTERS / "03_exploding_inverse.py"
     nb = notebooks.notebook(src)
     imports = [c for c in nb.cells if c.cell_type == "code"][1].source
-    script = "\n".join([
-        "import sys, types",
-        "colab = types.ModuleType('google.colab')",
-        "colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: print('WIDGET MANAGER ON'))",
-        "sys.modules['google.colab'] = colab",
-        notebooks.setup_cell(src.read_text()).replace(notebooks.REPOSITORY, f"file://{ROOT}"),
-        imports,
-        "import minflow; print('MINFLOW FROM', minflow.__file__)",
-    ])
+    script = "\n".join(
+        [
+            "import sys, types",
+            "colab = types.ModuleType('google.colab')",
+            "colab.output = types.SimpleNamespace(enable_custom_widget_manager=lambda: print('WIDGET MANAGER ON'))",
+            "sys.modules['google.colab'] = colab",
+            notebooks.setup_cell(src.read_text()).replace(notebooks.REPOSITORY, f"file://{ROOT}"),
+            imports,
+            "import minflow; print('MINFLOW FROM', minflow.__file__)",
+        ]
+    )
     report = tmp_path / "pip-report.json"
     # pip only reports what it would install; "0" is how pip's environment spells --no-build-isolation
     pip_env = {"PIP_DRY_RUN": "1", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_REPORT": str(report)}
     env = {**os.environ, **pip_env, "MPLBACKEND": "Agg", "PYTHONPATH": ""}
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "WIDGET MANAGER ON" in run.stdout
     assert f"MINFLOW FROM {tmp_path / 'minflow' / 'minflow' / '__init__.py'}" in run.stdout
-    clone_head, our_head = (subprocess.run(["git", "rev-parse", "HEAD"], cwd=d, capture_output=True, text=True).stdout for d in (tmp_path / "minflow", ROOT))
+    clone_head, our_head = (
+        subprocess.run(["git", "rev-parse", "HEAD"], cwd=d, capture_output=True, text=True).stdout
+        for d in (tmp_path / "minflow", ROOT)
+    )
     assert clone_head == our_head, "the cell cloned this repository's HEAD"
     would_install = [item["metadata"]["name"] for item in json.loads(report.read_text())["install"]]
     assert would_install == ["minflow"], "on a runtime that has the dependencies, pip adds only minflow"
@@ -135,8 +144,13 @@ def test_student_versions_are_current_and_hide_the_solutions(src):
 
 
 def test_stub_names_what_the_check_needs():
-    solution = "a = 1\nb = a + 2\ntmp = 5\nfor f in range(3):\n    r = [s for s in range(f)]\ndef g(x):\n    local = x\n    return local"
-    stub = notebooks.stub(solution, "assert b == 3 and a and g(1) and f and r and s and local", hint="add two", number=2)
+    solution = (
+        "a = 1\nb = a + 2\ntmp = 5\nfor f in range(3):\n    r = [s for s in range(f)]\n"
+        "def g(x):\n    local = x\n    return local"
+    )
+    stub = notebooks.stub(
+        solution, "assert b == 3 and a and g(1) and f and r and s and local", hint="add two", number=2
+    )
     assert stub.startswith("# Exercise 2:") and "# Hint: add two" in stub
     assert "a = ..." in stub and "b = ..." in stub and "g = ..." in stub and "r = ..." in stub
     assert "tmp" not in stub and "f = ..." not in stub and "s = ..." not in stub and "local" not in stub
@@ -227,8 +241,13 @@ def test_book_pages_decks_and_pdfs_show_every_figure(tmp_path, monkeypatch):
 
 
 def test_make_lab_opens_the_repository_root_and_runs_as_root():
-    dry = subprocess.run(["make", "--no-print-directory", "-n", "lab", "VENV=.venv-dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)  # (a make inside `make test` prints directories)
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "lab", "VENV=.venv-dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # (a make inside `make test` prints directories)
     command = [line for line in dry.stdout.splitlines() if "jupyter lab" in line][-1]
     assert "jupyter lab --notebook-dir=." in command
     assert ("--allow-root" in command) == (os.geteuid() == 0)
@@ -236,7 +255,9 @@ def test_make_lab_opens_the_repository_root_and_runs_as_root():
 
 def test_readme_says_what_quick_mode_changes():
     readme = (ROOT / "README.md").read_text()
-    full, quick = re.search(r"^steps = mf\.pick\((\d+), (\d+)\)$", (CHAPTERS / "01_change_of_variables.py").read_text(), re.M).groups()
+    full, quick = re.search(
+        r"^steps = mf\.pick\((\d+), (\d+)\)$", (CHAPTERS / "01_change_of_variables.py").read_text(), re.M
+    ).groups()
     assert f"chapter 1: {quick} instead of {full}" in readme.replace("\n", " ")
     assert "`.ipynb`" in readme and "python3-venv" in readme and "--allow-root" in readme
 

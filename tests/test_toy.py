@@ -97,7 +97,9 @@ def test_round_trip_and_logdet(coupling):
     assert torch.allclose(back, x, atol=1e-10)
     assert torch.allclose(ld_inv, -ld, atol=1e-10)
     per = torch.stack([flow(x[i : i + 1], y[i : i + 1])[1][0] for i in range(6)])
-    exp = torch.stack([autograd_logdet(lambda v, c=y[i : i + 1]: flow(v.view(1, 2), c)[0].view(2), x[i]) for i in range(6)])
+    exp = torch.stack(
+        [autograd_logdet(lambda v, c=y[i : i + 1]: flow(v.view(1, 2), c)[0].view(2), x[i]) for i in range(6)]
+    )
     assert torch.allclose(per, exp, atol=1e-8)
     assert torch.allclose(ld, per, atol=1e-10)
 
@@ -149,7 +151,22 @@ def test_train_stops_on_nonfinite_loss():
 
 
 def test_command_writes_a_loadable_checkpoint(tmp_path):
-    args = ["--seed", "3", "--steps", "5", "--hidden", "16", "--depth", "1", "--batch", "64", "--no-progress", "--ship", "--root", str(tmp_path)]
+    args = [
+        "--seed",
+        "3",
+        "--steps",
+        "5",
+        "--hidden",
+        "16",
+        "--depth",
+        "1",
+        "--batch",
+        "64",
+        "--no-progress",
+        "--ship",
+        "--root",
+        str(tmp_path),
+    ]
     path = cli.main(["train-toy", *args])
     assert path == tmp_path / "checkpoints" / "toy_affine_s3.pt"
     man = read_manifest("toy_affine_s3", tmp_path)
@@ -169,12 +186,44 @@ def test_command_writes_a_loadable_checkpoint(tmp_path):
 
 def test_command_respects_minflow_data(tmp_path, monkeypatch):
     monkeypatch.setenv("MINFLOW_DATA", str(tmp_path))
-    cli.main(["train-toy", "--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--name", "envtest", "--ship"])
+    cli.main(
+        [
+            "train-toy",
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--depth",
+            "1",
+            "--batch",
+            "16",
+            "--no-progress",
+            "--name",
+            "envtest",
+            "--ship",
+        ]
+    )
     assert available() == ["envtest"] and data_dir() == tmp_path
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    cli.main(["train-toy", "--steps", "2", "--hidden", "8", "--depth", "1", "--batch", "16", "--no-progress", "--ship", "--root", str(tmp_path)])
+    cli.main(
+        [
+            "train-toy",
+            "--steps",
+            "2",
+            "--hidden",
+            "8",
+            "--depth",
+            "1",
+            "--batch",
+            "16",
+            "--no-progress",
+            "--ship",
+            "--root",
+            str(tmp_path),
+        ]
+    )
     pt = tmp_path / "checkpoints" / "toy_affine_s0.pt"
     data = bytearray(pt.read_bytes())
     data[-10] ^= 0xFF
@@ -249,7 +298,9 @@ def test_jump_finds_the_largest_growth():
 
 def test_ring_matches_diagnose_and_worst():
     dirs = toy.ring_directions(4)
-    assert torch.allclose(dirs, torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        dirs, torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64), atol=1e-12
+    )
     flow = small_flow()
     out = toy.ring(flow, radius=3.0, n_directions=4, n=100, chunk=250)  # chunks of 2 directions
     assert [o["angle"] for o in out] == [0.0, 90.0, 180.0, 270.0]

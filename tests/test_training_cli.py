@@ -25,10 +25,48 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = data_dir() / "checkpoints"  # the repository's, read before any test changes $MINFLOW_DATA
 
 TOY = ["--steps", "2", "--hidden", "8", "--depth", "1", "--flow-steps", "1", "--batch", "16", "--no-progress"]
-SR = ["--levels", "2", "--flow-steps", "1", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "32",
-      "--val-size", "64", "--val-samples", "1", "--no-progress", "--threads", "1"]  # fmt: skip
-LL = ["--levels", "2", "--hidden", "8", "--nf", "8", "--blocks", "1", "--batch", "2", "--crop", "16", "--val-size", "32",
-      "--no-progress", "--threads", "1"]  # fmt: skip
+SR = [
+    "--levels",
+    "2",
+    "--flow-steps",
+    "1",
+    "--hidden",
+    "8",
+    "--nf",
+    "8",
+    "--blocks",
+    "1",
+    "--batch",
+    "2",
+    "--crop",
+    "32",
+    "--val-size",
+    "64",
+    "--val-samples",
+    "1",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+LL = [
+    "--levels",
+    "2",
+    "--hidden",
+    "8",
+    "--nf",
+    "8",
+    "--blocks",
+    "1",
+    "--batch",
+    "2",
+    "--crop",
+    "16",
+    "--val-size",
+    "32",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 COMMANDS = {  # name -> (main, argv before the options, tiny options)
     "toy": (cli.main, ["train-toy"], TOY),
     "sr": (cli.main, ["train-sr"], [*SR, "--steps", "1"]),
@@ -82,7 +120,9 @@ def test_checkpoints_go_into_the_run_folder_by_default(which, tmp_path, data):
     run = tmp_path / "runs" / "r"
     assert available(data) == [] and available(run) == ["r"]
     model = load_pretrained("r", root=run)
-    assert model.manifest["command"].startswith("python -m minflow train-") and "--ship" not in model.manifest["command"]
+    assert (
+        model.manifest["command"].startswith("python -m minflow train-") and "--ship" not in model.manifest["command"]
+    )
 
 
 @pytest.mark.parametrize("which", COMMANDS)
@@ -146,22 +186,59 @@ def test_a_shipped_run_that_resumes_does_not_trip_over_its_own_early_checkpoint(
 # ----------------------------------------------------------------------------- arguments
 
 
-BAD = [(which, option, value) for which in ("toy", "sr", "lowlight") for option, value in (
-    ("--steps", "0"), ("--steps", "-1"), ("--steps", "1.5"), ("--batch", "0"), ("--flow-steps", "0"),
-    ("--lr", "0"), ("--lr", "-1e-3"), ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"), ("--threads", "-1"))]  # fmt: skip
+BAD = [
+    (which, option, value)
+    for which in ("toy", "sr", "lowlight")
+    for option, value in (
+        ("--steps", "0"),
+        ("--steps", "-1"),
+        ("--steps", "1.5"),
+        ("--batch", "0"),
+        ("--flow-steps", "0"),
+        ("--lr", "0"),
+        ("--lr", "-1e-3"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--seed", "-1"),
+        ("--threads", "-1"),
+    )
+]
 BAD += [("toy", o, "0") for o in ("--hidden", "--depth")]
-BAD += [(w, o, "0") for w in ("sr", "lowlight") for o in ("--save-every", "--hidden", "--nf", "--blocks", "--crop", "--levels")]
-BAD += [("sr", "--val-samples", "0"), ("sr", "--early", "-1"), ("sr", "--early", "5"), ("sr", "--factor", "3"),
-        ("sr", "--crop", "30"), ("sr", "--val-size", "2"), ("sr", "--coupling", "nope"), ("lowlight", "--crop", "18"),
-        ("lowlight", "--coupling", "nope"), ("toy", "--coupling", "nope"), ("toy", "--root", "elsewhere"),
-        ("sr", "--name", "../up"), ("toy", "--name", "a/b")]  # fmt: skip
+BAD += [
+    (w, o, "0")
+    for w in ("sr", "lowlight")
+    for o in ("--save-every", "--hidden", "--nf", "--blocks", "--crop", "--levels")
+]
+BAD += [
+    ("sr", "--val-samples", "0"),
+    ("sr", "--early", "-1"),
+    ("sr", "--early", "5"),
+    ("sr", "--factor", "3"),
+    ("sr", "--crop", "30"),
+    ("sr", "--val-size", "2"),
+    ("sr", "--coupling", "nope"),
+    ("lowlight", "--crop", "18"),
+    ("lowlight", "--coupling", "nope"),
+    ("toy", "--coupling", "nope"),
+    ("toy", "--root", "elsewhere"),
+    ("sr", "--name", "../up"),
+    ("toy", "--name", "a/b"),
+]
 
 
 @pytest.mark.parametrize("which, option, value", BAD)
 def test_meaningless_arguments_are_argparse_errors(which, option, value, tmp_path, data, capsys, monkeypatch):
     no_training(monkeypatch)
     main, head, options = COMMANDS[which]
-    argv = [*head, "--runs", str(tmp_path / "runs"), *options, "--steps", "5", *([] if option == "--name" else ["--name", "n"])]
+    argv = [
+        *head,
+        "--runs",
+        str(tmp_path / "runs"),
+        *options,
+        "--steps",
+        "5",
+        *([] if option == "--name" else ["--name", "n"]),
+    ]
     with pytest.raises(SystemExit) as exit_:
         main([*argv, option, value])
     assert exit_.value.code == 2
@@ -172,8 +249,14 @@ def test_meaningless_arguments_are_argparse_errors(which, option, value, tmp_pat
 
 def test_the_argparse_types():
     assert cli.positive_int("3") == 3 and cli.nonnegative_int("0") == 0 and cli.positive_float("1e-4") == 1e-4
-    for fn, text in ((cli.positive_int, "0"), (cli.nonnegative_int, "-2"), (cli.positive_int, "x"),
-                     (cli.positive_float, "0"), (cli.positive_float, "nan"), (cli.positive_float, "-inf")):  # fmt: skip
+    for fn, text in (
+        (cli.positive_int, "0"),
+        (cli.nonnegative_int, "-2"),
+        (cli.positive_int, "x"),
+        (cli.positive_float, "0"),
+        (cli.positive_float, "nan"),
+        (cli.positive_float, "-inf"),
+    ):
         with pytest.raises(Exception, match="must be|not a"):
             fn(text)
 
@@ -194,11 +277,19 @@ def test_help_at_both_levels_exits_0():
     assert bare.returncode == 2 and "usage: python -m minflow" in bare.stderr and not bare.stdout
 
 
-@pytest.mark.parametrize("old, new", [(["minflow.train"], "train-sr"), (["minflow.toy"], "train-toy"),
-                                      (["minflow.lowlight", "train"], "train-lowlight")])  # fmt: skip
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (["minflow.train"], "train-sr"),
+        (["minflow.toy"], "train-toy"),
+        (["minflow.lowlight", "train"], "train-lowlight"),
+    ],
+)
 def test_the_older_command_forms_are_aliases(old, new):
     done = run_module(*old, "--help")
-    assert done.returncode == 0 and f"usage: python -m minflow {new}" in done.stdout and not done.stderr  # no runpy warning
+    assert (
+        done.returncode == 0 and f"usage: python -m minflow {new}" in done.stdout and not done.stderr
+    )  # no runpy warning
 
 
 @pytest.mark.parametrize("old, which", [(["minflow.toy"], "toy"), (["minflow.lowlight", "train"], "lowlight")])
@@ -211,8 +302,14 @@ def test_an_older_form_trains_and_records_the_new_form(old, which, tmp_path, dat
 
 
 def test_importing_minflow_imports_no_model_or_program_module():
-    done = subprocess.run([sys.executable, "-c", "import sys, minflow; print(sorted(m for m in sys.modules if m.startswith('minflow')))"],
-                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, minflow; print(sorted(m for m in sys.modules if m.startswith('minflow')))"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     loaded = eval(done.stdout)
     assert not {"minflow.sr", "minflow.toy", "minflow.lowlight", "minflow.train", "minflow.cli"} & set(loaded)
     assert load_pretrained("toy_affine_s0").__class__.__name__ == "ConditionalFlow"  # builders resolve on demand
@@ -266,8 +363,18 @@ def batches(gen: torch.Generator):
 
 
 def fit_args(tmp_path: Path, name: str = "q", **kw) -> train_mod.TrainConfig:
-    base = dict(threads=0, seed=0, batch=2, crop=1, learning_rate=1.0, runs=tmp_path / "runs", name=name, steps=4, save_every=100,
-                progress=False)  # fmt: skip
+    base = dict(
+        threads=0,
+        seed=0,
+        batch=2,
+        crop=1,
+        learning_rate=1.0,
+        runs=tmp_path / "runs",
+        name=name,
+        steps=4,
+        save_every=100,
+        progress=False,
+    )
     return train_mod.TrainConfig(**{**base, **kw})
 
 
@@ -348,12 +455,22 @@ def test_resume_refuses_a_larger_lr_and_other_settings(tmp_path):
 
 def test_a_state_with_older_config_keys_resumes_with_the_current_names(tmp_path):
     train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=2), {"steps": 1, "width": 8})
-    progress = train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=3), {"flow_steps": 1, "hidden": 8},
-                             builder="srflow")  # fmt: skip
+    progress = train_mod.fit(
+        Quadratic(),
+        batches,
+        fit_args(tmp_path, learning_rate=0.1, steps=3),
+        {"flow_steps": 1, "hidden": 8},
+        builder="srflow",
+    )
     assert progress.step == 3
     with pytest.raises(train_mod.TrainError, match="config hidden: 8 there, 16 now"):
-        train_mod.fit(Quadratic(), batches, fit_args(tmp_path, learning_rate=0.1, steps=4), {"flow_steps": 1, "hidden": 16},
-                      builder="srflow")  # fmt: skip
+        train_mod.fit(
+            Quadratic(),
+            batches,
+            fit_args(tmp_path, learning_rate=0.1, steps=4),
+            {"flow_steps": 1, "hidden": 16},
+            builder="srflow",
+        )
 
 
 def test_a_state_from_before_lr_history_resumes(tmp_path):
@@ -388,10 +505,20 @@ def test_the_printed_resume_command_resumes_with_half_the_lr(tmp_path, data, mon
 
 def test_train_config_refuses_meaningless_values(tmp_path):
     good = dict(name="n", runs=tmp_path)
-    assert train_mod.TrainConfig(**good).runs == tmp_path and train_mod.TrainConfig(name="n", runs=str(tmp_path)).runs == tmp_path
-    for bad, match in [({"name": "../up"}, "plain file name"), ({"steps": 0}, "steps must be"), ({"batch": 1.5}, "whole number"),
-                       ({"learning_rate": 0.0}, "learning_rate must be"), ({"learning_rate": math.nan}, "learning_rate must be"), ({"seed": -1}, "seed must be"),
-                       ({"threads": True}, "threads must be"), ({"crop": 0}, "crop must be")]:  # fmt: skip
+    assert (
+        train_mod.TrainConfig(**good).runs == tmp_path
+        and train_mod.TrainConfig(name="n", runs=str(tmp_path)).runs == tmp_path
+    )
+    for bad, match in [
+        ({"name": "../up"}, "plain file name"),
+        ({"steps": 0}, "steps must be"),
+        ({"batch": 1.5}, "whole number"),
+        ({"learning_rate": 0.0}, "learning_rate must be"),
+        ({"learning_rate": math.nan}, "learning_rate must be"),
+        ({"seed": -1}, "seed must be"),
+        ({"threads": True}, "threads must be"),
+        ({"crop": 0}, "crop must be"),
+    ]:
         with pytest.raises(ValueError, match=match):
             train_mod.TrainConfig(**{**good, **bad})
 

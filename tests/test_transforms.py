@@ -62,16 +62,21 @@ def cases():
     }
     for scale in mf.SCALES:
         out[f"coupling-mlp-{scale}"] = vec(
-            lambda scale=scale: randomize_zero_layers(mf.Coupling(4, 3, mf.Affine(scale), kind="mlp", hidden=16, depth=2)),
+            lambda scale=scale: randomize_zero_layers(
+                mf.Coupling(4, 3, mf.Affine(scale), kind="mlp", hidden=16, depth=2)
+            ),
             cond_c=3,
         )
         out[f"injector-conv-{scale}"] = img(
-            lambda scale=scale: randomize_zero_layers(mf.Injector(4, 3, mf.Affine(scale), kind="conv", hidden=8)), cond_c=3
+            lambda scale=scale: randomize_zero_layers(mf.Injector(4, 3, mf.Affine(scale), kind="conv", hidden=8)),
+            cond_c=3,
         )
     out["coupling-conv-odd-swap"] = img(
         lambda: randomize_zero_layers(mf.Coupling(5, 3, kind="conv", hidden=8, swap=True)), c=5, cond_c=3
     )
-    out["coupling-unconditional"] = vec(lambda: randomize_zero_layers(mf.Coupling(2, 0, kind="mlp", hidden=16, depth=2)), c=2)
+    out["coupling-unconditional"] = vec(
+        lambda: randomize_zero_layers(mf.Coupling(2, 0, kind="mlp", hidden=16, depth=2)), c=2
+    )
     out["sequential"] = img(
         lambda: mf.Chain(
             make_actnorm(4),
@@ -311,8 +316,14 @@ def test_conditioner_output_is_the_raw_h():
 
 def test_every_inverse_takes_the_sampling_keywords():
     gen = lambda: torch.Generator().manual_seed(0)
-    layers = [mf.ActNorm(4), mf.InvConv1x1(4), mf.Squeeze(), mf.Coupling(4, 0, kind="conv", hidden=4),
-              mf.Injector(4, 2, kind="conv", hidden=4), mf.Split(4)]
+    layers = [
+        mf.ActNorm(4),
+        mf.InvConv1x1(4),
+        mf.Squeeze(),
+        mf.Coupling(4, 0, kind="conv", hidden=4),
+        mf.Injector(4, 2, kind="conv", hidden=4),
+        mf.Split(4),
+    ]
     for layer in layers:
         z = torch.randn(2, 2 if isinstance(layer, mf.Split) else 4, 4, 4)
         cond = torch.randn(2, 2, 4, 4) if isinstance(layer, mf.Injector) else None

@@ -46,7 +46,9 @@ if "google.colab" in sys.modules:
 
     course = Path("minflow").resolve()  # /content/minflow on Colab
     if not course.exists():
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True)
+        clone = subprocess.run(
+            ["git", "clone", "-q", "--depth", "1", REPO, str(course)], capture_output=True, text=True
+        )
         if clone.returncode != 0:
             raise RuntimeError(
                 f"Could not clone {REPO}: {clone.stderr.strip()}\\n"
@@ -178,7 +180,10 @@ DEFAULT_HINT = "re-read the exercise above; the check cell below tests your answ
 
 def stub(solution: str, check: str, hint: str | None, number: int | None = None) -> str:
     """What a student sees instead of a solution: the names the check needs, and a hint."""
-    lines = [f"# Exercise {number}: your solution here." if number else "# Your solution here.", f"# Hint: {hint or DEFAULT_HINT}"]
+    lines = [
+        f"# Exercise {number}: your solution here." if number else "# Your solution here.",
+        f"# Hint: {hint or DEFAULT_HINT}",
+    ]
     lines += [f"{name} = ...  # define this; the check below uses it" for name in needed(solution, check)]
     return "\n".join(lines)
 
@@ -206,7 +211,9 @@ def student_version(nb):
     number, names = None, []
     for i, cell in enumerate(nb.cells):
         tags = cell.metadata.get("tags", [])
-        heading = re.search(r"^(?:#+ *|\*\*)Exercise (\d+)", cell.source, re.M) if cell.cell_type == "markdown" else None
+        heading = (
+            re.search(r"^(?:#+ *|\*\*)Exercise (\d+)", cell.source, re.M) if cell.cell_type == "markdown" else None
+        )
         if heading and "solution" not in tags:
             number = int(heading.group(1))
         if "solution" not in tags:
@@ -288,7 +295,9 @@ def book(out: Path, timeout: int = 3600, chapters: list[Path] | None = None) -> 
     for src in chapters or sources():
         nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
         start = time.time()
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}})
+        client = NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(src.parent)}}
+        )
         client.execute(env={**os.environ, **KERNEL_ENV})
         seconds = time.time() - start
         body, _ = HTMLExporter().from_notebook_node(nb)
@@ -300,8 +309,10 @@ def book(out: Path, timeout: int = 3600, chapters: list[Path] | None = None) -> 
         rows.append((src.stem, title, seconds, printed))
         print(f"{src.stem}: {seconds:.0f} s", flush=True)
     items = "\n".join(
-        f'<li><a href="{s}.html">{html.escape(t)}</a>' + (f' (<a href="{s}.pdf">PDF</a>)' if printed else "")
-        + f' <small>({sec:.0f} s)</small></li>' for s, t, sec, printed in rows
+        f'<li><a href="{s}.html">{html.escape(t)}</a>'
+        + (f' (<a href="{s}.pdf">PDF</a>)' if printed else "")
+        + f" <small>({sec:.0f} s)</small></li>"
+        for s, t, sec, printed in rows
     )
     (out / "index.html").write_text(
         f"<!doctype html><meta charset='utf-8'><title>minflow course</title>"

@@ -16,9 +16,9 @@ import io
 import math
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,17 +27,55 @@ import torch.nn.functional as F
 from ..utils import check_image
 
 __all__ = [
-    "TRAIN_PHOTOS", "VAL_PHOTOS", "TEST_PHOTOS", "OTHER_IMAGES", "OOD_GROUPS", "DIV2K_URLS", "CropDataset",
-    "OODInput", "add_noise", "bicubic_down", "bicubic_up", "blur_down", "box_kernel", "center_crop", "check_size",
-    "contrast", "fit_square", "gamma", "gaussian_kernel", "invert", "jpeg", "load_div2k", "load_photo",
-    "load_photos", "mod_crop", "motion_kernel", "nearest_down", "ood_sets", "photo_names", "random_crops",
-    "synthetic_patterns", "to_tensor"
-]  # fmt: skip
+    "TRAIN_PHOTOS",
+    "VAL_PHOTOS",
+    "TEST_PHOTOS",
+    "OTHER_IMAGES",
+    "OOD_GROUPS",
+    "DIV2K_URLS",
+    "CropDataset",
+    "OODInput",
+    "add_noise",
+    "bicubic_down",
+    "bicubic_up",
+    "blur_down",
+    "box_kernel",
+    "center_crop",
+    "check_size",
+    "contrast",
+    "fit_square",
+    "gamma",
+    "gaussian_kernel",
+    "invert",
+    "jpeg",
+    "load_div2k",
+    "load_photo",
+    "load_photos",
+    "mod_crop",
+    "motion_kernel",
+    "nearest_down",
+    "ood_sets",
+    "photo_names",
+    "random_crops",
+    "synthetic_patterns",
+    "to_tensor",
+]
 
 Tensor = torch.Tensor
 
-TRAIN_PHOTOS = ("astronaut", "camera", "chelsea", "rocket", "coins", "hubble_deep_field", "clock",
-                "brick", "grass", "gravel", "flower")
+TRAIN_PHOTOS = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "rocket",
+    "coins",
+    "hubble_deep_field",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
+    "flower",
+)
 VAL_PHOTOS = ("coffee", "china")
 TEST_PHOTOS = ("grace_hopper",)  # a natural photo in neither split, for an unseen in-distribution check
 OTHER_IMAGES = ("checkerboard", "page", "text", "cell", "retina")  # not photos of scenes: OOD inputs only
@@ -49,8 +87,9 @@ def _require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"{module} is needed for this function; install it with: "
-                          "pip install minflow[course]") from err
+        raise ImportError(
+            f"{module} is needed for this function; install it with: pip install minflow[course]"
+        ) from err
 
 
 def photo_names() -> list[str]:
@@ -58,7 +97,7 @@ def photo_names() -> list[str]:
     return [*TRAIN_PHOTOS, *VAL_PHOTOS, *TEST_PHOTOS, *OTHER_IMAGES]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_array(name: str) -> np.ndarray:
     package = _PACKAGE.get(name, "skimage")
     if package == "skimage":
@@ -108,8 +147,9 @@ def _check_factor(x: Tensor, factor: int, name: str = "hr", divisible: bool = Tr
         raise ValueError(f"factor must be a positive int, got {factor!r}")
     h, w = x.shape[-2:]
     if divisible and (h % factor or w % factor):
-        raise ValueError(f"{name} size {h}x{w} is not divisible by the factor {factor}; "
-                         f"crop it first with mod_crop(x, {factor})")
+        raise ValueError(
+            f"{name} size {h}x{w} is not divisible by the factor {factor}; crop it first with mod_crop(x, {factor})"
+        )
 
 
 def _batched(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -122,8 +162,14 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return _batched(x, lambda b: F.interpolate(b, size=size, mode="bicubic", antialias=True, align_corners=False))
 
 
-def random_crops(images: Sequence[Tensor], size: int, n: int, generator: torch.Generator | None = None,
-                 flips: bool = True, channels: int = 3) -> Tensor:
+def random_crops(
+    images: Sequence[Tensor],
+    size: int,
+    n: int,
+    generator: torch.Generator | None = None,
+    flips: bool = True,
+    channels: int = 3,
+) -> Tensor:
     """`n` random `size` x `size` crops, shape (n, channels, size, size).
 
     Each crop comes from a uniformly chosen image at a uniform position and, with `flips`, is
@@ -142,7 +188,7 @@ def random_crops(images: Sequence[Tensor], size: int, n: int, generator: torch.G
         img = images[k]
         top = int(torch.randint(img.shape[1] - size + 1, (1,), generator=generator))
         left = int(torch.randint(img.shape[2] - size + 1, (1,), generator=generator))
-        crop = img[:, top:top + size, left:left + size]
+        crop = img[:, top : top + size, left : left + size]
         if flips:
             flip_x, flip_y = (torch.rand(2, generator=generator) < 0.5).tolist()
             crop = crop.flip(-1) if flip_x else crop
@@ -158,7 +204,7 @@ def center_crop(x: Tensor, size: int) -> Tensor:
     if min(h, w) < size:
         raise ValueError(f"cannot take a {size}x{size} crop of a {h}x{w} image")
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def fit_square(x: Tensor, size: int, whole: bool = False) -> Tensor:
@@ -181,8 +227,15 @@ class CropDataset:
         for step, (hr, lr) in zip(range(steps), data): ...
     """
 
-    def __init__(self, images: Sequence[Tensor], size: int, batch_size: int, factor: int = 4, seed: int = 0,
-                 degrade: Callable[[Tensor, int], Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        images: Sequence[Tensor],
+        size: int,
+        batch_size: int,
+        factor: int = 4,
+        seed: int = 0,
+        degrade: Callable[[Tensor, int], Tensor] | None = None,
+    ) -> None:
         if size % factor:
             raise ValueError(f"crop size {size} must be divisible by the factor {factor}")
         self.images, self.size, self.batch_size = list(images), size, batch_size
@@ -375,8 +428,11 @@ def synthetic_patterns(size: int) -> dict[str, Tensor]:
     "uniform_noise" (i.i.d. colour noise from seed 0, no structure at all)."""
     i, j = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     grey = lambda p: p.float().expand(3, size, size).clone()
-    return {"checker_1px": grey((i + j) % 2), "stripes_2px": grey((j // 2) % 2),
-            "uniform_noise": torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))}  # fmt: skip
+    return {
+        "checker_1px": grey((i + j) % 2),
+        "stripes_2px": grey((j // 2) % 2),
+        "uniform_noise": torch.rand(3, size, size, generator=torch.Generator().manual_seed(0)),
+    }
 
 
 def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
@@ -407,17 +463,26 @@ def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
     reference = {p: pair(hr_of[p], "in distribution: validation photo, bicubic LR as in training") for p in VAL_PHOTOS}
     content = {
         "checkerboard": pair(hr_of["checkerboard"], "photo of a chessboard: flat saturated squares, straight edges"),
-        "checker_1px": OODInput(patterns["checker_1px"], None, "1-px LR checkerboard: all energy at Nyquist, never in a bicubic LR"),
-        "stripes_2px": OODInput(patterns["stripes_2px"], None, "2-px vertical LR stripes: one pure high frequency, no natural texture"),
-        "uniform_noise": OODInput(patterns["uniform_noise"], None, "i.i.d. uniform colour noise: no spatial structure at all"),
+        "checker_1px": OODInput(
+            patterns["checker_1px"], None, "1-px LR checkerboard: all energy at Nyquist, never in a bicubic LR"
+        ),
+        "stripes_2px": OODInput(
+            patterns["stripes_2px"], None, "2-px vertical LR stripes: one pure high frequency, no natural texture"
+        ),
+        "uniform_noise": OODInput(
+            patterns["uniform_noise"], None, "i.i.d. uniform colour noise: no spatial structure at all"
+        ),
         "retina": pair(hr_of["retina"], "fundus photograph: medical content, red-orange palette, vessels"),
         "rendered_text": pair(_rendered_text(hr_size), "black-on-white glyphs drawn with Pillow's font"),
     }
-    benign = {n: pair(hr_of[n], f"{why}; harmless for an exploratory model") for n, why in [
-        ("page", "scanned printed page: unusual content, yet flat"),
-        ("text", "grey characters on a smooth background"),
-        ("cell", "quantitative phase microscopy of a cell"),
-    ]}
+    benign = {
+        n: pair(hr_of[n], f"{why}; harmless for an exploratory model")
+        for n, why in [
+            ("page", "scanned printed page: unusual content, yet flat"),
+            ("text", "grey characters on a smooth background"),
+            ("cell", "quantitative phase microscopy of a cell"),
+        ]
+    }
     degradation = {}
     for seed, p in enumerate(VAL_PHOTOS):
         hr = hr_of[p]
@@ -432,7 +497,9 @@ def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
             "contrast_x4": (contrast(lr, 4.0), "contrast x4 about 0.5, clamped: saturated areas, hard edges"),
         }
         degradation.update({f"{p}/{k}": OODInput(x, hr, why) for k, (x, why) in made.items()})
-        benign[f"{p}/inverted"] = pair(invert(hr), "the photo's negative: unusual colours; harmless for an exploratory model")
+        benign[f"{p}/inverted"] = pair(
+            invert(hr), "the photo's negative: unusual colours; harmless for an exploratory model"
+        )
     return {"reference": reference, "content": content, "degradation": degradation, "benign": benign}
 
 
@@ -444,8 +511,9 @@ DIV2K_URLS = {  # the official DIV2K HR archives (Agustsson & Timofte, NTIRE 201
 }
 
 
-def load_div2k(root: str | Path, split: str = "train", download: bool = False,
-               limit: int | None = None) -> list[Tensor]:
+def load_div2k(
+    root: str | Path, split: str = "train", download: bool = False, limit: int | None = None
+) -> list[Tensor]:
     """The DIV2K HR images of `split` ("train": 800, "valid": 100) as (3, H, W) tensors.
 
     Reads the standard layout root/DIV2K_{split}_HR/*.png in sorted order. With download=True a
@@ -461,7 +529,8 @@ def load_div2k(root: str | Path, split: str = "train", download: bool = False,
         if not download:
             raise FileNotFoundError(
                 f"DIV2K folder {folder} not found. Call load_div2k({str(root)!r}, {split!r}, download=True), or "
-                f"download {DIV2K_URLS[split]} yourself and unzip it into {root}.")
+                f"download {DIV2K_URLS[split]} yourself and unzip it into {root}."
+            )
         root.mkdir(parents=True, exist_ok=True)
         archive = root / Path(DIV2K_URLS[split]).name
         urllib.request.urlretrieve(DIV2K_URLS[split], archive)

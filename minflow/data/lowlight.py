@@ -18,13 +18,33 @@ import torch
 from torch import Tensor
 
 from ..utils import check_image
-from .images import (OTHER_IMAGES, TEST_PHOTOS, VAL_PHOTOS, _require, check_size, fit_square, load_photo, random_crops,
-                     synthetic_patterns, to_tensor)  # fmt: skip
+from .images import (
+    OTHER_IMAGES,
+    TEST_PHOTOS,
+    VAL_PHOTOS,
+    _require,
+    check_size,
+    fit_square,
+    load_photo,
+    random_crops,
+    synthetic_patterns,
+    to_tensor,
+)
 
 __all__ = [
-    "DARKEN_RANGES", "LL_GROUPS", "LOL_PAGE", "LOL_URL", "OOD_DARKEN", "LowLightInput", "LowLightPairs", "darken",
-    "darken_ranges", "load_lol", "lowlight_ood_sets", "paired_crops"
-]  # fmt: skip
+    "DARKEN_RANGES",
+    "LL_GROUPS",
+    "LOL_PAGE",
+    "LOL_URL",
+    "OOD_DARKEN",
+    "LowLightInput",
+    "LowLightPairs",
+    "darken",
+    "darken_ranges",
+    "load_lol",
+    "lowlight_ood_sets",
+    "paired_crops",
+]
 
 # ----------------------------------------------------------------------------- synthetic low light
 
@@ -48,13 +68,16 @@ def darken_ranges(**ranges: float | tuple[float, float]) -> dict[str, tuple[floa
         value = ranges.get(name, default)
         lo, hi = (value, value) if isinstance(value, (int, float)) else value
         if not 0 <= lo <= hi or (name in _LOG_UNIFORM and lo <= 0):
-            raise ValueError(f"{name} range must satisfy 0 <= lo <= hi (lo > 0 for {name} if log-uniform), got {(lo, hi)}")
+            raise ValueError(
+                f"{name} range must satisfy 0 <= lo <= hi (lo > 0 for {name} if log-uniform), got {(lo, hi)}"
+            )
         out[name] = (float(lo), float(hi))
     return out
 
 
-def darken(img: Tensor, generator: torch.Generator | None = None, quantize: bool = True,
-           **ranges: float | tuple[float, float]) -> tuple[Tensor, dict[str, Tensor]]:
+def darken(
+    img: Tensor, generator: torch.Generator | None = None, quantize: bool = True, **ranges: float | tuple[float, float]
+) -> tuple[Tensor, dict[str, Tensor]]:
     """A synthetic low-light capture of `img` (CHW or NCHW in [0, 1]) and the parameters used.
 
     Per image, with parameters drawn from `DARKEN_RANGES` (override any as ``name=(lo, hi)``, or a
@@ -92,8 +115,9 @@ def darken(img: Tensor, generator: torch.Generator | None = None, quantize: bool
     return (y[0], {k: t[0] for k, t in p.items()}) if img.dim() == 3 else (y, p)
 
 
-def paired_crops(normal: Sequence[Tensor], dark: Sequence[Tensor], size: int, n: int,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def paired_crops(
+    normal: Sequence[Tensor], dark: Sequence[Tensor], size: int, n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """`n` random `size` x `size` crops at the same place in each (normal, dark) pair, with random
     flips: `random_crops` of the pairs stacked into 6 channels, split again."""
     if len(normal) != len(dark) or any(a.shape != b.shape for a, b in zip(normal, dark)):
@@ -110,8 +134,15 @@ class LowLightPairs:
     pass `dark` (e.g. from `load_lol`), matched to `images`, and both are cropped at one place.
     """
 
-    def __init__(self, images: Sequence[Tensor], size: int, batch_size: int, seed: int = 0,
-                 dark: Sequence[Tensor] | None = None, **ranges) -> None:
+    def __init__(
+        self,
+        images: Sequence[Tensor],
+        size: int,
+        batch_size: int,
+        seed: int = 0,
+        dark: Sequence[Tensor] | None = None,
+        **ranges,
+    ) -> None:
         self.images, self.dark, self.size, self.batch_size, self.seed = list(images), dark, size, batch_size, seed
         self.ranges = ranges
         darken_ranges(**ranges)  # fail early on bad ranges
@@ -173,7 +204,9 @@ def lowlight_ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
     out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
     for name, normal in synthetic_patterns(size).items():
         dark = darken(normal, torch.Generator().manual_seed(next(seeds)))[0]
-        out["content"][name] = LowLightInput(dark, normal, "synthetic pattern (data.synthetic_patterns), training darkening")
+        out["content"][name] = LowLightInput(
+            dark, normal, "synthetic pattern (data.synthetic_patterns), training darkening"
+        )
     return out
 
 
@@ -183,8 +216,9 @@ LOL_PAGE = "https://daooshee.github.io/BMVC2018website/"  # LOL (Wei et al., BMV
 LOL_URL = "https://drive.usercontent.google.com/download?id=157bjO1_cFuSd0HWDUuAmcHRJDVyWpOxB&export=download&confirm=t"
 
 
-def load_lol(root: str | Path, split: str = "our485", download: bool = False,
-             limit: int | None = None) -> tuple[list[Tensor], list[Tensor]]:
+def load_lol(
+    root: str | Path, split: str = "our485", download: bool = False, limit: int | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
     """The LOL pairs of `split` ("our485": 485 training pairs, "eval15": 15 test pairs) as two lists
     (normal, dark) of (3, 400, 600) tensors, matched by file name, in sorted order.
 
@@ -202,15 +236,18 @@ def load_lol(root: str | Path, split: str = "our485", download: bool = False,
         archive = root / "LOLdataset.zip"
         urllib.request.urlretrieve(LOL_URL, archive)
         if not zipfile.is_zipfile(archive):
-            raise RuntimeError(f"the download at {archive} is not a zip (Google Drive may have changed); "
-                               f"download LOLdataset.zip by hand from {LOL_PAGE} and unzip it into {root}")
+            raise RuntimeError(
+                f"the download at {archive} is not a zip (Google Drive may have changed); "
+                f"download LOLdataset.zip by hand from {LOL_PAGE} and unzip it into {root}"
+            )
         with zipfile.ZipFile(archive) as z:
             z.extractall(root)
         folder = find()
     if folder is None:
         raise FileNotFoundError(
             f"LOL folder {root / split}/low not found. Call load_lol({str(root)!r}, {split!r}, download=True), "
-            f"or download LOLdataset.zip from {LOL_PAGE} yourself and unzip it into {root}.")
+            f"or download LOLdataset.zip from {LOL_PAGE} yourself and unzip it into {root}."
+        )
     low, high = (sorted((folder / k).glob("*.png")) for k in ("low", "high"))
     if not low or [f.name for f in low] != [f.name for f in high]:
         raise FileNotFoundError(f"{folder}/low and {folder}/high must hold the same, non-empty set of .png files")
