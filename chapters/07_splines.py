@@ -94,7 +94,9 @@ def rq_by_hand(x, kx, ky, d):
     """The RQ spline through knots (kx, ky) with derivatives d (1D tensors of length K + 1) and its
     derivative dy/dx, from the formula above; the identity (slope 1) outside [kx[0], kx[-1]]."""
     inside = (x >= kx[0]) & (x <= kx[-1])
-    u = x.clamp(kx[0], kx[-1])
+    # into the box by selection: x itself where it is inside (so du/dx = 1 up to the ends), a clamped
+    # value elsewhere. Not clamp's own gradient, which at a bound is 1 or 0 depending on torch's version
+    u = torch.where(inside, x, x.detach().clamp(kx[0], kx[-1]))
     k = (torch.searchsorted(kx, u, right=True) - 1).clamp(0, len(kx) - 2)  # the bin of each element
     w, h = kx[k + 1] - kx[k], ky[k + 1] - ky[k]
     s, d0, d1 = h / w, d[k], d[k + 1]
@@ -470,7 +472,7 @@ assert first_nan is not None and first_nan[1] > math.log(torch.finfo(torch.float
 # %%
 def with_bijection(flow, make):
     """A copy of a toy flow whose couplings use the element-wise map make() instead (same weights)."""
-    twin = toy.toy_flow(**flow.manifest["config"]).to(device)
+    twin = mf.checkpoints.build("toy", flow.manifest["config"]).to(device)
     twin.load_state_dict(flow.state_dict())
     for layer in twin.layers:
         if isinstance(layer, mf.Coupling):
