@@ -67,6 +67,15 @@ __all__ = [
 # ----------------------------------------------------------------------------- into the box, and kept there
 
 
+def _clamped_value(v: Tensor, lo, hi) -> Tensor:
+    """v's value clamped into [lo, hi] (bounds: numbers or tensors), detached: carries no gradient."""
+
+    def value(b):
+        return b.detach() if isinstance(b, Tensor) else b
+
+    return v.detach().clamp(value(lo), value(hi))
+
+
 def _into_box(x: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
     """(u, inside): x clamped into [lo, hi], and whether x lies in that closed interval (False for NaN).
 
@@ -74,7 +83,7 @@ def _into_box(x: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
     gradient at a bound is a tie-breaking rule that differs between torch versions, so the value
     comes from a detached clamp and the gradient from picking x itself wherever it is inside.
     """
-    c = x.detach().clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi)
+    c = _clamped_value(x, lo, hi)
     inside = c == x
     return torch.where(inside, x, c), inside
 
@@ -86,10 +95,7 @@ def _keep_in(v: Tensor, lo, hi) -> Tensor:
     xi of a bin, a spline's output at the end of its box): the derivative is the formula's, even
     where rounding touched the bound.
     """
-    vd = v.detach()
-    return v + (
-        vd.clamp(lo.detach() if isinstance(lo, Tensor) else lo, hi.detach() if isinstance(hi, Tensor) else hi) - vd
-    )
+    return v + (_clamped_value(v, lo, hi) - v.detach())
 
 
 # ----------------------------------------------------------------------------- one bin
