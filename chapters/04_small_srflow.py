@@ -281,9 +281,9 @@ for name, photo in zip(data.VAL_PHOTOS, data.load_photos(data.VAL_PHOTOS)):
     lr = data.bicubic_down(hr, FACTOR)
     cond = lr[None].expand(N_SAMPLES, -1, -1, -1).contiguous().to(device)
     raw, rows = model.trace(cond, temperature=TEMP, generator=torch.Generator(device).manual_seed(0))
-    report = metrics.artifact_report(raw.cpu(), metrics.min_scale(rows))
+    artifacts = metrics.artifact_report(raw.cpu(), metrics.min_scale(rows))
     val[name] = dict(hr=hr, lr=lr, raw=raw.cpu(), samples=raw.cpu().clamp(0, 1), bicubic=data.bicubic_up(lr, FACTOR))
-    s = report["summary"]
+    s = artifacts["summary"]
     print(f"{name}: raw samples max|x| {s['max_abs']:.2f}, non-finite {s['nonfinite']}, smallest s {s['min_scale']:.3f}, "
           f"artifact pixels {s['artifact_fraction']:.1e}")
     assert s["nonfinite"] == 0 and s["max_abs"] < 1e3, "no explosion in distribution at T = 0.7"
