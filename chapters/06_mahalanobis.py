@@ -373,7 +373,7 @@ print("SR (affine): the artifact probability rises across the score deciles, Spe
 # roughly half and more. Why the floor is not zero: **an explosion does not stay where it starts.**
 # Once one value overflows, the next invertible 1x1 convolution mixes it into every channel, the
 # next squeeze and coupling spread it to the neighbours, and whole samples turn non-finite (the
-# "exploded samples" column). A low-score pixel in such a sample is counted as an artifact because
+# filled markers of the per-input figure). A low-score pixel in such a sample is counted as an artifact because
 # of something that happened elsewhere. The score can only predict where an explosion *starts*.
 #
 # **Where, within an image.** The heat maps below put the score next to the artifact frequency for
