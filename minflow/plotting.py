@@ -76,7 +76,7 @@ def seed_style(family: str, i: int) -> dict:
     }
 
 
-def nonfinite_strip(ax, label: str = NONFINITE_LABEL, height: float = 0.1):
+def nonfinite_strip(ax, label: str = NONFINITE_LABEL, height: float = 0.12):
     """The labelled strip above `ax` (sharing its x axis) where non-finite values are marked.
 
     Made on the first call and returned again on later ones, so several series share one strip.
@@ -113,8 +113,19 @@ def plot_finite(ax, x: Sequence[float], y: Sequence[float], *, label: str | None
         marker = kw.get("marker") or "X"
         if marker in ("", "None", None):
             marker = "X"
-        strip.plot(x[~finite], np.full((~finite).sum(), 0.5), ls="", marker=marker, ms=kw.get("ms", 6),
-                   color=line.get_color(), clip_on=False)  # fmt: skip
+        n = getattr(strip, "_series", 0)  # each series at its own height, so coinciding marks stay visible
+        strip._series = n + 1
+        height = 0.2 + 0.6 * ((0.5 + 0.618 * n) % 1.0)
+        xs = x[~finite]
+        strip.plot(
+            xs,
+            np.full(len(xs), height),
+            ls="",
+            marker=marker,
+            ms=kw.get("ms", 6),
+            color=line.get_color(),
+            clip_on=False,
+        )
     return finite
 
 
