@@ -474,7 +474,7 @@ columns = [("decile", "bin", "d")]
 for k in models:
     columns += [(f"{k}: P(artifact)", f"{k} artifact", ".3f"), ("median MAD", f"{k} median_spread", ".3g"), ("MAD non-finite", f"{k} nonfinite_spread", ".0%"),
                 ("exploded", f"{k} exploded", ".3f"), ("flagged non-finite", f"{k} nonfinite_artifacts", ".0%")]  # fmt: skip
-merged = [{"bin": i + 1, **{f"{k} {key}": v for k in models for key, v in tables[k][i].items()}} for i in range(N_BINS)]
+merged = [{"bin": i + 1, **{f"{k} {key}": v for k in models for key, v in tables[k][i].items()}} for i in range(min(map(len, tables.values())))]
 print(report.format_table(merged, columns, "per score decile (non-finite values counted in their own columns)"))
 
 fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
@@ -620,7 +620,7 @@ fig, axes = plt.subplots(1, 2, figsize=(14, 5))
 ax = axes[0]
 for j, (i, d_phi, dev, h, _, _) in enumerate(bound_pts):
     floor = h < -11
-    ax.loglog(d_phi[~floor], dev[~floor], SEED_MARKERS[j % len(SEED_MARKERS)], ms=4, alpha=0.5, mfc="none", color=COLORS["spline"], label=f"coupling {i}")
+    ax.loglog(d_phi[~floor], dev[~floor], "os^Dv<>ph*"[j % 10], ms=4, alpha=0.5, mfc="none", color=COLORS["spline"], label=f"coupling {i}")
     ax.loglog(d_phi[floor], dev[floor], "x", ms=5, color=COLORS["affine"], label="s at its floor (h < -11)" if j == 0 else None)
 lim = [1e-1, 1e4]
 ax.loglog(lim, lim, "k--", lw=1, label="the bound |h - h̄| = σ_h d(φ)")
