@@ -372,7 +372,8 @@ fig, ax = plt.subplots(figsize=(8, 3.8))
 names = list(sets)
 width = 0.38
 for j, (label, table, color) in enumerate(((f"step {steps_early}", groups_early, COLORS["bicubic"]), (f"step {steps_final}", groups_main, COLORS["affine"]))):
-    ax.bar([i + (j - 0.5) * width for i in range(len(names))], [table[g]["explosions"] for g in names], width, color=color, label=label)
+    bars = ax.bar([i + (j - 0.5) * width for i in range(len(names))], [table[g]["explosions"] for g in names], width, color=color, label=label)
+    ax.bar_label(bars, labels=[f"{table[g]['explosions']:.0%}" for g in names], fontsize=11)  # a share of 0 is written, not left blank
 ax.set_xticks(range(len(names)), names)
 ax.set(title=f"share of samples exploding at T = {T_MAIN}, by training step", ylabel="exploded samples", ylim=(0, 1))
 ax.legend()
