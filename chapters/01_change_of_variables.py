@@ -130,7 +130,7 @@ axes[1].stairs(hist, edges, fill=True, color=COLORS["data"], alpha=0.35, label="
 axes[1].plot(g, p_x.cpu(), color=COLORS["affine"], label="p_Z(f(x)) |f'(x)|")
 axes[1].plot(g, p_naive.cpu(), color=COLORS["other"], ls="--", label="p_Z(f(x)) (no Jacobian)")
 axes[1].set(xlabel="x", ylabel="density", title="Change of variables in 1D", xlim=(-2, 2), ylim=(0, 0.8))
-axes[1].legend(loc="upper right", fontsize=9)
+axes[1].legend(loc="upper right")
 plt.tight_layout()
 plt.show()
 
@@ -440,7 +440,7 @@ ax.plot(losses, color=COLORS["affine"], lw=1, label="flow, training batches")
 ax.axhline(-ll_gauss, color=COLORS["data"], ls="--", label="single Gaussian, held out")
 ax.axhline(-ll_flow, color=COLORS["affine"], ls=":", label="flow, held out")
 ax.set(xlabel="training step", ylabel="-log p (nats per point)", title="Training the 2D flow", ylim=(1.2, 3.2))
-ax.legend(fontsize=9)
+ax.legend()
 plt.show()
 
 assert math.isfinite(ll_flow)

@@ -49,7 +49,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import minflow as mf
-from minflow import toy
+from minflow import report, toy
 from minflow.plotting import COLORS, style
 
 style()
@@ -167,8 +167,7 @@ plt.show()
 Y_IN = toy.IN_DIST_Y
 N = 2000
 fig, axes = plt.subplots(1, len(Y_IN), figsize=(3.2 * len(Y_IN), 3.6), sharex=True, sharey=True)
-print(f"{'y':>14} {'spread':>8} {'true':>6} {'|mean - y/2|':>13} {'inside':>7} {'inside+50%':>11}")
-stats = []
+stats, rows = [], []
 for ax, yy in zip(axes, Y_IN):
     xs = toy.sample_at(flow, yy, N, generator=gen).cpu()
     yt = torch.tensor(yy)
@@ -176,16 +175,19 @@ for ax, yy in zip(axes, Y_IN):
     off = (xs.mean(0) - toy.true_mean(yt)).norm().item()
     inside, loose = toy.inside_fraction(xs, yt), toy.inside_fraction(xs, yt, margin=0.5)
     stats.append((s, off, loose))
-    print(f"{str(yy):>14} {s:8.3f} {toy.true_spread():6.3f} {off:13.3f} {inside:7.2f} {loose:11.2f}")
+    rows.append({"y": str(yy), "spread": s, "true": toy.true_spread(), "off": off, "inside": inside, "loose": loose})
     ax.scatter(xs[:, 0], xs[:, 1], s=2, alpha=0.3, color=COLORS["affine"], label="flow samples")
     c = toy.corners(yy)
     ax.plot(*torch.cat([c, c[:1]]).T, color=COLORS["data"], lw=1.5, label="true support")
     ax.set(title=f"y = {yy}", xlabel="$x_1$", xlim=(-3, 3), ylim=(-3, 3), aspect="equal")
 axes[0].set_ylabel("$x_2$")
-axes[0].legend(loc="upper left", fontsize=9, markerscale=4)
+axes[0].legend(loc="upper left", markerscale=4)
 fig.suptitle("samples of the trained flow against the true support", y=1.02)
 plt.tight_layout()
 plt.show()
+columns = [("y", "y", ""), ("spread", "spread", ".3f"), ("true", "true", ".3f"), ("|mean - y/2|", "off", ".3f"),
+           ("inside", "inside", ".2f"), ("inside+50%", "loose", ".2f")]  # fmt: skip
+print(report.format_table(rows, columns))
 
 # %%
 true_s = toy.true_spread()
@@ -297,7 +299,7 @@ ax0.axhline(1e-4, color="k", lw=0.8, ls=":")
 ax0.text(-15.5, 1.4, "upper bound 1 + ε", fontsize=10)
 ax0.text(-15.5, 1.4e-4, "floor ε = 1e-4", fontsize=10)
 ax0.set(title="coupling scale s(h)", xlabel="conditioner output h", ylabel="s (log scale)", ylim=(5e-5, 1e3))
-ax0.legend(loc="lower right", fontsize=9)
+ax0.legend(loc="lower right")
 ax1.hist(used.numpy(), bins=40, color=COLORS["affine"])
 ax1.locator_params(axis="x", nbins=5)
 ax1.set(title="s used while sampling, y in distribution", xlabel="s", ylabel="count (samples x couplings)")

@@ -58,9 +58,9 @@ from IPython.display import display
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import toy
+from minflow import report, toy
 from minflow.checkpoints import load_pretrained
-from minflow.plotting import COLORS, SEED_STYLES, shade, style
+from minflow.plotting import COLORS, plot_finite, seed_style, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -97,14 +97,11 @@ print(f"device={device}, quick={QUICK}")
 # %%
 SEEDS = [0, 1, 2, 3, 4]
 models = {s: load_pretrained(f"toy_affine_s{s}", device=device) for s in SEEDS}
-print(f"{'seed':>4} {'steps':>6} {'wall time':>10} {'held-out NLL':>13}")
-for s, m in models.items():
-    man = m.manifest
-    print(f"{s:>4} {man['steps']:>6} {man['wall_time_s']:>8.0f} s {man['metrics']['val_nll']:>13.3f}")
+rows = [{"seed": s, "steps": m.manifest["steps"], "wall": m.manifest["wall_time_s"], "nll": m.manifest["metrics"]["val_nll"]} for s, m in models.items()]
+print(report.format_table(rows, [("seed", "seed", "d"), ("steps", "steps", "d"), ("wall time s", "wall", ".0f"), ("held-out NLL", "nll", ".3f")]))
 print(f"(optimum NLL log 0.6 = {toy.TRUE_NLL:.3f}); command of seed 0: {models[0].manifest['command']}")
 
-
-STYLES = SEED_STYLES  # with the shades, tells the seeds apart
+STYLE = {s: seed_style("affine", i) for i, s in enumerate(SEEDS)}  # one colour; line style and marker tell the seeds apart
 
 
 # %% [markdown]
@@ -127,13 +124,10 @@ for s, m in models.items():
 
 true_s = toy.true_spread()
 print(f"true spread {true_s:.3f}")
-print(f"{'seed':>4} {'spread (min..max over y)':>25} {'inside+50% (min)':>17} {'smallest s':>11} {'max sigma':>10}")
-for s, rows in in_dist.items():
-    sp = [r["spread"] for r in rows]
-    print(
-        f"{s:>4} {min(sp):>12.3f} .. {max(sp):<9.3f} {min(r['inside'] for r in rows):>17.3f}"
-        f" {min(r['min_scale'] for r in rows):>11.3f} {max(r['max_sv'] for r in rows):>10.2f}"
-    )
+summary = [{"seed": s, "lo": min(r["spread"] for r in rows), "hi": max(r["spread"] for r in rows), "inside": min(r["inside"] for r in rows),
+            "s": min(r["min_scale"] for r in rows), "sv": max(r["max_sv"] for r in rows)} for s, rows in in_dist.items()]  # fmt: skip
+print(report.format_table(summary, [("seed", "seed", "d"), ("spread: min", "lo", ".3f"), ("max over y", "hi", ".3f"),
+                                    ("inside+50% (min)", "inside", ".3f"), ("smallest s", "s", ".3f"), ("max sigma", "sv", ".2f")]))  # fmt: skip
 
 # %%
 for s, rows in in_dist.items():
@@ -162,10 +156,9 @@ print("in distribution, every model matches the data's spread (within 2x) and ra
 N_OOD = mf.pick(1000, 200)
 pre = {s: toy.diagnose(m, tuple(toy.FIRST_OOD_RADIUS * v for v in toy.OOD_DIRECTION), n=N_OOD, n_jac=0) for s, m in models.items()}
 ring16 = {s: toy.ring(m, radius=100.0, n_directions=16, n=N_OOD) for s, m in models.items()}
-print(f"{'seed':>4} {'at 100(1,1)/sqrt2: spread ratio':>32} {'min s':>9} {'16 directions at |y|=100: worst ratio':>39}")
-for s in SEEDS:
-    r16 = toy.worst(ring16[s])["spread"] / in_spread[s]
-    print(f"{s:>4} {pre[s]['spread'] / in_spread[s]:>32.3g} {pre[s]['min_scale']:>9.2e} {r16:>39.3g}")
+rows = [{"seed": s, "pre": pre[s]["spread"] / in_spread[s], "s": pre[s]["min_scale"], "r16": toy.worst(ring16[s])["spread"] / in_spread[s]} for s in SEEDS]
+print(report.format_table(rows, [("seed", "seed", "d"), ("at 100(1,1)/sqrt2: spread ratio", "pre", ".3g"), ("min s", "s", ".2e"),
+                                 ("16 directions at |y|=100: worst ratio", "r16", ".3g")]))  # fmt: skip
 n_pre = sum(pre[s]["spread"] / in_spread[s] > 10 for s in SEEDS)
 n_16 = sum(toy.worst(ring16[s])["spread"] / in_spread[s] > 10 for s in SEEDS)
 print(f"models with a > 10x spread: {n_pre} of 5 at the fixed point, {n_16} of 5 on the 16-direction ring")
@@ -182,12 +175,13 @@ assert n_pre == 1 and n_16 < len(SEEDS)  # the reason the claims below use a wid
 # %%
 scan = {s: toy.ring(m, radius=toy.FAR_OOD_RADIUS, n_directions=toy.RING_DIRECTIONS, n=N_OOD) for s, m in tqdm(models.items(), desc="360-direction scan")}
 fig, ax = plt.subplots(figsize=(10, 4))
-for i, s in enumerate(SEEDS):
-    ax.semilogy([r["angle"] for r in scan[s]], [r["spread"] / in_spread[s] for r in scan[s]], ls=STYLES[i], color=shade("affine", i, len(SEEDS)), label=f"seed {s}")
+ax.set_yscale("log")
+for s in SEEDS:  # a marker every 30 degrees: the line style and the marker tell the seeds apart
+    plot_finite(ax, [r["angle"] for r in scan[s]], [r["spread"] / in_spread[s] for r in scan[s]], label=f"seed {s}", markevery=30, **STYLE[s])
 ax.axhline(10, color="k", ls="--", lw=1, label="10x in-distribution")
 ax.axhline(1, color=COLORS["data"], ls=":", lw=1)
 ax.set(title=f"affine models at |y| = {toy.FAR_OOD_RADIUS:g}: which directions explode", xlabel="direction of y (degrees)", ylabel="spread / in-distribution spread", xlim=(0, 360))
-ax.legend(ncol=3, fontsize=9)
+ax.legend(ncol=3)
 plt.show()
 
 # %% [markdown]
@@ -205,25 +199,12 @@ scan_small = {R: {s: toy.worst(toy.ring(m, radius=R, n=N_OOD))["spread"] / in_sp
 table = []
 for s in SEEDS:
     f, n_expl = far[s], sum(r["spread"] / in_spread[s] > 10 for r in scan[s])
-    table.append(
-        [
-            f"{s}",
-            f"{in_spread[s]:.3f}",
-            f"{toy.worst(scan[s])['angle']:.0f}°",
-            f"{f['spread'] / in_spread[s]:.3g}",
-            f"{n_expl}/{toy.RING_DIRECTIONS}",
-            f"{f['min_scale']:.2e}",
-            f"{f['max_sv']:.3g}",
-            f"{f['jump']['name']} {f['jump']['index']}",
-            f"{scan_small[100.0][s]:.3g}",
-            f"{scan_small[200.0][s]:.3g}",
-        ]
-    )
-header = ["seed", "in-dist spread", "worst dir.", "spread ratio", "dirs > 10x", "min s", "max σ", "jump at", "ratio |y|=100", "ratio |y|=200"]
-widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-for r in table:
-    print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    table.append({"seed": s, "in": in_spread[s], "dir": f"{toy.worst(scan[s])['angle']:.0f}°", "ratio": f["spread"] / in_spread[s],
+                  "dirs": f"{n_expl}/{toy.RING_DIRECTIONS}", "s": f["min_scale"], "sv": f["max_sv"], "jump": f"{f['jump']['name']} {f['jump']['index']}",
+                  "r100": scan_small[100.0][s], "r200": scan_small[200.0][s]})  # fmt: skip
+print(report.format_table(table, [("seed", "seed", "d"), ("in-dist spread", "in", ".3f"), ("worst dir.", "dir", ""), ("spread ratio", "ratio", ".3g"),
+                                  ("dirs > 10x", "dirs", ""), ("min s", "s", ".2e"), ("max σ", "sv", ".3g"), ("jump at", "jump", ""),
+                                  ("ratio |y|=100", "r100", ".3g"), ("ratio |y|=200", "r200", ".3g")]))  # fmt: skip
 ratios = [far[s]["spread"] / in_spread[s] for s in SEEDS]
 min_s = [far[s]["min_scale"] for s in SEEDS]
 print(f"median over seeds: spread ratio {statistics.median(ratios):.3g}, smallest s {statistics.median(min_s):.2e}; "
@@ -260,13 +241,14 @@ for s, m in tqdm(models.items(), desc="sweep over |y|"):
         w = toy.worst(toy.ring(m, radius=R, n_directions=DIRS_SWEEP, n=N_SWEEP))
         sweep[s].append(toy.diagnose(m, w["y"], n=N_SWEEP, n_jac=8))
 
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-for i, s in enumerate(SEEDS):
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+for ax in axes:
+    ax.set(xscale="log", yscale="log")
+for s in SEEDS:
     rs = [d["radius"] for d in sweep[s]]
-    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade("affine", i, len(SEEDS))}
-    axes[0].loglog(rs, [d["spread"] / in_spread[s] for d in sweep[s]], label=f"seed {s}", **kw)
-    axes[1].loglog(rs, [d["min_scale"] for d in sweep[s]], **kw)
-    axes[2].loglog(rs, [d["max_sv"] for d in sweep[s]], **kw)
+    plot_finite(axes[0], rs, [d["spread"] / in_spread[s] for d in sweep[s]], label=f"seed {s}", **STYLE[s])
+    plot_finite(axes[1], rs, [d["min_scale"] for d in sweep[s]], **STYLE[s])
+    plot_finite(axes[2], rs, [d["max_sv"] for d in sweep[s]], **STYLE[s])
 axes[0].axhline(10, color="k", ls="--", lw=1)
 axes[1].axhline(1e-4, color="k", ls="--", lw=1)
 axes[1].text(RADII[0], 1.4e-4, "floor ε = 1e-4", fontsize=10)
@@ -275,7 +257,7 @@ for ax in axes:
 axes[0].set(title="sample spread (worst direction)", xlabel="|y|", ylabel="spread / in-distribution")
 axes[1].set(title="smallest scale s in the inverse", xlabel="|y|", ylabel="min s")
 axes[2].set(title="largest singular value of dx/dz", xlabel="|y|", ylabel="max σ")
-axes[0].legend(fontsize=9)
+axes[0].legend()
 fig.suptitle("affine couplings from in distribution (grey band) to far OOD", y=1.02)
 plt.tight_layout()
 plt.show()
@@ -310,18 +292,19 @@ def layer_labels(rows):
 
 fig, ax = plt.subplots(figsize=(10, 4.2))
 labels = layer_labels(d_in["rows"])
-for i, s in enumerate(SEEDS):
+ax.set_yscale("log")
+for s in SEEDS:
     if s != SHOW:
         rows = toy.diagnose(models[s], far[s]["y"], n=N_OOD, n_jac=0)["rows"]
-        ax.semilogy(range(len(rows)), [r["variance"] for r in rows], color=shade("affine", i, len(SEEDS)), lw=1, alpha=0.6)
-ax.semilogy(range(len(labels)), [r["variance"] for r in d_in["rows"]], "o-", color=COLORS["data"], label=f"seed {SHOW}, in distribution y = {y_in}")
-ax.semilogy(range(len(labels)), [r["variance"] for r in d_far["rows"]], "o-", color=COLORS["affine"], label=f"seed {SHOW}, far OOD (thin: other seeds)")
+        plot_finite(ax, range(len(rows)), [r["variance"] for r in rows], **{**STYLE[s], "lw": 1, "ms": 4, "alpha": 0.6}, label=f"seed {s}, far OOD")
+plot_finite(ax, range(len(labels)), [r["variance"] for r in d_in["rows"]], color=COLORS["data"], marker="o", label=f"seed {SHOW}, in distribution y = {y_in}")
+plot_finite(ax, range(len(labels)), [r["variance"] for r in d_far["rows"]], **{**STYLE[SHOW], "lw": 3}, label=f"seed {SHOW}, far OOD")
 j = d_far["jump"]
 k = next(i for i, r in enumerate(d_far["rows"]) if r["index"] == j["index"])
 ax.annotate(f"x{j['factor']:.1e} at a coupling's inverse", (k, j["variance"]), xytext=(k + 0.5, j["variance"] * 1e-5), arrowprops={"arrowstyle": "->"})
 ax.set_xticks(range(len(labels)), labels)
 ax.set(title="per-layer variance of the sampling pass (z -> x, left to right)", xlabel="layer (C coupling, W 2x2 linear, A ActNorm; number = position)", ylabel="variance across samples")
-ax.legend(loc="upper left", fontsize=9)
+ax.legend(loc="upper left", ncol=2)
 plt.show()
 
 # %%
@@ -367,7 +350,7 @@ for label, d, colour in [("in distribution", d_in, COLORS["data"]), ("far OOD", 
     h_all = torch.cat([p[1] for p in pairs]).clamp(-25, 10)
     ax.scatter(h_all[::4], torch.cat([p[2] for p in pairs])[::4], s=25, alpha=0.6, color=colour, edgecolors="k", linewidths=0.3, zorder=3, label=f"samples, {label}")
 ax.set(title=f"sampling stretch 1/s against conditioner output h (seed {SHOW})", xlabel="conditioner output h (clipped to [-25, 10] for display)", ylabel="1/s (sampling slope)", ylim=(0.5, 5e4))
-ax.legend(loc="center right", fontsize=9)
+ax.legend(loc="center right")
 plt.show()
 h_far = torch.cat([p[1] for p in coupling_h(m0, d_far)])
 h_in = torch.cat([p[1] for p in coupling_h(m0, d_in)])
@@ -400,7 +383,7 @@ def redraw(seed, angle, logr):
         ax0.plot(*torch.cat([c, c[:1]]).T, color=COLORS["data"], lw=1.5, label="true support")
         ax0.set(title=f"samples at y = ({d['y'][0]:.3g}, {d['y'][1]:.3g})", xlabel="$x_1$", ylabel="$x_2$")
         ax0.plot([], [], " ", label=f"spread {d['spread']:.3g}, min s {d['min_scale']:.1e}")
-        ax0.legend(loc="lower right", fontsize=9)
+        ax0.legend(loc="lower right")
         ax1.semilogy([r_["variance"] for r_ in d["rows"]], "o-", color=COLORS["affine"])
         ax1.set_xticks(range(len(d["rows"])), layer_labels(d["rows"]))
         ax1.set(title="per-layer variance of the sampling pass", xlabel="layer", ylabel="variance")

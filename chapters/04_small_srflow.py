@@ -55,7 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import data, metrics, sr
+from minflow import data, metrics, report, sr
 from minflow.checkpoints import load_pretrained
 from minflow.plotting import COLORS, style
 
@@ -281,9 +281,9 @@ for name, photo in zip(data.VAL_PHOTOS, data.load_photos(data.VAL_PHOTOS)):
     lr = data.bicubic_down(hr, FACTOR)
     cond = lr[None].expand(N_SAMPLES, -1, -1, -1).contiguous().to(device)
     raw, rows = model.trace(cond, temperature=TEMP, generator=torch.Generator(device).manual_seed(0))
-    report = metrics.artifact_report(raw.cpu(), metrics.min_scale(rows))
+    artifacts = metrics.artifact_report(raw.cpu(), metrics.min_scale(rows))
     val[name] = dict(hr=hr, lr=lr, raw=raw.cpu(), samples=raw.cpu().clamp(0, 1), bicubic=data.bicubic_up(lr, FACTOR))
-    s = report["summary"]
+    s = artifacts["summary"]
     print(f"{name}: raw samples max|x| {s['max_abs']:.2f}, non-finite {s['nonfinite']}, smallest s {s['min_scale']:.3f}, "
           f"artifact pixels {s['artifact_fraction']:.1e}")
     assert s["nonfinite"] == 0 and s["max_abs"] < 1e3, "no explosion in distribution at T = 0.7"
@@ -292,7 +292,8 @@ for name, photo in zip(data.VAL_PHOTOS, data.load_photos(data.VAL_PHOTOS)):
 # No explosion: nothing is non-finite and the smallest scale used stays far above its floor of
 # 10⁻⁴. A handful of pixels may still leave [0, 1] (the "artifact pixels" above): small specks
 # from the tails of the sampling distribution, which chapter 5 examines closely. Now the pictures: LR
-# (shown with nearest-neighbour blocks), bicubic, three samples, the mean of all 8 samples, and HR.
+# (shown with nearest-neighbour blocks), bicubic, three samples, the mean of all 8 samples, and HR;
+# below each, the 96x96 window framed in it, enlarged.
 
 # %%
 def show(ax, img, title):
@@ -308,10 +309,13 @@ for name, v in val.items():
     panels += [(v["samples"].mean(0), f"mean of {N_SAMPLES}"), (v["hr"], "HR (truth)")]
     fig, axes = plt.subplots(2, len(panels), figsize=(2.3 * len(panels), 5))
     for (img, title), top, bottom in zip(panels, axes[0], axes[1]):
+        f = FACTOR if img is v["lr"] else 1  # the LR image is 4x smaller: so is its window
         show(top, img, title)
-        zoom = img[:, ZOOM[0].start // FACTOR : ZOOM[0].stop // FACTOR, ZOOM[1].start // FACTOR : ZOOM[1].stop // FACTOR] if img is v["lr"] else img[:, ZOOM[0], ZOOM[1]]
-        show(bottom, zoom, "")
-    axes[1, 0].set_ylabel("zoom, 96x96 HR px")
+        top.add_patch(plt.Rectangle((ZOOM[1].start / f - 0.5, ZOOM[0].start / f - 0.5), 96 / f, 96 / f, fill=False, color=COLORS["other"], lw=2))
+        show(bottom, img[:, ZOOM[0].start // f : ZOOM[0].stop // f, ZOOM[1].start // f : ZOOM[1].stop // f], "")
+        for side in bottom.spines.values():  # the zoom's frame has the rectangle's colour
+            side.set(visible=True, color=COLORS["other"], lw=2)
+    axes[1, 0].set_ylabel("zoom: the\nframed window")
     fig.suptitle(f"{name}: 4x super-resolution by the small SRFlow")
     plt.tight_layout()
     plt.show()
@@ -357,24 +361,24 @@ for name, v in val.items():
     }  # fmt: skip
     table += [(name, method, *values) for method, values in rows.items()]
 
-print(f"{'photo':<8}{'method':<12}{'PSNR dB':>9}{'SSIM':>7}{'LR-PSNR dB':>12}{'diversity':>11}{'detail':>8}")
-for name, method, p, s, c, d, hf in table:
-    print(f"{name:<8}{method:<12}{p:>9.2f}{s:>7.3f}{c:>12.2f}{d:>11.4f}{hf:>8.4f}")
+print(report.format_table(table, [("photo", 0, ""), ("method", 1, ""), ("PSNR dB", 2, ".2f"), ("SSIM", 3, ".3f"), ("LR-PSNR dB", 4, ".2f"),
+                                  ("diversity", 5, ".4f"), ("detail", 6, ".4f")]))  # fmt: skip
 res = {(name, method): values for name, method, *values in table}
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-methods = ["bicubic", "sample", f"mean of {N_SAMPLES}"]
-colors = [COLORS["bicubic"], COLORS["affine"], COLORS["other"]]
+fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+methods = ["bicubic", "sample", f"mean of {N_SAMPLES}", "HR (truth)"]
+looks = [(COLORS["bicubic"], "s"), (COLORS["affine"], "o"), (COLORS["other"], "D"), (COLORS["data"], "*")]
 for ax, col, label in zip(axes, (0, 2, 4), ("PSNR vs HR (dB)", "LR-PSNR (dB)", "detail (RMS)")):
-    for j, (method, color) in enumerate(zip(methods, colors)):
+    for method, (color, marker) in zip(methods, looks):  # a dot plot: the axis starts where the values are, not at 0
         values = [res[(name, method)][col] for name in val]
-        ax.bar([i + 0.27 * (j - 1) for i in range(len(val))], values, width=0.27, color=color, label=method)
-    if col == 4:
-        ax.scatter(range(len(val)), [res[(name, "HR (truth)")][4] for name in val], color=COLORS["data"], marker="_", s=600, lw=3, label="HR", zorder=3)
-    ax.set_xticks(range(len(val)), list(val))
-    ax.set(title=label, ylabel=label)
-axes[2].legend(fontsize=9)
+        if all(math.isfinite(v) for v in values):  # HR's PSNR against itself is infinite: not drawn
+            ax.plot(values, range(len(val)), ls="", marker=marker, ms=11, color=color, label=method)
+    ax.set_yticks(range(len(val)), list(val))
+    ax.set(title=label, xlabel=label, ylim=(-0.5, len(val) - 0.5))
+    ax.margins(x=0.15)
+    ax.grid(axis="x", alpha=0.3)
+axes[2].legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
 fig.suptitle("the small SRFlow against bicubic on the validation crops")
 plt.tight_layout()
 plt.show()

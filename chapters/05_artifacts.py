@@ -50,14 +50,15 @@ import os
 import statistics
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import data, metrics
+from minflow import data, metrics, report
 from minflow.checkpoints import load_pretrained
 from minflow.couplings import Coupling, Injector
-from minflow.plotting import COLORS, style
+from minflow.plotting import COLORS, plot_finite, style
 from minflow.transforms import Split
 
 style()
@@ -79,8 +80,8 @@ print(f"device={device}, quick={QUICK}")
 #   exploratory model found harmless).
 # - **Samples:** the same number for every input, 8 (4 in quick mode), from a generator seeded with
 #   0 for every input, so all inputs see the same latent random numbers.
-# - **Temperatures:** 0.9 for the main table; a sweep over 0 … 1.0 on the reference and
-#   degradation groups.
+# - **Temperatures:** 0.9 for every input; a sweep over 0 … 1.0 on the reference and
+#   degradation groups, with the same number of samples at every temperature.
 #
 # **What is measured, on the raw samples, before any clamping** (`minflow.metrics.artifact_report`):
 #
@@ -138,13 +139,13 @@ def run_all(model, keys, temperature, n=N, desc=""):
 # *benign* holds odd inputs that an earlier, exploratory model found harmless.
 
 # %%
-fig, axes = plt.subplots(4, 14, figsize=(16, 5.4))
+fig, axes = plt.subplots(4, 14, figsize=(21, 7.5))
 for row, (group, members) in zip(axes, sets.items()):
     for ax in row:
         ax.axis("off")
     for ax, (name, inp) in zip(row, members.items()):
         ax.imshow(inp.lr.permute(1, 2, 0), interpolation="nearest")
-        ax.set_title(name.replace("/", "/\n"), fontsize=8)
+        ax.set_title(name.replace("/", "/\n").replace("_", " "), fontsize=10)
     row[0].text(-0.25, 0.5, group, transform=row[0].transAxes, ha="right", va="center", fontsize=12)
 fig.suptitle("every LR input (64x64), by group")
 plt.tight_layout()
@@ -153,72 +154,68 @@ plt.show()
 # %% [markdown]
 # ## 3. Temperature 0.9: every input
 #
-# SRFlow's paper samples at temperatures around 0.8–0.9 for perceptual quality. Each row below is
-# one input; the columns are the numbers listed in the protocol.
+# SRFlow's paper samples at temperatures around 0.8–0.9 for perceptual quality. The figure has one
+# column per input, grouped as above: the share of its samples that exploded (filled) beside the
+# share with at least one artifact pixel (hollow), the largest |x| of any of its samples, and the
+# smallest scale s any sample used. The table below it pools the samples of each group.
 
 # %%
 T_MAIN = 0.9
 main = run_all(final, list(inputs), T_MAIN, desc="final, T=0.9")
+groups_main = report.group_summary(main, sets)
+GROUP_COLUMNS = [("group", "group", ""), ("inputs", "inputs", "d"), ("samples", "samples", "d"), ("artifact px", "artifact_fraction", ".2e"),
+                 ("with art.", "with_artifacts", ".0%"), ("exploded", "explosions", ".0%"), ("inputs expl.", "inputs_exploding", "d"),
+                 ("max|x|", "max_abs", ".3g"), ("non-finite", "nonfinite", ","), ("min s", "min_scale", ".1e")]  # fmt: skip
+print(report.format_table(groups_main.values(), GROUP_COLUMNS, f"per group, final model, T = {T_MAIN}, {N} samples per input"))
 
 
-def print_rows(results, title):
-    print(title)
-    print(f"{'group':<12}{'input':<24}{'artifact px':>12}{'with art.':>10}{'exploded':>9}{'max|x|':>10}{'non-finite':>11}{'min s':>9}")
-    for (group, name), r in results.items():
-        s = r["summary"]
-        print(f"{group:<12}{name:<24}{s['artifact_fraction']:>12.2e}{s['with_artifacts']:>10.0%}{s['explosions']:>9.0%}"
-              f"{s['max_abs']:>10.3g}{s['nonfinite']:>11,}{s['min_scale']:>9.1e}")
+def per_input_figure(results, title):
+    """Per input: share exploded / with artifacts, largest |x| (inf if any value is non-finite), smallest s."""
+    keys = list(results)
+    pos = range(len(keys))
+    summ = [results[k]["summary"] for k in keys]
+    fig, axes = plt.subplots(3, 1, figsize=(15, 10), sharex=True)
+    axes[0].plot(pos, [s["explosions"] for s in summ], ls="", marker="o", ms=10, color=COLORS["affine"], label="exploded")
+    axes[0].plot(pos, [s["with_artifacts"] for s in summ], ls="", marker="o", ms=14, mfc="none", mew=2, color=COLORS["data"], label="≥ 1 artifact pixel")
+    axes[0].set(ylabel="share of samples", ylim=(-0.05, 1.42), yticks=[0, 0.25, 0.5, 0.75, 1], title=title)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[1].set_yscale("log")
+    largest = [math.inf if s["nonfinite"] else s["max_abs"] for s in summ]
+    plot_finite(axes[1], pos, largest, ls="", marker="o", ms=9, color=COLORS["affine"])
+    axes[1].axhline(metrics.EXPLOSION, color=COLORS["other"], ls="--", lw=1.5, label="explosion threshold 10³")
+    axes[1].set(ylabel="max |x| of its samples")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[2].semilogy(pos, [s["min_scale"] for s in summ], ls="", marker="o", ms=9, color=COLORS["affine"])
+    axes[2].axhline(1e-4, color=COLORS["other"], ls="--", lw=1.5, label="floor ε = 10⁻⁴")
+    axes[2].set(ylabel="smallest s used")
+    axes[2].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[2].set_xticks(pos, [k[1] for k in keys], rotation=90)
+    for ax in axes:  # the groups, separated by dotted lines and named in the lowest panel
+        starts = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1][0] != k[0]]
+        for i in starts[1:]:
+            ax.axvline(i - 0.5, color=COLORS["bicubic"], ls=":", lw=1.5)
+    for j, i in enumerate(starts):  # alternating heights: a narrow group's name may be wider than its columns
+        axes[0].text(i - 0.3, 1.3 if j % 2 else 1.15, keys[i][0], fontsize=12, va="center")
+    plt.tight_layout()
+    plt.show()
 
 
-def group_table(results):
-    """Per group: mean artifact-pixel fraction, share of samples with artifacts / exploded, max |x|, non-finite, min s."""
-    table = {}
-    for group in sets:
-        rows = [r for (g, _), r in results.items() if g == group]
-        if not rows:
-            continue
-        frac = torch.cat([r["fraction"].flatten() for r in rows])
-        exploded = torch.cat([r["explosion"].flatten() for r in rows])
-        finite_max = [r["summary"]["max_abs"] for r in rows if not math.isnan(r["summary"]["max_abs"])]
-        table[group] = {
-            "inputs": len(rows), "samples": len(frac), "artifact_fraction": frac.mean().item(),
-            "with_artifacts": (frac > 0).double().mean().item(), "explosions": exploded.double().mean().item(),
-            "inputs_exploding": sum(r["summary"]["explosions"] > 0 for r in rows),
-            "max_abs": max(finite_max) if finite_max else math.nan,
-            "nonfinite": sum(r["summary"]["nonfinite"] for r in rows),
-            "min_scale": min(r["summary"]["min_scale"] for r in rows),
-        }  # fmt: skip
-    return table
-
-
-def print_groups(table, title):
-    print(title)
-    print(f"{'group':<12}{'inputs':>7}{'samples':>8}{'artifact px':>12}{'with art.':>10}{'exploded':>9}{'inputs expl.':>13}{'max|x|':>10}{'non-finite':>12}{'min s':>9}")
-    for group, t in table.items():
-        print(f"{group:<12}{t['inputs']:>7}{t['samples']:>8}{t['artifact_fraction']:>12.2e}{t['with_artifacts']:>10.0%}{t['explosions']:>9.0%}"
-              f"{t['inputs_exploding']:>13}{t['max_abs']:>10.3g}{t['nonfinite']:>12,}{t['min_scale']:>9.1e}")
-
-
-print_rows(main, f"final model, T = {T_MAIN}, {N} samples per input")
-
-# %%
-groups_main = group_table(main)
-print_groups(groups_main, f"artifact rates per set, final model, T = {T_MAIN}")
+per_input_figure(main, f"final model, T = {T_MAIN}, {N} samples per input (grouped: {', '.join(sets)})")
 
 # %% [markdown]
-# Read the table column by column:
+# Read the figure from the top:
 #
-# - **"with art."** (at least one pixel outside [−0.5, 1.5]) fires on many samples of *every* group,
-#   the reference photos included. On its own, the per-pixel criterion cannot tell a few tail
-#   pixels from a catastrophe.
-# - **"exploded"** is where the groups part. Synthetic patterns (1-px checkerboard, 2-px stripes,
-#   noise) explode in every sample; so do the photos downscaled without antialiasing (*nearest*)
-#   and with contrast x4. Explosions are not small: max |x| reaches 10²⁰–10³⁷, with hundreds of
-#   thousands of non-finite values, and the smallest scale used sits at the floor, 1.0e-04.
-# - The **reference photos** may explode too at this temperature: in our run (CPU, seed 0) a third
-#   or more of their samples did; the table above shows what happened in yours. A small model
-#   trained for half an hour is not safe at T = 0.9 even in distribution; SRFlow users know the
-#   effect as black blotches that go away at lower temperature.
+# - **"≥ 1 artifact pixel"** (hollow circles) fires on many samples of *every* group, the reference
+#   photos included. On its own, the per-pixel criterion cannot tell a few tail pixels from a
+#   catastrophe.
+# - **"exploded"** (filled) is where the groups part. Synthetic patterns (1-px checkerboard, 2-px
+#   stripes, noise) explode in every sample; so do the photos downscaled without antialiasing
+#   (*nearest*) and with contrast x4. Explosions are not small: their inputs' largest values sit
+#   in the "non-finite" strip or far above 10³, and the smallest scale they used is at the floor.
+# - The **reference photos** may explode too at this temperature (the table's "exploded" column
+#   shows how often they did in your run). A small model trained for half an hour is not safe at
+#   T = 0.9 even in distribution; SRFlow users know the effect as black blotches that go away at
+#   lower temperature.
 # - The **benign** group is not entirely benign for this model: the scanned `page`, harmless in
 #   the exploratory model, explodes here in most samples, while text, cell and the inverted coffee stay
 #   clean. Whether an odd input is dangerous depends on the model, not only on how odd it looks.
@@ -275,30 +272,62 @@ plt.show()
 # with sharp borders, often covering a large part of the image: one pixel that overflows becomes
 # inf, and the next 1x1 convolution mixes it into every channel, the next coupling into its
 # neighbours.
-#
-# ## 5. Temperature 0.7: the in-distribution photos against the OOD degradations
-#
-# At a lower temperature the latents are smaller, so fewer of them hit the regions where the
-# inverse is steep. We run both the reference photos and the degradation group at T = 0.7, with the
-# same samples per input.
-
-# %%
-SWEEP_KEYS = [k for k in inputs if k[0] in ("reference", "degradation")]
-at07 = run_all(final, SWEEP_KEYS, 0.7, desc="final, T=0.7")
-print_rows(at07, f"final model, T = 0.7, {N} samples per input")
-groups07 = group_table(at07)
-print_groups(groups07, "per set, T = 0.7")
 
 # %% [markdown]
-# **In distribution:** nothing explodes at T = 0.7: no non-finite value, max |x| far below 10³,
-# and the smallest scale used stays far above the floor. A handful of pixels may still fall outside
-# [−0.5, 1.5]: section 9 looks at the largest such specks.
+# ## 5. Temperature: a dial on the risk
 #
-# **The OOD degradations** do explode, but not all of them. The two the exploratory model singled
-# out as triggers, *nearest* downscaling and *contrast x4*, explode in most samples of both photos; noise,
-# blur and JPEG explode only now and then at this temperature. So "the degradation set explodes
-# in most samples" is true for the strong degradations and not for the set as a whole; the cell
-# below checks the version that holds, and prints the set-wide rate.
+# At a lower temperature the latents are smaller, so fewer of them hit the regions where the
+# inverse is steep. We sweep T from 0 (the latent is all zeros: one deterministic output) up to
+# 1.0 on the reference photos and the degradation group, with the same number of samples per input
+# at every temperature as in section 3 (T = 0.9 reuses section 3's; at T = 0 the samples all
+# coincide, which the cell checks).
+
+# %%
+TEMPS = [0.0, 0.3, 0.5, 0.7, 0.9, 1.0]
+SWEEP_KEYS = [k for k in inputs if k[0] in ("reference", "degradation")]
+sweep = {T_MAIN: {k: main[k] for k in SWEEP_KEYS}}
+for T in tqdm([t for t in TEMPS if t not in sweep], desc="temperature sweep"):
+    sweep[T] = run_all(final, SWEEP_KEYS, T, desc=f"T={T}")
+sweep = {T: sweep[T] for T in TEMPS}
+assert all(r["summary"]["samples"] == N for res in sweep.values() for r in res.values()), "the same number of samples at every T"
+assert all(torch.allclose(r["x"], r["x"][:1].expand_as(r["x"]), equal_nan=True) for r in sweep[0.0].values()), "at T = 0 all samples coincide"
+at07 = sweep[0.7]
+sweep_groups = {T: report.group_summary(sweep[T], ("reference", "degradation")) for T in TEMPS}
+kinds = sorted({k[1].split("/")[1] for k in SWEEP_KEYS if k[0] == "degradation"})
+rate_by_kind = {kind: [statistics.mean(sweep[T][("degradation", f"{p}/{kind}")]["summary"]["explosions"] for p in data.VAL_PHOTOS) for T in TEMPS] for kind in kinds}
+rate_by_kind["reference photos"] = [sweep_groups[T]["reference"]["explosions"] for T in TEMPS]
+
+fig, axes = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [1.3, 1]})
+grid = torch.tensor(list(rate_by_kind.values()))
+axes[0].imshow(grid, cmap="Reds", vmin=0, vmax=1, aspect="auto")
+for (i, j), v in np.ndenumerate(grid.numpy()):
+    axes[0].text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=11, color="white" if v > 0.6 else "black")
+axes[0].set_xticks(range(len(TEMPS)), [f"{T:g}" for T in TEMPS])
+axes[0].set_yticks(range(len(rate_by_kind)), list(rate_by_kind))
+axes[0].axhline(len(kinds) - 0.5, color="k", lw=2)
+axes[0].set(title=f"share of samples exploding ({N} per input, both photos)", xlabel="temperature T")
+for (group, style_), marker in zip((("reference", "-"), ("degradation", "--")), ("s", "o")):
+    axes[1].plot(TEMPS, [sweep_groups[T][group]["artifact_fraction"] for T in TEMPS], ls=style_, marker=marker, ms=8,
+                 color=COLORS["data"] if group == "reference" else COLORS["affine"], label=group)  # fmt: skip
+axes[1].set_yscale("symlog", linthresh=1e-5)  # symlog: a fraction of exactly 0 is drawn at 0
+axes[1].set(title="mean artifact-pixel fraction (paper's criterion)", xlabel="temperature T", ylabel="fraction of pixels (symlog)", ylim=(0, 1))
+axes[1].legend(loc="upper left")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The temperature is a dial on the risk, not a switch. At T = 0 nothing is random, yet *nearest*
+# and *contrast x4* still blow up: the condition alone drives scales to their floor, and even the
+# deterministic path through the flow explodes. The milder degradations (noise, blur, JPEG) join in
+# as T grows, and at 0.9–1.0 so do the reference photos. Lowering the temperature, the usual advice,
+# helps in distribution but cannot rescue a strongly OOD input.
+#
+# At T = 0.7, SRFlow's usual setting, the reference photos do not explode at all: no non-finite
+# value, max |x| far below 10³, and the smallest scale used far above the floor; a handful of pixels
+# may still fall outside [−0.5, 1.5], and section 8 looks at the largest such specks. Of the
+# degradations, the two the exploratory model singled out as triggers explode in most samples of
+# both photos, the others only now and then: "the degradation set explodes in most samples" holds
+# for the strong degradations, not for the set as a whole. The cell checks the version that holds.
 
 # %%
 ref07 = [at07[("reference", p)] for p in data.VAL_PHOTOS]
@@ -309,54 +338,11 @@ for r in ref07:
     assert r["summary"]["nonfinite"] == 0 and r["summary"]["explosions"] == 0, "in distribution at T = 0.7 nothing should explode"
     assert r["summary"]["artifact_fraction"] < 1e-3, "in distribution, artifact pixels should be rare specks"
 strong = {k: r["summary"]["explosions"] for k, r in at07.items() if k[0] == "degradation" and k[1].split("/")[1] in ("nearest", "contrast_x4")}
-print("strong OOD degradations, share of samples exploding:", {k[1]: f"{v:.0%}" for k, v in strong.items()})
-print(f"whole degradation set: {groups07['degradation']['explosions']:.0%} of samples explode")
+print("strong OOD degradations at T = 0.7, share of samples exploding:", {k[1]: f"{v:.0%}" for k, v in strong.items()})
+print(f"whole degradation set at T = 0.7: {sweep_groups[0.7]['degradation']['explosions']:.0%} of samples explode")
 assert all(v > 0.5 for v in strong.values()), "nearest and contrast x4 should explode in most samples at T = 0.7"
-assert groups07["degradation"]["explosions"] > 0.1, "the degradation set as a whole should explode far more often than the photos"
+assert sweep_groups[0.7]["degradation"]["explosions"] > 0.1, "the degradation set as a whole should explode far more often than the photos"
 
-# %% [markdown]
-# ## 6. Temperature sweep
-#
-# Now from T = 0 (the latent is all zeros: one deterministic output) up to 1.0, on the reference
-# and degradation inputs. The two temperatures above are reused; the others get
-# half as many samples per input (at T = 0 one suffices, all samples being equal).
-
-# %%
-TEMPS = [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0]
-N_SWEEP = max(2, N // 2)
-sweep = {0.7: at07, 0.9: {k: main[k] for k in SWEEP_KEYS}}
-for T in tqdm([t for t in TEMPS if t not in sweep], desc="sweep"):
-    sweep[T] = run_all(final, SWEEP_KEYS, T, n=1 if T == 0 else N_SWEEP, desc=f"T={T}")
-sweep_groups = {T: group_table(sweep[T]) for T in TEMPS}
-print(f"{'T':>5}  {'reference: exploded':>20} {'artifact px':>12} {'max|x|':>9}  {'degradation: exploded':>22} {'artifact px':>12} {'min s':>9}")
-for T in TEMPS:
-    r, d = sweep_groups[T]["reference"], sweep_groups[T]["degradation"]
-    print(f"{T:>5.1f}  {r['explosions']:>20.0%} {r['artifact_fraction']:>12.1e} {r['max_abs']:>9.3g}  {d['explosions']:>22.0%} {d['artifact_fraction']:>12.1e} {d['min_scale']:>9.1e}")
-
-# %%
-kinds = sorted({k[1].split("/")[1] for k in SWEEP_KEYS if k[0] == "degradation"})
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-for kind in kinds:
-    rate = [statistics.mean(sweep[T][("degradation", f"{p}/{kind}")]["summary"]["explosions"] for p in data.VAL_PHOTOS) for T in TEMPS]
-    axes[0].plot(TEMPS, rate, marker="o", ms=4, lw=1.2, alpha=0.8, label=kind)
-axes[0].plot(TEMPS, [sweep_groups[T]["reference"]["explosions"] for T in TEMPS], color=COLORS["data"], lw=3, marker="s", label="reference photos")
-axes[0].set(title="share of samples exploding (final model)", xlabel="temperature T", ylabel="exploded samples")
-axes[0].legend(fontsize=8, ncol=2, loc="center left")
-for group, color in (("reference", COLORS["data"]), ("degradation", COLORS["affine"])):
-    axes[1].plot(TEMPS, [max(sweep_groups[T][group]["artifact_fraction"], 1e-7) for T in TEMPS], marker="o", color=color, label=group)
-axes[1].set(yscale="log", title="mean artifact-pixel fraction (paper's criterion)", xlabel="temperature T", ylabel="fraction of pixels (floor 1e-7)")
-axes[1].legend()
-plt.tight_layout()
-plt.show()
-
-# %% [markdown]
-# The temperature is a dial on the risk, not a switch. At T = 0 nothing is random, yet *nearest*
-# and *contrast x4* still blow up: the condition alone drives scales to their floor, and even the
-# deterministic path through the flow explodes. The milder degradations join in as T grows, and at
-# 0.9–1.0 so do the reference photos. Lowering the temperature, the usual advice, helps in
-# distribution but cannot rescue a strongly OOD input.
-
-# %%
 strong_at0 = [sweep[0.0][("degradation", f"{p}/{kind}")]["summary"]["explosions"] for p in data.VAL_PHOTOS for kind in ("nearest", "contrast_x4")]
 print(f"T = 0, strong degradations exploding: {strong_at0}")
 assert max(strong_at0) == 1.0, "at T = 0 some strong degradation should explode"
@@ -368,23 +354,26 @@ assert rates[-1] >= rates[TEMPS.index(0.5)] >= 0, "explosions should not become 
 assert rates[-1] > 0.4, "at T = 1 a large share of the degraded inputs' samples should explode"
 
 # %% [markdown]
-# ## 7. Artifacts emerge with training
+# ## 6. Artifacts emerge with training
 #
 # The same inputs, the same latents, T = 0.9, for the early snapshot and the final model.
 
 # %%
 early_main = run_all(early, list(inputs), T_MAIN, desc="early, T=0.9")
-groups_early = group_table(early_main)
-print_groups(groups_early, f"early snapshot (step {early.manifest['steps']}), T = {T_MAIN}")
-print_groups(groups_main, f"final model (step {final.manifest['steps']}), T = {T_MAIN}")
+groups_early = report.group_summary(early_main, sets)
+steps_early, steps_final = early.manifest["steps"], final.manifest["steps"]
+rows = [{"group": g, "early": groups_early[g]["explosions"], "final": groups_main[g]["explosions"],
+         "s_early": groups_early[g]["min_scale"], "s_final": groups_main[g]["min_scale"]} for g in sets]  # fmt: skip
+print(report.format_table(rows, [("group", "group", ""), (f"exploded, step {steps_early}", "early", ".0%"), (f"step {steps_final}", "final", ".0%"),
+                                 (f"min s, step {steps_early}", "s_early", ".1e"), (f"step {steps_final}", "s_final", ".1e")],
+                          f"T = {T_MAIN}, {N} samples per input"))  # fmt: skip
 
-# %%
 fig, ax = plt.subplots(figsize=(8, 3.8))
 names = list(sets)
 width = 0.38
-for j, (label, table, color) in enumerate(((f"step {early.manifest['steps']}", groups_early, COLORS["bicubic"]),
-                                          (f"step {final.manifest['steps']}", groups_main, COLORS["affine"]))):
-    ax.bar([i + (j - 0.5) * width for i in range(len(names))], [table[g]["explosions"] for g in names], width, color=color, label=label)
+for j, (label, table, color) in enumerate(((f"step {steps_early}", groups_early, COLORS["bicubic"]), (f"step {steps_final}", groups_main, COLORS["affine"]))):
+    bars = ax.bar([i + (j - 0.5) * width for i in range(len(names))], [table[g]["explosions"] for g in names], width, color=color, label=label)
+    ax.bar_label(bars, labels=[f"{table[g]['explosions']:.0%}" for g in names], fontsize=11)  # a share of 0 is written, not left blank
 ax.set_xticks(range(len(names)), names)
 ax.set(title=f"share of samples exploding at T = {T_MAIN}, by training step", ylabel="exploded samples", ylim=(0, 1))
 ax.legend()
@@ -392,7 +381,7 @@ plt.show()
 
 overall = lambda res: torch.cat([r["explosion"].flatten() for r in res.values()]).double().mean().item()
 rate_early, rate_final = overall(early_main), overall(main)
-print(f"all inputs: {rate_early:.0%} of samples explode at step {early.manifest['steps']}, {rate_final:.0%} at step {final.manifest['steps']}")
+print(f"all inputs: {rate_early:.0%} of samples explode at step {steps_early}, {rate_final:.0%} at step {steps_final}")
 assert rate_final > 3 * rate_early and rate_final - rate_early > 0.2, "explosions should become much more common with training"
 
 # %%
@@ -421,7 +410,7 @@ print(f"inputs on which the step-{early.manifest['steps']} snapshot explodes at 
       {k[1]: f"{r['summary']['explosions']:.0%}" for k, r in early_main.items() if r["summary"]["explosions"] > 0} or "none")
 
 # %% [markdown]
-# ## 8. Inside an explosion: one pixel, layer by layer
+# ## 7. Inside an explosion: one pixel, layer by layer
 #
 # Take one of the two strong triggers, coffee downscaled without antialiasing, and its clean twin, the
 # reference coffee: same HR content, *same latent random numbers*, T = 0.7. We run the sampling
@@ -478,17 +467,17 @@ def follow(model, rows, lr, k, pixel):
 j0, pixel = origin(rows_b, k)
 path_b, path_o = follow(final, rows_b, bad_in.lr, k, pixel), follow(final, rows_o, ok_in.lr, k, pixel)
 print(f"sample {k}: first exceeds 1e3 after layer {rows_b[j0]['index']} ({rows_b[j0]['name']}); followed HR pixel {pixel}")
-print(f"{'layer':>5} {'name':<11}{'|x| nearest':>13}{'s nearest':>11}{'|x| reference':>15}{'s reference':>13}")
-for b, o in zip(path_b, path_o):
-    fmt_s = lambda v: "" if math.isnan(v) else f"{v:.1e}"
-    print(f"{b['index']:>5} {b['name']:<11}{b['value']:>13.3g}{fmt_s(b['s']):>11}{o['value']:>15.3g}{fmt_s(o['s']):>13}")
+first_small = next(p for p in path_b if p["s"] < 0.01)  # nan < 0.01 is False: layers without a scale are skipped
+at_floor = ", ".join(f"{p['name']} {p['index']}" for p in path_b if p["s"] < 1e-3)
+print(f"on the nearest path the first scale below 0.01 is {first_small['name']} {first_small['index']}'s, s = {first_small['s']:.1e}; "
+      f"layers with s < 1e-3 there: {at_floor}")
+print(f"largest |value| at the pixel on the reference path: {max(p['value'] for p in path_o):.3g}")
 
 # %%
 fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
 steps = range(len(path_b))
 for path, label, color in ((path_o, "reference coffee (clean)", COLORS["data"]), (path_b, "coffee, nearest downscaling", COLORS["affine"])):
-    vals = [min(p["value"], 1e38) for p in path]
-    axes[0].plot(steps, vals, marker="o", ms=3, color=color, label=label)
+    plot_finite(axes[0], list(steps), [p["value"] for p in path], marker="o", ms=4, color=color, label=label)  # inf: the strip
     idx = [j for j, p in enumerate(path) if not math.isnan(p["s"])]
     axes[1].plot(idx, [path[j]["s"] for j in idx], marker="o", ms=4, ls="", color=color, label=label)
 for ax in axes:
@@ -496,10 +485,11 @@ for ax in axes:
         if p["name"] in ("Squeeze", "Split"):
             ax.axvline(j, color=COLORS["bicubic"], lw=0.8, ls=":")
 axes[0].axhline(1e3, color=COLORS["other"], ls="--", lw=1, label="explosion threshold 10³")
-axes[0].set(yscale="log", ylabel="max |value| at the pixel", title=f"following HR pixel {pixel} of sample {k} through the sampling pass, T = 0.7")
+axes[0].set(yscale="log", ylabel="max |value| at the pixel")
+axes[0].set_title(f"following HR pixel {pixel} of sample {k} through the sampling pass, T = 0.7")
 axes[1].axhline(1e-4, color=COLORS["other"], ls="--", lw=1, label="floor ε = 10⁻⁴")
 axes[1].set(yscale="log", ylabel="smallest s at the pixel", xlabel="layer, in sampling order (latent first; dotted: split / squeeze)")
-axes[0].legend(fontsize=9), axes[1].legend(fontsize=9)
+axes[0].legend(loc="upper left"), axes[1].legend(loc="lower left")
 plt.tight_layout()
 plt.show()
 
@@ -512,14 +502,14 @@ assert s_bad < 1e-3 < 0.01 < s_ok, "the exploding path should pass a scale near 
 # Both passes start from the same latent numbers and agree through the coarsest level, where
 # sampling begins. Then, at one layer, the degraded input's scale at this position drops far below
 # anything the clean input uses, and the value jumps by 1/s. In our run this first jump came from
-# an *injector* of the second level (s ≈ 3·10⁻³): a scale set by the condition alone. From there
+# an *injector* (the first small scale is printed above): a scale set by the condition alone. From there
 # on the couplings, whose scales read the now-huge values of the other half of the channels, sit
 # at the floor 10⁻⁴, one after another, each multiplying by 10⁴, until the value overflows to inf.
 # The clean pass never comes near that: its values stay within a few units all the way, and its
 # smallest scale at this pixel is well above 0.1. The condition starts the explosion; the
 # couplings, fed values they never saw in training, finish it.
 #
-# ## 9. Two in-distribution outliers, explained
+# ## 8. Two in-distribution outliers, explained
 #
 # No explosion in distribution at T = 0.7 does not mean every pixel stays in [0, 1]. Two cases
 # are worth a close look, because they show the same mechanism in a mild form.
@@ -565,8 +555,7 @@ pos = int(smap.flatten().argmin())
 spot = (pos // smap.shape[1] * f + f // 2, pos % smap.shape[1] * f + f // 2)
 print(f"smallest injector scale on china: s = {smap.min():.3f} (1/s = {1 / smap.min():.0f}) in layer {i_min}, "
       f"at HR pixel {spot}; that injector's median s {smap.median():.2f}; positions with s < 0.1: {(smap < 0.1).sum().item()} of {smap.numel():,}")
-for i, m_ in maps_c.items():
-    print(f"  injector {i:>2} ({tuple(m_.shape)}): min s {m_.min():.3f}, median {m_.median():.2f}")
+print("smallest s of each injector (layer: min s):", ", ".join(f"{i}: {m_.min():.2f}" for i, m_ in maps_c.items()))
 art = masks.nonzero()[:, 1:].double()
 near = ((art - torch.tensor(spot, dtype=torch.float64)).norm(dim=1) < 16).double().mean().item() if len(art) else math.nan
 print(f"share of all artifact pixels within 16 px of that position: {near:.0%}")
@@ -604,12 +593,12 @@ plt.show()
 # inverse in a mild form: the same mechanism, a factor 25 instead of 10⁴, hence max |x| of
 # about 7 instead of 10³⁰. In the manifest's run two of the three samples got a streak there;
 # whether one appears, and how large, depends on the latent. It is the same injector (layer 29)
-# whose scale started the explosion of section 8.
+# whose scale started the explosion of section 7 (compare the layer numbers printed there).
 #
 # **(b) coffee, chapter 4's crop.** In chapter 4 one of the 8 samples of the coffee crop (seed 0,
 # T = 0.7, drawn on a CPU; a GPU draws other random numbers) reached |x| ≈ 3.8, above the
 # "max |x| < 3" one might hope for in distribution. We follow its worst pixel with the tools of
-# section 8, adding the standard deviation that each split's prior gives the half it draws.
+# section 7, adding the standard deviation that each split's prior gives the half it draws.
 
 # %%
 coffee_in = inputs[("reference", "coffee")]
@@ -643,11 +632,12 @@ for i, here, median in stds:
 # deviation of about 12 at this position (the median is near 1), so even an ordinary draw lands
 # far out, and the couplings that read it answer with scales near 0.2, which amplify it further. It is a
 # tail event of the model's own distribution: bounded (a speck of about a dozen pixels in a 4 x 5
-# patch, |x| ≈ 4), and rare, as 24 further samples at other seeds show (below).
+# patch, |x| ≈ 4), and rare, as further samples at other seeds show (below).
 
 # %%
-others = [sample_report(final, coffee_in.lr, 0.7, n=8, seed=seed)[1]["summary"]["max_abs"] for seed in (1, 2, 3)]
-print(f"coffee crop, T = 0.7, 3 x 8 more samples (seeds 1-3): max|x| {[round(v, 2) for v in others]}")
+OTHER_SEEDS = mf.pick((1, 2, 3), (1,))  # quick mode: one more batch of 8 shows the same
+others = [sample_report(final, coffee_in.lr, 0.7, n=8, seed=seed)[1]["summary"]["max_abs"] for seed in OTHER_SEEDS]
+print(f"coffee crop, T = 0.7, {len(OTHER_SEEDS)} x 8 more samples (seeds {list(OTHER_SEEDS)}): max|x| {[round(v, 2) for v in others]}")
 
 # %% [markdown]
 # Both outliers are far from an explosion (max |x| < 10, nothing non-finite, s ≥ 0.04), and

@@ -55,9 +55,9 @@ from matplotlib.colors import LogNorm
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import data, metrics, ood, sr, toy
+from minflow import data, metrics, ood, report, sr, toy
 from minflow.checkpoints import data_dir, load_pretrained
-from minflow.plotting import COLORS, SEED_STYLES, shade, style
+from minflow.plotting import COLORS, SEED_MARKERS, plot_finite, seed_style, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -97,13 +97,6 @@ MIN_SPEARMAN = 0.3  # Spearman(score, event probability) must exceed this
 def bin_rank(binned):
     """Spearman correlation between bin index and the rate in that bin: 1 = strictly rising."""
     return ood.spearman(np.arange(len(binned.rate)), binned.rate)
-
-
-def bin_centres(binned, scores):
-    """Median score inside each bin (for plotting the binned curves)."""
-    s = np.asarray(scores).ravel()
-    idx = np.clip(np.searchsorted(binned.edges, s, side="right") - 1, 0, len(binned.rate) - 1)
-    return np.array([np.median(s[idx == k]) for k in range(len(binned.rate))]), idx
 
 
 # %% [markdown]
@@ -170,31 +163,27 @@ toy_res = {s: toy_outliers(m, ys, N_TOY) for s, m in tqdm(toys.items(), desc="to
 # %%
 true_spread = toy.true_spread()
 toy_stats = {}
-print(f"{'seed':>4}  {'Spearman':>8}  {'bin rank':>8}  outlier probability per score decile")
 for s in SEEDS:
     r = toy_res[s]
     b = ood.binned_rate(toy_score, r["p"], N_BINS)
     exploded = ood.binned_rate(toy_score, (r["spread"].nan_to_num(math.inf) > 10 * true_spread).double(), N_BINS)
-    toy_stats[s] = {"binned": b, "rho": ood.spearman(toy_score, r["p"]), "bin_rank": bin_rank(b), "exploded": exploded}
-    print(f"{s:>4}  {toy_stats[s]['rho']:>8.3f}  {toy_stats[s]['bin_rank']:>8.3f}  " + " ".join(f"{v:.3f}" for v in b.rate))
+    toy_stats[s] = {"seed": s, "binned": b, "rho": ood.spearman(toy_score, r["p"]), "bin_rank": bin_rank(b), "exploded": exploded,
+                    "lowest": b.rate[0], "highest": b.rate[-1]}  # fmt: skip
+TOY_COLUMNS = [("seed", "seed", "d"), ("Spearman", "rho", ".3f"), ("bin rank", "bin_rank", ".3f"),
+               ("outlier prob., lowest decile", "lowest", ".3f"), ("highest decile", "highest", ".3f")]  # fmt: skip
+print(report.format_table(toy_stats.values(), TOY_COLUMNS))
 print("decile edges of the score:", " ".join(f"{e:.3g}" for e in b.edges))
-print("share of conditions that exploded (spread > 10x), per decile:")
-for s in SEEDS:
-    print(f"{s:>4}  " + " ".join(f"{v:.2f}" for v in toy_stats[s]["exploded"].rate))
 
-
-STYLES = SEED_STYLES
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.3))
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
 for i, s in enumerate(SEEDS):
-    centres, _ = bin_centres(toy_stats[s]["binned"], toy_score)
-    kw = {"marker": "o", "ms": 4, "ls": STYLES[i], "color": shade("affine", i, len(SEEDS))}
-    axes[0].semilogx(centres, toy_stats[s]["binned"].rate, label=f"seed {s} (ρ = {toy_stats[s]['rho']:.2f})", **kw)
-    axes[1].semilogx(centres, toy_stats[s]["exploded"].rate, **kw)
+    centres, _ = report.bin_medians(toy_stats[s]["binned"].edges, toy_score)
+    axes[0].semilogx(centres, toy_stats[s]["binned"].rate, label=f"seed {s} (ρ = {toy_stats[s]['rho']:.2f})", **seed_style("affine", i))
+    axes[1].semilogx(centres, toy_stats[s]["exploded"].rate, **seed_style("affine", i))
 for ax in axes:
     ax.axvspan(centres[0] * 0.8, 3, color=COLORS["data"], alpha=0.12, lw=0)
 axes[0].set(title="outlier probability per score decile", xlabel="Mahalanobis score of y (bin median)", ylabel="P(sample is an outlier)")
 axes[1].set(title="share of conditions whose samples exploded", xlabel="Mahalanobis score of y (bin median)", ylabel="share with spread > 10x true")
-axes[0].legend(fontsize=9)
+axes[0].legend()
 fig.suptitle("toy, five affine models, 480 conditions (grey: |y| < 3, in distribution)", y=1.02)
 plt.tight_layout()
 plt.show()
@@ -313,13 +302,26 @@ def analyse(model, scorer, n=N_SR, seed=0):
 affine_res = analyse(sr_affine, affine_scorer)
 
 # %%
-print(f"{'group':<12} {'input':<24} {'mean score':>10} {'artifact freq.':>14} {'exploded samples':>16} {'max |x|':>9}")
-for name, r in affine_res.items():
-    rep = r["report"]
-    print(f"{r['group']:<12} {name:<24} {r['score'].mean():>10.2f} {r['freq'].mean():>14.3f} {rep['explosions']:>16.0%} {rep['max_abs']:>9.2g}")
+fig, ax = plt.subplots(figsize=(9, 4.6))
+for group, marker in zip(sets, SEED_MARKERS):
+    rs = [r for r in affine_res.values() if r["group"] == group]
+    ax.plot([r["score"].mean().item() for r in rs], [r["freq"].mean().item() for r in rs], ls="", marker=marker, ms=10, mfc="none", mew=2,
+            color=COLORS["data"] if group == "reference" else COLORS["affine"], label=group)  # fmt: skip
+    boom = [r for r in rs if r["report"]["explosions"] > 0]
+    ax.plot([r["score"].mean().item() for r in boom], [r["freq"].mean().item() for r in boom], ls="", marker=marker, ms=5,
+            color=COLORS["data"] if group == "reference" else COLORS["affine"])  # fmt: skip
+ax.plot([], [], ls="", marker="o", ms=5, color="k", label="filled: a sample exploded")
+ax.set(xscale="log", xlabel="mean score of the input's LR pixels", ylabel="mean artifact frequency",
+       title=f"affine SRFlow, {len(affine_res)} inputs, T = {TEMPERATURE}, {N_SR} samples each")  # fmt: skip
+ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+plt.show()
+n_boom = sum(r["report"]["explosions"] > 0 for r in affine_res.values())
+print(f"inputs with at least one exploded sample: {n_boom} of {len(affine_res)}; "
+      f"coffee: {affine_res['coffee']['report']['explosions']:.0%} of its samples exploded")
 
 # %% [markdown]
-# The affine model explodes often at T = 0.9, even on the validation photo coffee, as in chapter 5.
+# The affine model explodes often at T = 0.9, even on the validation photos, as in chapter 5, and
+# the inputs whose features score far from training are the ones with the most artifacts.
 # Now we pool every LR pixel of every input and ask three questions. How does the artifact
 # probability change from the lowest score decile to the highest? How well does the score's rank
 # order match the frequency's (Spearman)? And how well does the score, used as a detector, separate
@@ -345,17 +347,15 @@ def pooled_stats(res):
     }  # fmt: skip
 
 
-def print_deciles(st, label):
+def print_stats(st, label):
     print(f"{label}: Spearman {st['rho']:.3f}, ROC-AUC {st['auc']:.3f}, bin rank {st['bin_rank']:.3f}")
-    print("  score decile edges :", " ".join(f"{e:6.1f}" for e in st["binned"].edges))
-    print("  artifact prob.     :", " ".join(f"{v:6.3f}" for v in st["binned"].rate))
 
 
 affine_stats = pooled_stats(affine_res)
-print_deciles(affine_stats, "affine SRFlow")
+print_stats(affine_stats, "affine SRFlow")
 
-fig, ax = plt.subplots(figsize=(8, 4.3))
-centres, _ = bin_centres(affine_stats["binned"], affine_stats["score"])
+fig, ax = plt.subplots(figsize=(9, 4.6))
+centres, _ = report.bin_medians(affine_stats["binned"].edges, affine_stats["score"])
 ax.plot(centres, affine_stats["binned"].rate, "o-", color=COLORS["affine"], label=f"affine (Spearman {affine_stats['rho']:.2f}, AUC {affine_stats['auc']:.2f})")
 ax.set(title=f"per-pixel artifact probability per score decile (T = {TEMPERATURE}, {N_SR} samples per input)", xlabel="Mahalanobis score of level-1 features (decile median)", ylabel="P(artifact in the 4x4 block)")
 ax.set_xscale("log")
@@ -373,7 +373,7 @@ print("SR (affine): the artifact probability rises across the score deciles, Spe
 # roughly half and more. Why the floor is not zero: **an explosion does not stay where it starts.**
 # Once one value overflows, the next invertible 1x1 convolution mixes it into every channel, the
 # next squeeze and coupling spread it to the neighbours, and whole samples turn non-finite (the
-# "exploded samples" column). A low-score pixel in such a sample is counted as an artifact because
+# filled markers of the per-input figure). A low-score pixel in such a sample is counted as an artifact because
 # of something that happened elsewhere. The score can only predict where an explosion *starts*.
 #
 # **Where, within an image.** The heat maps below put the score next to the artifact frequency for
@@ -444,12 +444,13 @@ if spline_file.exists():
     spline_scorer = fit_scorer(sr_spline)
     spline_res = analyse(sr_spline, spline_scorer)
     spline_stats = pooled_stats(spline_res)
-    print(f"{'input':<24} {'artifact freq. (affine / spline)':>33} {'largest finite |x| (affine / spline)':>38}")
-    for name, r in spline_res.items():
-        a = affine_res[name]
-        if r["freq"].mean() > 0 or a["freq"].mean() > 0.05:
-            print(f"{name:<24} {a['freq'].mean():>16.3f} / {r['freq'].mean():<14.3f} {a['report']['max_abs']:>23.2g} / {r['report']['max_abs']:<12.2g}")
-    print_deciles(spline_stats, "spline SRFlow")
+    worst6 = sorted(spline_res, key=lambda n: -(affine_res[n]["freq"].mean() + spline_res[n]["freq"].mean()))[:6]
+    rows = [{"input": n, "fa": affine_res[n]["freq"].mean().item(), "fs": spline_res[n]["freq"].mean().item(),
+             "ma": affine_res[n]["report"]["max_abs"], "ms": spline_res[n]["report"]["max_abs"]} for n in worst6]  # fmt: skip
+    print(report.format_table(rows, [("input", "input", ""), ("artifact freq. affine", "fa", ".3f"), ("spline", "fs", ".3f"),
+                                     ("largest finite |x| affine", "ma", ".2g"), ("spline", "ms", ".2g")],
+                              "the six inputs with the most artifacts (both models together)"))  # fmt: skip
+    print_stats(spline_stats, "spline SRFlow")
 else:
     sr_spline = spline_res = spline_stats = None
     print(f"SKIPPED: {spline_file} does not exist, so the spline comparison below does not run. "
@@ -460,56 +461,43 @@ models = {"affine": affine_stats} if spline_stats is None else {"affine": affine
 
 
 def decile_table(st):
-    """Per score decile: artifact prob., median MAD, size of an artifact (median |x| of the artifact
-    pixel-samples, inf when most of them are non-finite), share exploded, largest finite |x|."""
-    _, idx = bin_centres(st["binned"], st["score"])
-    _, idx_rep = bin_centres(st["binned"], st["s_rep"])
-    mag = st["mag"]
-    rows = []
-    for k in range(len(st["binned"].rate)):
-        m = mag[idx_rep == k]
-        finite, art = m[np.isfinite(m)], m[st["events"][idx_rep == k]]
-        rows.append({
-            "artifact": st["binned"].rate[k],
-            "mad": float(np.median(st["mad"][idx == k])),
-            "exploded": float(np.mean(~np.isfinite(m) | (m > metrics.EXPLOSION))),
-            "art_size": float(np.quantile(art, 0.5, method="higher")) if art.size else math.nan,
-            "max_finite": float(finite.max()) if finite.size else math.nan,
-        })  # fmt: skip
-    return rows
+    """Per score decile of one model: report.decile_summary of its pixels and pixel-samples, with the artifact probability."""
+    rows = report.decile_summary(st["binned"].edges, st["score"], st["mad"], st["s_rep"], st["events"], st["mag"], metrics.EXPLOSION)
+    return [{**row, "artifact": rate} for row, rate in zip(rows, st["binned"].rate)]
 
 
 tables = {k: decile_table(st) for k, st in models.items()}
-for k, st in models.items():
-    st["rho_mad"] = ood.spearman(st["score"], np.nan_to_num(st["mad"], posinf=1e30))
+for k, st in models.items():  # Spearman uses only ranks: each MAD's rank among the distinct values keeps the infinite ones, ranked last
+    st["rho_mad"] = ood.spearman(st["score"], np.unique(st["mad"], return_inverse=True)[1].ravel())
     print(f"{k}: Spearman(score, per-pixel MAD) = {st['rho_mad']:.3f}")
-    print(f"  {'decile':>6} {'artifact':>9} {'median MAD':>11} {'artifact size':>14} {'exploded':>9} {'max finite |x|':>15}")
-    for i, row in enumerate(tables[k]):
-        print(f"  {i + 1:>6} {row['artifact']:>9.3f} {row['mad']:>11.3g} {row['art_size']:>14.3g} {row['exploded']:>9.3f} {row['max_finite']:>15.3g}")
+columns = [("decile", "bin", "d")]
+for k in models:
+    columns += [(f"{k}: P(artifact)", f"{k} artifact", ".3f"), ("median MAD", f"{k} median_spread", ".3g"), ("MAD non-finite", f"{k} nonfinite_spread", ".0%"),
+                ("exploded", f"{k} exploded", ".3f"), ("flagged non-finite", f"{k} nonfinite_artifacts", ".0%")]  # fmt: skip
+merged = [{"bin": i + 1, **{f"{k} {key}": v for k in models for key, v in tables[k][i].items()}} for i in range(min(map(len, tables.values())))]
+print(report.format_table(merged, columns, "per score decile (non-finite values counted in their own columns)"))
 
-CEIL = 1e3  # where an infinite MAD is drawn
-INF_AT = 1e39  # where a non-finite magnitude is drawn (just above float32's largest value)
-fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+fig, axes = plt.subplots(2, 2, figsize=(13, 9.5))
 axes = axes.ravel()
+axes[1].set_yscale("log")
+axes[2].set_yscale("log")
 for k, st in models.items():
     x = np.arange(1, len(tables[k]) + 1)
-    kw = {"marker": "o", "color": COLORS[k], "label": k}
+    kw = {"marker": "o" if k == "affine" else "s", "ls": "-" if k == "affine" else "--", "ms": 7, "color": COLORS[k], "label": k}
     axes[0].plot(x, [r["artifact"] for r in tables[k]], **kw)
-    axes[1].semilogy(x, [min(r["mad"], CEIL) for r in tables[k]], **kw)
-    axes[2].semilogy(x, [min(r["art_size"], INF_AT) for r in tables[k]], **kw)  # no point where no artifact
-    axes[3].semilogy(x, [max(r["exploded"], 1e-4) for r in tables[k]], **kw)
-axes[1].axhline(CEIL, color="k", ls=":", lw=1)
-axes[1].text(1, CEIL * 0.25, "non-finite (most samples exploded)", fontsize=9)
-axes[2].axhline(INF_AT, color="k", ls=":", lw=1)
-axes[2].text(1, INF_AT * 1e-3, "non-finite", fontsize=9)
-axes[2].axhline(metrics.EXPLOSION, color="k", ls="--", lw=1)
-axes[3].axhline(1e-4, color="k", ls=":", lw=1)
-axes[3].text(1, 1.4e-4, "none (drawn at 1e-4)", fontsize=9)
+    plot_finite(axes[1], x, [r["median_spread"] for r in tables[k]], **kw)  # an infinite median: the strip
+    sized = [(i, r["artifact_size"]) for i, r in zip(x, tables[k]) if not math.isnan(r["artifact_size"])]  # no point where nothing is flagged
+    plot_finite(axes[2], [i for i, _ in sized], [v for _, v in sized], **kw)
+    axes[3].plot(x, [r["exploded"] for r in tables[k]], **kw)
+axes[2].axhline(metrics.EXPLOSION, color="k", ls="--", lw=1, label="10³")
+axes[3].set_yscale("symlog", linthresh=1e-3)  # symlog: a share of exactly 0 is drawn at 0
+axes[3].set_ylim(bottom=0)
 axes[0].set(title="artifact probability", xlabel="score decile (each model's own score)", ylabel="P(artifact)")
-axes[1].set(title="uncertainty: median per-pixel MAD across samples", xlabel="score decile", ylabel="MAD")
-axes[2].set(title="size of an artifact: median |x| where flagged (dashed: 1e3)", xlabel="score decile", ylabel="|x| of the artifact pixel-samples")
-axes[3].set(title="explosions: |x| > 1e3 or non-finite", xlabel="score decile", ylabel="share of pixel-samples")
+axes[1].set(title="uncertainty: median per-pixel MAD", xlabel="score decile", ylabel="MAD across samples")
+axes[2].set(title="size of an artifact: median |x| where flagged", xlabel="score decile", ylabel="|x| of flagged pixel-samples")
+axes[3].set(title="explosions: |x| > 10³ or non-finite", xlabel="score decile", ylabel="share of pixel-samples (symlog)")
 axes[0].legend()
+axes[2].legend(loc="center left")
 plt.tight_layout()
 plt.show()
 
@@ -523,7 +511,7 @@ else:
     assert spline_stats["rho_mad"] > MIN_SPEARMAN, f"spline: Spearman(score, MAD) {spline_stats['rho_mad']:.3f}"
     assert all(r["exploded"] == 0 for r in tables["spline"]), "the spline model exploded somewhere"
     # what the text below says about the sizes
-    assert all(r["art_size"] > metrics.EXPLOSION for r in tables["affine"][-2:]) and math.isinf(top["mad"])
+    assert all(r["artifact_size"] > metrics.EXPLOSION for r in tables["affine"][-2:]) and math.isinf(top["median_spread"])
     assert max(r["report"]["max_abs"] for r in spline_res.values()) < 3
     assert np.all(np.diff(spline_stats["binned"].rate) >= 0)
     share = spline_res["checker_1px"]["events"].sum().item() / sum(r["events"].sum().item() for r in spline_res.values())
@@ -632,21 +620,21 @@ fig, axes = plt.subplots(1, 2, figsize=(14, 5))
 ax = axes[0]
 for j, (i, d_phi, dev, h, _, _) in enumerate(bound_pts):
     floor = h < -11
-    ax.loglog(d_phi[~floor], dev[~floor], "o", ms=3, alpha=0.5, color=shade("spline", j, len(bound_pts)), label=f"coupling {i}")
+    ax.loglog(d_phi[~floor], dev[~floor], "os^Dv<>ph*"[j % 10], ms=4, alpha=0.5, mfc="none", color=COLORS["spline"], label=f"coupling {i}")
     ax.loglog(d_phi[floor], dev[floor], "x", ms=5, color=COLORS["affine"], label="s at its floor (h < -11)" if j == 0 else None)
 lim = [1e-1, 1e4]
 ax.loglog(lim, lim, "k--", lw=1, label="the bound |h - h̄| = σ_h d(φ)")
 ax.set(xlim=lim, ylim=(1e-3, 1e4), title=f"toy seed {SHOW}: the read-out cannot beat Cauchy–Schwarz", xlabel="Mahalanobis distance d(φ) of the last hidden layer", ylabel="|h - h̄| / σ_h")
-ax.legend(fontsize=8, loc="upper left")
+ax.legend(loc="upper left", ncol=2)
 ax = axes[1]
 log_floor = math.log(1e4)  # s >= eps = 1e-4
 for j, s in enumerate(SEEDS):
-    ax.plot(toy_score, -toy_res[s]["s_min"].log(), "o", ms=3, alpha=0.6, color=shade("affine", j, len(SEEDS)), label=f"seed {s}")
+    ax.plot(toy_score, -toy_res[s]["s_min"].log(), ls="", marker=SEED_MARKERS[j], ms=5, mfc="none", alpha=0.6, color=COLORS["affine"], label=f"seed {s}")
 ax.axhline(log_floor, color="k", ls="--", lw=1)
 ax.text(0.12, log_floor + 0.25, "floor: log(1/ε) = 9.2", fontsize=10)
 ax.set_xscale("log")
 ax.set(title="smallest scale per condition against the score", xlabel="Mahalanobis score of y", ylabel="log(1/s), smallest s of any coupling")
-ax.legend(fontsize=9, loc="center left")
+ax.legend(loc="center left")
 plt.tight_layout()
 plt.show()
 
@@ -723,14 +711,14 @@ print("SR: the injectors' scale sinks with the score of the features they read")
 # both modes.)
 
 # %%
-print("toy (480 conditions, outlier = |u|_inf > 2):")
-for s in SEEDS:
-    st = toy_stats[s]
-    print(f"  seed {s}: Spearman {st['rho']:.3f}, bin rank {st['bin_rank']:.3f}, outlier prob. lowest/highest decile {st['binned'].rate[0]:.3f} / {st['binned'].rate[-1]:.3f}")
-for k, st in models.items():
-    print(f"SR {k} ({len(inputs)} inputs x {N_SR} samples, T = {TEMPERATURE}): Spearman {st['rho']:.3f}, ROC-AUC {st['auc']:.3f}, "
-          f"bin rank {st['bin_rank']:.3f}, Spearman(score, MAD) {st['rho_mad']:.3f}")
-    print("  artifact prob. per decile:", " ".join(f"{v:.3f}" for v in st["binned"].rate))
+found = [{"what": f"toy seed {s}", "event": "outlier", "rho": st["rho"], "auc": None, "rank": st["bin_rank"], "lo": st["lowest"], "hi": st["highest"], "mad": None}
+         for s, st in toy_stats.items()]  # fmt: skip
+found += [{"what": f"SR {k}", "event": "artifact", "rho": st["rho"], "auc": st["auc"], "rank": st["bin_rank"], "lo": st["binned"].rate[0],
+           "hi": st["binned"].rate[-1], "mad": st["rho_mad"]} for k, st in models.items()]  # fmt: skip
+print(report.format_table(found, [("model", "what", ""), ("event", "event", ""), ("Spearman", "rho", ".3f"), ("ROC-AUC", "auc", ".3f"),
+                                  ("bin rank", "rank", ".3f"), ("P(event), lowest decile", "lo", ".3f"), ("highest", "hi", ".3f"),
+                                  ("Spearman(score, MAD)", "mad", ".3f")],
+                          f"toy: 480 conditions, outlier = |u|_inf > 2; SR: {len(inputs)} inputs x {N_SR} samples, T = {TEMPERATURE}"))  # fmt: skip
 if spline_stats is None:
     print(f"SR spline: SKIPPED ({spline_file} missing)")
 

@@ -26,7 +26,7 @@ from .transforms import (
 )
 from .utils import get_device, pick, quick_mode, seed_everything
 
-LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "sr", "toy", "train")
+LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "report", "sr", "toy", "train")
 """Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""
 
 
@@ -76,6 +76,7 @@ __all__ = [
     "imageflow",
     "metrics",
     "plotting",
+    "report",
     "train",
     "ConditionalFlow",
     "Coupling",
