@@ -246,10 +246,10 @@ def per_input_plot(results_by_model, keys, title):
         kw = {"color": c, "marker": mk, "mfc": "none" if j % 2 else c, "ms": 7, "ls": "none"}
         xs_j = [x + 0.12 * (j - 1) for x in pos]
         fin = [(x, res[key]["max_abs"]) for x, key in zip(xs_j, keys) if res[key]["nonfinite"] == 0]
-        ax0.plot(*zip(*fin), label=k, **kw)
+        ax0.plot([x for x, _ in fin], [v for _, v in fin], label=k, **kw)
         mark_off_scale(ax0, [x for x, key in zip(xs_j, keys) if res[key]["nonfinite"] > 0], **kw)
         pts = [(x, res[key]["rate"]) for x, key in zip(xs_j, keys) if res[key]["rate"] > 0]
-        ax1.plot(*zip(*pts), **kw)
+        ax1.plot([x for x, _ in pts], [v for _, v in pts], **kw)
         mark_off_scale(ax1, [x for x, key in zip(xs_j, keys) if res[key]["rate"] == 0], label="zero", where="bottom", **kw)
     for ax in (ax0, ax1):
         for x, (key_prev, key) in enumerate(zip(keys, keys[1:]), start=1):
@@ -562,10 +562,10 @@ for j, (label, get) in enumerate((("conditional prior", lambda r: r["cprior"]), 
     kw = {"color": COLORS["spline"] if j else COLORS["other"], "marker": "os"[j], "mfc": "none" if j else None, "ms": 7, "ls": "none"}
     xs_j = [x + 0.12 * (j - 0.5) for x in range(len(keys))]
     fin = [(x, get(prior_path[key])["max_abs"]) for x, key in zip(xs_j, keys) if get(prior_path[key])["nonfinite"] == 0]
-    ax0.plot(*zip(*fin), label=label, **kw)
+    ax0.plot([x for x, _ in fin], [v for _, v in fin], label=label, **kw)
     mark_off_scale(ax0, [x for x, key in zip(xs_j, keys) if get(prior_path[key])["nonfinite"] > 0], **kw)
 sig = [(x, prior_path[key]["log10_sigma"]) for x, key in enumerate(keys)]
-ax1.plot(*zip(*[(x, v) for x, v in sig if math.isfinite(v)]), "o", color=COLORS["other"], ms=7)
+ax1.plot([x for x, v in sig if math.isfinite(v)], [v for x, v in sig if math.isfinite(v)], "o", color=COLORS["other"], ms=7)
 ax1.axhline(0, color="k", ls=":", lw=1)
 ax1.set(ylabel="log10 of the prior's largest σ")
 mark_off_scale(ax1, [x for x, v in sig if not math.isfinite(v)], color=COLORS["other"], marker="o")
@@ -601,7 +601,7 @@ print(f"worst valid input with the conditional prior: {'/'.join(worst_valid)}, p
 # explosion yet, but the bound of section 2c breaks: on the contrast-stretched photos and the
 # uniform noise the prior's σ climbs to 10¹–10³, and the samples follow it (max |x| up to about
 # 80, where the same couplings with SRFlow's prior stay below 2). On the unclamped inputs of
-# section 3, which the fully bounded spline survived with values below 6, the prior's log σ is a
+# section 3, which the fully bounded spline survived with values below 10, the prior's log σ is a
 # linear function of huge features: σ overflows, and every sample is NaN. Every
 # condition-dependent scale on the sampling path needs a bound,
 # the prior's included; a σ(y) read through a bounded function (like the couplings' 3·tanh) would

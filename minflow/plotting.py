@@ -69,7 +69,10 @@ def _reserve_band(ax, where: str, label: str) -> float:
     if where in bands:
         return middle
     lo, hi = ax.get_ylim()
-    ticks = {minor: [t for t in ax.get_yticks(minor=minor) if lo <= t <= hi] for minor in (False, True)}
+    inside = (
+        (lambda t: lo <= t < hi) if where == "top" else (lambda t: lo < t <= hi)
+    )  # the edge tick would touch the band
+    ticks = {minor: [t for t in ax.get_yticks(minor=minor) if inside(t)] for minor in (False, True)}
     grow = 1 / (1 - OFF_SCALE_BAND)
     if ax.get_yscale() == "log":
         lo, hi = (lo, lo * (hi / lo) ** grow) if where == "top" else (hi / (hi / lo) ** grow, hi)
