@@ -237,7 +237,8 @@ def per_input_plot(results_by_model, keys, title):
     """max |x| and artifact rate per input for several models: one marker per model, inputs grouped;
     non-finite samples in the top band, a zero rate in the bottom band (log axes have no zero)."""
     fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(15, 7.5), sharex=True)
-    ax0.set(yscale="log", ylim=(0.5, 1e38), ylabel="max |x| (raw samples)", title=title)
+    ax0.set(yscale="log", ylim=(0.5, 1e39), ylabel="max |x| (raw samples)")
+    fig.suptitle(title, x=0.01, ha="left")
     ax1.set(yscale="log", ylim=(1e-6, 1.5), ylabel="per-pixel artifact rate")
     ax0.axhline(metrics.EXPLOSION, color="k", ls="--", lw=1, label=f"explosion threshold {metrics.EXPLOSION:g}")
     pos = range(len(keys))
@@ -256,8 +257,8 @@ def per_input_plot(results_by_model, keys, title):
             if key[0] != key_prev[0]:
                 ax.axvline(x - 0.5, color="0.6", lw=1)
     ax1.set_xticks(list(pos), [f"{g[:3]}: {n}" for g, n in keys], rotation=60, ha="right", fontsize=10)
-    ax0.legend(fontsize=10, loc="upper left", ncol=4)
     plt.tight_layout()
+    fig.legend(*ax0.get_legend_handles_labels(), fontsize=10, loc="upper right", ncol=4, bbox_to_anchor=(1, 1.0))
     plt.show()
 
 
@@ -266,7 +267,7 @@ def family_colour(k):
 
 
 ALL_KEYS = list(ood["affine"])
-per_input_plot(ood, ALL_KEYS, f"every valid input, T = 0.9, {N_SR} samples (groups: ref., content, degradation, benign)")
+per_input_plot(ood, ALL_KEYS, f"every valid input, T = 0.9, {N_SR} samples per input")
 
 # %%
 OOD_GROUPS = ("content", "degradation", "benign")
@@ -680,3 +681,24 @@ print({k: f"{v:.1%}" for k, v in ringing.items()})
 # %% tags=["check"]
 assert set(ringing) == {"spline", "spline_full"} and all(0 <= v <= 1 for v in ringing.values())
 assert ringing["spline"] > 0.1
+
+# %% [markdown]
+# **Exercise 3.** Section 3 fed the paper's spline model's injector outputs to both bijections.
+# Do the same for the model *trained* with the fully bounded spline: for each of the three
+# `EXTREME` inputs, take `injector_params(sr["spline_full"], lr)`, invert z ~ N(0, 0.9²) through
+# `full` (the `FullyBoundedSpline`) with each injector's parameters, and store the largest
+# |x − z| per input in `moves` (a dict input name -> value). What bound do you expect?
+
+# %% tags=["solution"] hint="for each name, lr in EXTREME.items(): for p in injector_params(sr['spline_full'], lr): z = 0.9 * torch.randn(p.shape[:-1], generator=g); keep the max of (full.inverse(z, p)[0] - z).abs(); use torch.no_grad()"
+moves = {}
+g_ex = torch.Generator(device).manual_seed(1)
+with torch.no_grad():
+    for name, lr_x in EXTREME.items():
+        moves[name] = 0.0
+        for p in injector_params(sr["spline_full"], lr_x):
+            z = 0.9 * torch.randn(p.shape[:-1], generator=g_ex, device=device)
+            moves[name] = max(moves[name], (full.inverse(z, p)[0] - z).abs().max().item())
+print({k: f"{v:.3g}" for k, v in moves.items()}, f"bound t_max + 2B = {full.max_shift + 2 * full.bound:g}")
+
+# %% tags=["check"]
+assert set(moves) == set(EXTREME) and all(0 < v <= full.max_shift + 2 * full.bound + 1e-4 for v in moves.values())
