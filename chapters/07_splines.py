@@ -363,9 +363,12 @@ def family_colour(kind):
     return "spline" if "spline" in kind else kind if kind in COLORS else "other"
 
 
-def ring_plot(ax, kind, R=toy.FAR_OOD_RADIUS, seeds=None, ylim=(1e-3, 1e8)):
-    """Spread ratio per direction of the ring at |y| = R, one marker per seed; non-finite in the top band."""
+def ring_plot(ax, kind, R=toy.FAR_OOD_RADIUS, seeds=None):
+    """Spread ratio per direction of the ring at |y| = R, one marker per seed; non-finite in the top band.
+    The y-range covers every finite ratio of every family measured so far, so panels compare."""
     seeds = list(results[kind]) if seeds is None else seeds
+    finite = [v for res in results.values() for r in res.values() for v in r["ratios"][R] if math.isfinite(v)]
+    ylim = (min(min(finite), 1) / 3, max(max(finite), 10) * 3)
     ax.set(yscale="log", ylim=ylim, xlim=(0, 360), xlabel="direction of y (degrees)")
     ax.axhline(10, color="k", ls="--", lw=1)
     for i, s in enumerate(seeds):
@@ -551,7 +554,8 @@ for kind in tqdm(SWEPT, desc="sweep over |y|"):
 
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
 family_ls = {"affine": "-", "spline": "-", "spline_bounded": "--"}
-limits = {"ratio": (1e-2, 1e7), "min_s": (1e-5, 3), "sv": (1e-2, 1e7)}
+finite_values = {key: [p[key] for k in SWEPT for s in SEEDS for p in sweep[k][s] if math.isfinite(p[key])] for key in ("ratio", "min_s", "sv")}
+limits = {key: (min(min(v), 1e-4) / 3, max(max(v), 10) * 3) for key, v in finite_values.items()}  # the data, the 10x and ε lines
 for ax, key in zip(axes, limits):
     ax.set(xscale="log", yscale="log", ylim=limits[key])
 for kind in SWEPT:
@@ -765,7 +769,8 @@ print("a condition-dependent prior variance explodes even with fully bounded spl
 
 # %%
 fig, ax = plt.subplots(figsize=(13, 4.8))
-ax.set(yscale="log", ylim=(1e-1, 1e7))
+finite_far = [r["far_ratio"] for res in results.values() for r in res.values() if math.isfinite(r["far_ratio"])]
+ax.set(yscale="log", ylim=(min(finite_far) / 3, max(finite_far) * 3))
 ax.axhline(10, color="k", ls="--", lw=1, label="10x in-distribution")
 for j, (kind, res) in enumerate(results.items()):
     for i, (s, r) in enumerate(res.items()):
