@@ -275,11 +275,11 @@ plt.show()
 
 # %%
 SEEDS = [0, 1, 2, 3, 4]
-N_IN, N_OOD, N_JAC = mf.pick((1000, 500, 16), (400, 100, 8))
+N_IN, N_OOD, N_JAC = mf.pick((1000, 300, 16), (400, 100, 8))  # N_OOD: samples per ring direction
 RING_RADII = (10.0, 100.0, toy.FAR_OOD_RADIUS)  # the toy's "OOD sets": rings of 360 directions
 
 
-def sampling_time(flow, n=mf.pick(100_000, 20_000), repeats=3):
+def sampling_time(flow, n=mf.pick(50_000, 20_000), repeats=3):
     """Seconds per 100 000 samples at y = 0 (best of a few runs of n samples)."""
     z, cond = toy.latent(n, flow=flow), toy.as_cond((0.0, 0.0), n, flow)
     best = math.inf
@@ -716,7 +716,7 @@ print("bounded sampling slopes (reparam, additive) stay within 10x; soft clamps 
 # (a second training stage, so that nothing else changes; a few seconds).
 
 # %%
-PRIOR_STEPS = mf.pick(500, 200)
+PRIOR_STEPS = mf.pick(300, 200)
 
 
 def with_conditional_prior(flow, seed):

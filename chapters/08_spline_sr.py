@@ -137,7 +137,7 @@ assert sr["affine"].manifest["steps"] == sr["spline"].manifest["steps"] and sr["
 
 # %%
 FACTOR = 4
-N_REF = mf.pick(8, 2)
+N_REF = mf.pick(4, 2)  # samples per reference photo
 sets = data.ood_sets(FACTOR)
 reference = sets["reference"]
 
