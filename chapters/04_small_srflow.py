@@ -169,7 +169,7 @@ print(f"log|det| of level 1 so far: {logdet.tolist()}")
 # **The split.** After each level but the last, half of the channels leave the flow: they are
 # scored under a Gaussian whose mean and log-std come from a zero-initialised convolution of the
 # *kept* half (SRFlow's split prior; it does not read the LR features, so its variance cannot be
-# driven by an odd condition: chapter 7 shows the variant that can). The kept half continues into
+# driven by an odd condition: chapter 8 shows the variant that can). The kept half continues into
 # the next level.
 
 # %%

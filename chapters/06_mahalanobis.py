@@ -416,7 +416,7 @@ print(f"within-image ROC-AUC (inputs with some but not only artifacts, {len(with
 #
 # ## 4. Both models: uncertainty versus explosion
 #
-# Chapter 7 swaps every affine injector and coupling for the paper's bounded spline. The spline's
+# Chapter 8 swaps every affine injector and coupling for the paper's bounded spline. The spline's
 # sampling slope is exactly 1 outside a small box, so it cannot multiply an error by 10⁴. Yet its
 # conditioner reads the same kind of features, and on unfamiliar ones it should be just as unsure.
 # So we expect the score to predict **where** either model is uncertain, but only the affine model
@@ -454,7 +454,7 @@ if spline_file.exists():
 else:
     sr_spline = spline_res = spline_stats = None
     print(f"SKIPPED: {spline_file} does not exist, so the spline comparison below does not run. "
-          f"Make it with the command in chapter 7 (python -m minflow train-sr --coupling spline ... --ship).")
+          f"Make it with the command in chapter 8 (python -m minflow train-sr --coupling spline ... --ship).")
 
 # %%
 models = {"affine": affine_stats} if spline_stats is None else {"affine": affine_stats, "spline": spline_stats}

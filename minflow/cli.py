@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=positive_int, default=4)
     p.add_argument("--val-samples", type=positive_int, default=3)
 
-    p = command("train-lowlight", prepare_lowlight, "Train the small LLFlow of chapter 8 on synthetic low-light pairs")
+    p = command("train-lowlight", prepare_lowlight, "Train the small LLFlow of chapter 9 on synthetic low-light pairs")
     p.add_argument(
         "--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME"
     )

@@ -2,7 +2,9 @@
 
 Seeds of one family share its colour and differ in line style *and* marker (`seed_style`), so they
 stay apart in grey scale and on a washed-out projector. Values that cannot be drawn as data
-(inf, nan) go into a labelled strip above the axes (`plot_finite`), never at a stand-in value.
+(inf, nan) go into a labelled strip above the axes (`plot_finite`), or, on axes whose range is
+already set, into a labelled band at their top or bottom (`mark_off_scale`: non-finite, exploded,
+or zero on a log axis), never at a stand-in value.
 
 Imports matplotlib, so it is for notebooks (``pip install minflow[course]``), not the core.
 """
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 import matplotlib as mpl
 import numpy as np
 from matplotlib.colors import to_rgb
+from matplotlib.patches import Rectangle
 
 __all__ = [
     "COLORS",
@@ -21,6 +24,7 @@ __all__ = [
     "NONFINITE_LABEL",
     "SEED_MARKERS",
     "SEED_STYLES",
+    "mark_off_scale",
     "nonfinite_strip",
     "plot_finite",
     "seed_style",
@@ -151,3 +155,48 @@ def style() -> None:
             "image.cmap": "viridis",
         }
     )
+
+
+OFF_SCALE_BAND = 0.1
+"""Share of the axes height that `mark_off_scale` reserves for its band."""
+
+
+def _reserve_band(ax, where: str, label: str) -> float:
+    """Grow ax's y-limits so that they fill all but a band at the top (or bottom), shade and label it.
+    Returns the band's middle in axes coordinates. Ticks are kept off the band: nothing in it is a value."""
+    bands = ax.__dict__.setdefault("_minflow_bands", {})
+    middle = 1 - OFF_SCALE_BAND / 2 if where == "top" else OFF_SCALE_BAND / 2
+    if where in bands:
+        return middle
+    lo, hi = ax.get_ylim()
+    inside = (
+        (lambda t: lo <= t < hi) if where == "top" else (lambda t: lo < t <= hi)
+    )  # the edge tick would touch the band
+    ticks = {minor: [t for t in ax.get_yticks(minor=minor) if inside(t)] for minor in (False, True)}
+    grow = 1 / (1 - OFF_SCALE_BAND)
+    if ax.get_yscale() == "log":
+        lo, hi = (lo, lo * (hi / lo) ** grow) if where == "top" else (hi / (hi / lo) ** grow, hi)
+    else:
+        lo, hi = (lo, lo + (hi - lo) * grow) if where == "top" else (hi - (hi - lo) * grow, hi)
+    ax.set_ylim(lo, hi)
+    for minor, kept in ticks.items():
+        ax.set_yticks(kept, minor=minor)
+    y0 = 1 - OFF_SCALE_BAND if where == "top" else 0.0
+    ax.add_patch(Rectangle((0, y0), 1, OFF_SCALE_BAND, transform=ax.transAxes, color="0.9", lw=0, zorder=0))
+    ax.text(-0.01, middle, label, transform=ax.transAxes, ha="right", va="center", fontsize=10, color="0.2")
+    bands[where] = label
+    return middle
+
+
+def mark_off_scale(ax, x, label: str = NONFINITE_LABEL, where: str = "top", **kw) -> None:
+    """Mark positions x whose value has no place on the axis (non-finite, exploded, zero on a log
+    axis) in a shaded band labelled `label` at the top (or bottom) of ax, instead of plotting a
+    stand-in number as if it were data. Set the y-limits (or draw the finite data) first: the first
+    call per band grows them so that they end at the band. `kw` go to ``ax.plot`` (colour, marker)."""
+    if where not in ("top", "bottom"):
+        raise ValueError(f"where must be 'top' or 'bottom', got {where!r}")
+    middle = _reserve_band(ax, where, label)
+    xs = list(x)
+    if xs:
+        kw = {"marker": "x", "ms": 7, "ls": "none", **kw}
+        ax.plot(xs, [middle] * len(xs), transform=ax.get_xaxis_transform(), clip_on=False, **kw)

@@ -1,7 +1,8 @@
 """Compact text tables and summaries for the chapters' printed output.
 
 Nothing here computes a result a chapter teaches: these helpers only pool, format and print what a
-chapter measured (`format_table` for any table, `group_summary` for artifact reports by input group,
+chapter measured (`format_table` for any table, `format_rows` and `cell` for tables laid out row by
+row, `group_summary` for artifact reports by input group,
 `bin_medians` and `decile_summary` for per-bin figures of a score). Non-finite numbers print as
 ``inf`` / ``nan`` and count as such; they are never replaced by a stand-in value.
 """
@@ -16,7 +17,7 @@ import torch
 
 from .metrics import EXPLOSION
 
-__all__ = ["bin_medians", "decile_summary", "format_table", "group_summary"]
+__all__ = ["bin_medians", "cell", "decile_summary", "format_rows", "format_table", "group_summary"]
 
 Column = tuple[str, str, str]
 """(header, key, format spec): e.g. ("max|x|", "max_abs", ".3g")."""
@@ -144,3 +145,39 @@ def decile_summary(
             }
         )
     return rows
+
+
+def cell(value, spec: str | None = None) -> str:
+    """One table cell: `value` formatted with `spec` (default: integers as they are, other numbers
+    ".3g"); None is "-", a non-finite number "non-finite", a string stays as it is."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if not math.isfinite(value):
+        return "non-finite"
+    if spec is None:
+        spec = "d" if isinstance(value, int) else ".3g"
+    return format(value, spec)
+
+
+def format_rows(head: Sequence[str], rows: Sequence[Sequence], transpose: bool = False) -> str:
+    """`rows` under `head` as aligned text, first column left-aligned, the others right-aligned: the
+    form of `format_table` for rows already laid out as lists (the spline chapters' model tables).
+
+    Cells that are not strings go through `cell`. With ``transpose=True`` the header becomes the
+    first column and each row a column (a few models by many measures: a narrow table).
+    """
+    head = [str(h) for h in head]
+    rows = [[cell(c) for c in row] for row in rows]
+    if any(len(row) != len(head) for row in rows):
+        raise ValueError(f"every row needs {len(head)} cells (one per header entry)")
+    if transpose:
+        columns = [[h, *(row[i] for row in rows)] for i, h in enumerate(head)]
+        head, rows = columns[0], columns[1:]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])

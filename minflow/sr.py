@@ -11,7 +11,7 @@ The flow has L levels of
 
 and a top prior N(0, I). As in SRFlow the split prior of the dropped half is a Gaussian whose
 mean and log-std come from the kept half only; ``prior="conditional"`` lets it read g(y) too, so
-its variance depends on the condition: a second exploding path (chapter 7).
+its variance depends on the condition: a second exploding path (chapter 8).
 
 `SRFlowConfig` holds the architecture; ``SRFlow(config)`` or ``SRFlow(**fields)`` builds it, and
 ``model.config`` is the same as a dict (what checkpoint manifests store).

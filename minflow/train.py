@@ -418,7 +418,7 @@ LOWLIGHT = Task(
     shave=False,
     training={"data": "darken(TRAIN_PHOTOS crops)"},
 )
-"""Low light: the photo given its `darken` capture, against histogram equalisation (chapter 8)."""
+"""Low light: the photo given its `darken` capture, against histogram equalisation (chapter 9)."""
 
 
 def validation_pairs(model: ImageFlow, task: Task, size: int = 0, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:

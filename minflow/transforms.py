@@ -313,7 +313,7 @@ class Split(Transform):
     x = [z1, z2] along channels: forward returns z1 and, as its "logdet", log N(z2; mu, sigma^2)
     with (mu, log sigma) from a zero-initialised layer of the kept half z1 (SRFlow's split prior).
     With ``cond_channels > 0`` the prior also reads the condition: then its variance depends on the
-    condition, a second possible exploding path (chapter 7). Inverse draws z2 = mu + T sigma eps at
+    condition, a second possible exploding path (chapters 7 and 8). Inverse draws z2 = mu + T sigma eps at
     the temperature T (with ``generator``), or takes a given ``z2``, and returns -log N(z2; ...),
     so the inverse's logdet is minus the forward's.
     """

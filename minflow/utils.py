@@ -70,7 +70,7 @@ def check_tensor(
 
 PIXEL_LIMIT = 16.0
 """Largest |value| an image in [0, 1] may hold: about twice the course's most stretched input
-(chapter 7's contrast x16 without clamping, -7.5 to 8.5); beyond it is taken for a 0..255 image."""
+(chapter 8's contrast x16 without clamping, -7.5 to 8.5); beyond it is taken for a 0..255 image."""
 
 
 def check_image(x: torch.Tensor, name: str, channels: int = 3, size: str = "H, W", values: bool = True) -> None:

@@ -72,7 +72,7 @@ def test_actnorm_refuses_a_non_finite_first_batch_then_initialises_from_a_good_o
 
 
 def course_inputs() -> dict[str, torch.Tensor]:
-    """Every input the course feeds a model: the SR and low-light test sets, chapter 7's stretched
+    """Every input the course feeds a model: the SR and low-light test sets, chapter 8's stretched
     photos (contrast x8 and x16 about 0.5, unclamped) and an unclamped bicubic upscale."""
     out = {f"sr {k}": v.lr for group in data.ood_sets(4, 8).values() for k, v in group.items()}
     out |= {f"ll {k}": v.dark for group in data.lowlight_ood_sets(16).values() for k, v in group.items()}

@@ -365,7 +365,7 @@ def jpeg(lr: Tensor, quality: int) -> Tensor:
 
 def contrast(x: Tensor, factor: float, center: float = 0.5, clamp: bool = True) -> Tensor:
     """Scale contrast by `factor` about `center`. With clamp=False the values leave [0, 1]: at x8,
-    x16 that breaks even the bounded spline flow (chapter 7), so clamping is the default."""
+    x16 that breaks even the bounded spline flow (chapter 8), so clamping is the default."""
     check_image(x, "image", values=False)
     out = center + factor * (x - center)
     return out.clamp(0, 1) if clamp else out
