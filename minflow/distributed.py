@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["Dist", "agree", "resolve_device", "setup", "share", "shutdown", "sync_actnorm", "wrap"]
+__all__ = ["Dist", "agree", "mean", "resolve_device", "setup", "share", "shutdown", "sync_actnorm", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,11 @@ def _global_initialize(d: Dist, layer: nn.Module):
 
     @torch.no_grad()
     def initialize(x: Tensor) -> None:
+        bad = x.numel() == 0 or not bool(torch.isfinite(x).all())
+        if agree(d, bad):  # every rank refuses, the one with the bad batch with the layer's message
+            if bad:
+                own(x)  # raises the layer's own message
+            raise ValueError("ActNorm's first batch was empty or non-finite on another process")
         dims = [k for k in range(x.dim()) if k != 1]
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
         dist.all_reduce(count)
