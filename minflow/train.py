@@ -244,7 +244,7 @@ def _resumed_lr_history(
     differ = [
         f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
         for what, old, new in (
-            ("config", older, config),
+            ("config", older, _ADDED_KEYS.get(builder, {}) | config),
             ("setting", saved, hyper),
         )
         for k in sorted(old.keys() | new.keys())
