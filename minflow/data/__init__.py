@@ -10,7 +10,7 @@ Everything is importable from here (``data.load_photo``, ``data.darken``). Image
 tensors in [0, 1], (3, H, W) or (N, 3, H, W); inputs are checked by `utils.check_image`.
 """
 
-from .folders import IMAGE_SUFFIXES, FolderCrops, StepBatches, image_files
+from .folders import IMAGE_SUFFIXES, FolderCrops, StepBatches, example_seed, image_files
 from .images import (
     DIV2K_URLS,
     OOD_GROUPS,
@@ -91,6 +91,7 @@ __all__ = [
     "contrast",
     "darken",
     "darken_ranges",
+    "example_seed",
     "fit_square",
     "gamma",
     "gaussian_kernel",

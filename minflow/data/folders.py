@@ -3,7 +3,7 @@
     data = FolderCrops("DIV2K_train_HR", crop=160, seed=0)
     hr, cond = data[n]                      # example n of the run: always the same crop
 
-Example n of a run is drawn by its own generator, seeded from (`seed`, n): which image
+Example n of a run is drawn by its own generator, seeded from (`seed`, n) (`example_seed`): which image
 (uniformly), where the crop sits (uniformly) and its flips (probability 1/2 each). So example n
 is the same in every run of that seed, whichever process or DataLoader worker reads it, and a
 training step s with a global batch of B examples reads examples s B, ..., s B + B - 1
@@ -23,14 +23,22 @@ from torch.utils.data import Dataset
 
 from .images import _require, to_tensor
 
-__all__ = ["IMAGE_SUFFIXES", "FolderCrops", "StepBatches", "image_files"]
+__all__ = ["IMAGE_SUFFIXES", "FolderCrops", "StepBatches", "example_seed", "image_files"]
 
 Tensor = torch.Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 """File endings (any case) that `image_files` takes for images."""
 
-_EXAMPLES = 2**40  # example numbers per seed: seed s draws from generator seeds s * 2^40 + n
+_EXAMPLES = 2**32  # example numbers per seed
+
+
+def example_seed(seed: int, n: int) -> int:
+    """The generator seed of example n of run seed `seed`: (n * 0x9E3779B1 + seed * 0x85EBCA77) mod 2^32.
+
+    torch's CPU generator keeps 32 bits of its seed; the odd multiplier makes n -> seed a one-to-one
+    map of the 2^32 example numbers, so no two examples of a run share a generator."""
+    return (n * 0x9E3779B1 + seed * 0x85EBCA77) % 2**32
 
 
 def image_files(root: str | Path) -> list[Path]:
@@ -65,8 +73,8 @@ class FolderCrops(Dataset):
     ) -> None:
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
             raise ValueError(f"crop must be a whole number >= 1, got {crop!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**23:
-            raise ValueError(f"seed must be a whole number in [0, 2^23), got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
         self.root, self.crop, self.seed, self.flips, self.degrade = Path(root), crop, seed, flips, degrade
         self.files = image_files(root)
         image = _require("PIL.Image")
@@ -91,8 +99,8 @@ class FolderCrops(Dataset):
 
     def __getitem__(self, n: int) -> tuple[Tensor, Tensor]:
         if not 0 <= n < _EXAMPLES:
-            raise IndexError(f"example {n} out of range [0, 2^40)")
-        gen = torch.Generator().manual_seed(self.seed * _EXAMPLES + n)
+            raise IndexError(f"example {n} out of range [0, 2^32)")
+        gen = torch.Generator().manual_seed(example_seed(self.seed, n))
         k = int(torch.randint(len(self.files), (1,), generator=gen))
         (w, h), size = self.sizes[k], self.crop
         top = int(torch.randint(h - size + 1, (1,), generator=gen))
