@@ -25,7 +25,7 @@ TORCH  ?=
 TORCH_OLDEST ?= torch==2.4.1
 TORCH_NEWEST ?= torch
 
-.PHONY: env lab lint test unit test-newest unit-oldest ci book notebooks students slides clean FORCE
+.PHONY: env lab lint test unit test-newest unit-oldest ci book notebooks students slides clean gpu-check FORCE
 
 env: $(STAMP)
 
@@ -89,6 +89,11 @@ slides: book
 book: $(STAMP)
 	mkdir -p build
 	MINFLOW_QUICK=0 $(PY) tools/notebooks.py book --out build
+
+# On a machine with a CUDA GPU: every chapter in full mode, a short DDP training on all GPUs and
+# the benchmarks, one Markdown table of times and results (~10 min); without a GPU it says so, status 2.
+gpu-check: $(STAMP)
+	$(PY) tools/gpu_check.py
 
 clean:
 	rm -rf build .pytest_cache

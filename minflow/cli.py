@@ -3,12 +3,16 @@
     python -m minflow train-sr --name sr_affine --coupling affine --steps 1800 --early 200
     python -m minflow train-lowlight --name ll_affine --coupling affine --steps 2000
     python -m minflow train-toy --coupling affine --seed 0 --steps 2000
+    python -m minflow train-sr --name sr_paper --preset paper --data DIV2K_train_HR --workers 4
+    torchrun --standalone --nproc_per_node=4 -m minflow train-sr --name sr_ddp --preset paper --data DIR
 
 Each command turns its options into a model config (`SRFlowConfig`, `LLFlowConfig`,
 `ToyFlowConfig`) and a `train.TrainConfig`, and runs `minflow.train` (see its docstring for where
 checkpoints go, how a run resumes and what a diverged run prints). Meaningless options are
 argparse errors (exit status 2) before anything is written; a run that cannot go on exits with
-status 1 and says why. The older forms ``python -m minflow.train``, ``python -m minflow.toy`` and
+status 1 and says why. The image commands take their defaults from a preset (``--preset laptop``,
+the course's models, or ``paper``: `minflow.presets`); a flag given explicitly beats the preset.
+Under torchrun only rank 0 prints errors. The older forms ``python -m minflow.train``, ``python -m minflow.toy`` and
 ``python -m minflow.lowlight train`` run the same commands.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -24,7 +29,8 @@ from pathlib import Path
 from . import checkpoints, train
 from .bijections import ALIASES, bijection_names
 from .lowlight import LLFlowConfig
-from .sr import SRFlowConfig
+from .presets import LOWLIGHT_PRESETS, SR_PRESETS, TrainPreset, preset_values
+from .sr import ENCODERS, SRFlowConfig
 from .toy import ToyFlowConfig
 
 __all__ = ["PROG", "checkpoint_name", "main", "nonnegative_int", "parser", "positive_float", "positive_int"]
@@ -65,6 +71,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fractions(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated increasing fractions in (0, 1), e.g. "0.5,0.75" ("" or "none": none)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        marks = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if any(not 0 < m < 1 for m in marks) or list(marks) != sorted(set(marks)):
+        raise argparse.ArgumentTypeError(f"must be increasing fractions in (0, 1), got {text}")
+    return marks
+
+
 def checkpoint_name(text: str) -> str:
     """argparse type: a run and checkpoint name (a plain file name, as `checkpoints.save_checkpoint` needs)."""
     try:
@@ -82,20 +101,45 @@ def command_line(argv: list[str]) -> str:
 
 
 def add_training_args(
-    p: argparse.ArgumentParser, *, steps: int, batch: int, learning_rate: float, threads: int
+    p: argparse.ArgumentParser,
+    *,
+    steps: int | None,
+    batch: int | None,
+    learning_rate: float | None,
+    threads: int,
+    presets: dict[str, TrainPreset] | None = None,
 ) -> None:
-    """The options every training command shares (with its own defaults): a `train.TrainConfig`."""
-    p.add_argument("--steps", type=positive_int, default=steps, help="training steps (optimiser iterations)")
+    """The options every training command shares (with its own defaults): a `train.TrainConfig`.
+    A default of None is the preset's (`presets`: the command's presets by name)."""
+
+    def default(value, key: str, what: str = "") -> str:
+        if value is not None or presets is None:
+            return what
+        each = ", ".join(f"{name} {getattr(preset, key)}" for name, preset in presets.items())
+        return f"{what} (default: the preset's: {each})".strip()
+
+    p.add_argument("--steps", type=positive_int, default=steps, help=default(steps, "steps", "training steps"))
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--batch", type=positive_int, default=batch)
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=batch,
+        help=default(batch, "batch", "examples per step (the global batch, shared by torchrun's processes)"),
+    )
     p.add_argument(
         "--lr",
         dest="learning_rate",
         type=positive_float,
         default=learning_rate,
-        help="Adam learning rate (a resumed run may lower it)",
+        help=default(learning_rate, "learning_rate", "Adam learning rate (a resumed run may lower it)"),
     )
     p.add_argument("--threads", type=nonnegative_int, default=threads, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--device",
+        default="",
+        help="where to train: cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu; "
+        "under torchrun each process takes its own GPU)",
+    )
     p.add_argument(
         "--runs",
         type=Path,
@@ -112,27 +156,61 @@ def add_training_args(
     p.add_argument("--no-progress", action="store_true")
 
 
-def add_image_args(p: argparse.ArgumentParser, *, flow_steps: int, blocks: int) -> None:
-    """The architecture and validation options the image tasks share."""
+def add_image_args(p: argparse.ArgumentParser, presets: dict[str, TrainPreset]) -> None:
+    """The architecture, data and validation options the image tasks share; None defaults come from
+    ``--preset`` (`presets`)."""
+
+    def preset(key: str, what: str) -> str:
+        each = ", ".join(f"{name} {getattr(value, key)}" for name, value in presets.items())
+        return f"{what} (default: the preset's: {each})"
+
+    p.add_argument(
+        "--preset",
+        default="laptop",
+        choices=sorted(presets),
+        help="named defaults (minflow.presets): laptop, the course's models, or paper, the published setting",
+    )
     p.add_argument(
         "--coupling",
         default="affine",
         help="a bijection of minflow.bijections by name or alias, e.g. 'affine' (SRFlow's) or 'bounded_spline'",
     )
-    p.add_argument("--crop", type=positive_int, default=64, help="training crop size (of the clean image)")
-    p.add_argument("--levels", type=positive_int, default=3)
-    p.add_argument("--flow-steps", type=positive_int, default=flow_steps, help="conditional steps K per level")
-    p.add_argument("--hidden", "--width", type=positive_int, default=32, help="conditioner width")
-    p.add_argument("--nf", type=positive_int, default=32, help="encoder width")
-    p.add_argument("--blocks", type=positive_int, default=blocks, help="encoder residual dense blocks")
+    p.add_argument("--crop", type=positive_int, help=preset("crop", "training crop size (of the clean image)"))
+    p.add_argument(
+        "--lr-milestones",
+        type=fractions,
+        help=preset("lr_milestones", "fractions of the steps at which the learning rate halves, e.g. 0.5,0.75"),
+    )
+    p.add_argument("--levels", type=positive_int, help=preset("levels", "flow levels L"))
+    p.add_argument("--flow-steps", type=positive_int, help=preset("flow_steps", "conditional steps K per level"))
+    p.add_argument("--transitions", type=nonnegative_int, help=preset("transitions", "transition steps per level"))
+    p.add_argument("--hidden", "--width", type=positive_int, help=preset("hidden", "conditioner width"))
+    p.add_argument("--nf", type=positive_int, help=preset("nf", "encoder width"))
+    p.add_argument("--blocks", type=positive_int, help=preset("blocks", "encoder blocks"))
+    p.add_argument("--gc", type=positive_int, help=preset("gc", "encoder growth channels"))
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="train on random crops of the images in this folder (searched recursively; png, jpg, ...) "
+        "instead of the bundled photos",
+    )
+    p.add_argument(
+        "--workers", type=nonnegative_int, default=0, help="DataLoader worker processes reading --data (0: none)"
+    )
     p.add_argument("--save-every", type=positive_int, default=100)
     p.add_argument(
         "--val-size", type=nonnegative_int, default=0, help="validate on centre crops of this size (0: whole photos)"
     )
 
 
+def with_preset(args: argparse.Namespace, presets: dict[str, TrainPreset]) -> argparse.Namespace:
+    """`args` with every option left unset (None) taken from the preset ``args.preset``."""
+    return argparse.Namespace(**(vars(args) | preset_values(presets[args.preset], vars(args))))
+
+
 def train_config(args: argparse.Namespace, name: str | None = None) -> train.TrainConfig:
-    """The `train.TrainConfig` of a training command's options."""
+    """The `train.TrainConfig` of a training command's options (after `with_preset`)."""
     return train.TrainConfig(
         name=name or args.name,
         steps=args.steps,
@@ -146,6 +224,10 @@ def train_config(args: argparse.Namespace, name: str | None = None) -> train.Tra
         progress=not args.no_progress,
         ship=args.ship,
         force=args.force,
+        device=args.device,
+        data=getattr(args, "data", None),
+        workers=getattr(args, "workers", 0),
+        lr_milestones=getattr(args, "lr_milestones", ()),
     )
 
 
@@ -153,15 +235,19 @@ Job = Callable[[str], object]  # a checked run, given the command line to record
 
 
 def prepare_sr(args: argparse.Namespace) -> Job:
+    args = with_preset(args, SR_PRESETS)
     model = SRFlowConfig(
         factor=args.factor,
         levels=args.levels,
         flow_steps=args.flow_steps,
+        transitions=args.transitions,
         hidden=args.hidden,
         nf=args.nf,
         blocks=args.blocks,
+        gc=args.gc,
         coupling=args.coupling,
         prior=args.prior,
+        encoder=args.encoder,
     )
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
@@ -171,12 +257,15 @@ def prepare_sr(args: argparse.Namespace) -> Job:
 
 
 def prepare_lowlight(args: argparse.Namespace) -> Job:
+    args = with_preset(args, LOWLIGHT_PRESETS)
     model = LLFlowConfig(
         levels=args.levels,
         flow_steps=args.flow_steps,
+        transitions=args.transitions,
         hidden=args.hidden,
         nf=args.nf,
         blocks=args.blocks,
+        gc=args.gc,
         coupling=args.coupling,
     )
     cfg = train_config(args)
@@ -213,8 +302,9 @@ def parser() -> argparse.ArgumentParser:
         "--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)"
     )
     p.add_argument("--prior", default="srflow", choices=["srflow", "conditional"])
-    add_training_args(p, steps=1800, batch=16, learning_rate=5e-4, threads=0)
-    add_image_args(p, flow_steps=3, blocks=4)
+    add_training_args(p, steps=None, batch=None, learning_rate=None, threads=0, presets=SR_PRESETS)
+    add_image_args(p, SR_PRESETS)
+    p.add_argument("--encoder", choices=ENCODERS, help="encoder kind: rdb (the course's) or rrdb (SRFlow's)")
     p.add_argument(
         "--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)"
     )
@@ -225,8 +315,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name", type=checkpoint_name, required=True, help="run name: run folder RUNS/NAME, checkpoint NAME"
     )
-    add_training_args(p, steps=2000, batch=8, learning_rate=5e-4, threads=0)
-    add_image_args(p, flow_steps=1, blocks=2)
+    add_training_args(p, steps=None, batch=None, learning_rate=None, threads=0, presets=LOWLIGHT_PRESETS)
+    add_image_args(p, LOWLIGHT_PRESETS)
 
     p = command("train-toy", prepare_toy, "Train a toy conditional flow of chapters 2-7 and save a checkpoint")
     p.add_argument("--coupling", default="affine", choices=bijection_names() + sorted(ALIASES))
@@ -255,4 +345,4 @@ def main(argv: list[str] | None = None):
     try:
         return job(command_line(argv))
     except train.TrainError as err:
-        sys.exit(f"error: {err}")
+        sys.exit(f"error: {err}" if os.environ.get("RANK", "0") == "0" else 1)  # one message per run

@@ -1,4 +1,4 @@
-"""A small SRFlow: a conditional flow p(HR | LR) with an RRDB-style encoder of the LR image.
+"""A small SRFlow: a conditional flow p(HR | LR) with an RDB or RRDB encoder of the LR image.
 
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|,    x = HR, y = LR
 
@@ -36,7 +36,18 @@ from .couplings import Coupling, Injector
 from .imageflow import ImageFlow, ImageFlowConfig
 from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
 
-__all__ = ["RDB", "Encoder", "SRFlow", "SRFlowConfig", "build_srflow", "flow_level", "super_resolve"]
+__all__ = [
+    "ENCODERS",
+    "RDB",
+    "RRDB",
+    "Encoder",
+    "SRFlow",
+    "SRFlowConfig",
+    "build_srflow",
+    "encoder_taps",
+    "flow_level",
+    "super_resolve",
+]
 
 
 def flow_level(
@@ -59,12 +70,13 @@ def flow_level(
 
 
 class RDB(nn.Module):
-    """Residual dense block (ESRGAN): two densely connected growth convs, a fusion conv, x + 0.2 r."""
+    """Residual dense block (ESRGAN): `growth` densely connected growth convs (each sees the input
+    and every earlier growth), a fusion conv back to `nf` channels r, and out = x + 0.2 r."""
 
-    def __init__(self, nf: int, gc: int):
+    def __init__(self, nf: int, gc: int, growth: int = 2):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv2d(nf, gc, 3, padding=1), nn.Conv2d(nf + gc, gc, 3, padding=1)])
-        self.fuse = nn.Conv2d(nf + 2 * gc, nf, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(nf + i * gc, gc, 3, padding=1) for i in range(growth))
+        self.fuse = nn.Conv2d(nf + growth * gc, nf, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         feats = [x]
@@ -73,27 +85,65 @@ class RDB(nn.Module):
         return x + 0.2 * self.fuse(torch.cat(feats, 1))
 
 
+class RRDB(nn.Module):
+    """Residual-in-residual dense block (ESRGAN, SRFlow's encoder block): three `RDB`s of four
+    growth convs each, out = x + 0.2 RDB3(RDB2(RDB1(x)))."""
+
+    def __init__(self, nf: int, gc: int):
+        super().__init__()
+        self.body = nn.Sequential(*(RDB(nf, gc, growth=4) for _ in range(3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.2 * self.body(x)
+
+
+ENCODERS = ("rdb", "rrdb")
+"""Encoder kinds of `SRFlowConfig.encoder`: "rdb" (the course's small one), "rrdb" (SRFlow's)."""
+
+
+def encoder_taps(kind: str, blocks: int) -> list[int]:
+    """The blocks whose outputs the encoder concatenates: every one for "rdb"; for "rrdb" four,
+    seven apart in SRFlow's 23 (blocks 1, 8, 15, 22), in general ``blocks - 1 - k * (blocks // 3)``."""
+    if kind not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
+    if kind == "rdb":
+        return list(range(blocks))
+    step = max(1, blocks // 3)
+    return sorted({blocks - 1 - k * step for k in range(4)} & set(range(blocks)))
+
+
 class Encoder(nn.Module):
-    """g(y): conv 3 -> nf, `blocks` RDBs; their outputs concatenated (nf * blocks channels at LR size),
-    then per level a 1x1 adapter conv to `out_channels` resized to the level's size (HR / 2^(l+1)):
-    nearest upsampling where it is larger than LR, average pooling where smaller."""
+    """g(y): conv 3 -> nf, `blocks` RDBs (`kind` "rdb") or RRDBs ("rrdb"); the outputs of the blocks
+    `encoder_taps` names concatenated (nf per tap at LR size), then per level a 1x1 adapter conv to
+    `out_channels` resized to the level's size (HR / 2^(l+1)): nearest upsampling where it is
+    larger than LR, average pooling where smaller."""
 
     def __init__(
-        self, factor: int, levels: int, nf: int, blocks: int, gc: int, out_channels: int, in_channels: int = 3
+        self,
+        factor: int,
+        levels: int,
+        nf: int,
+        blocks: int,
+        gc: int,
+        out_channels: int,
+        in_channels: int = 3,
+        kind: str = "rdb",
     ):
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.taps = in_channels, encoder_taps(kind, blocks)
         self.head = nn.Conv2d(in_channels, nf, 3, padding=1)
-        self.blocks = nn.ModuleList(RDB(nf, gc) for _ in range(blocks))
-        self.adapters = nn.ModuleList(nn.Conv2d(nf * blocks, out_channels, 1) for _ in range(levels))
+        block = RDB if kind == "rdb" else RRDB
+        self.blocks = nn.ModuleList(block(nf, gc) for _ in range(blocks))
+        self.adapters = nn.ModuleList(nn.Conv2d(nf * len(self.taps), out_channels, 1) for _ in range(levels))
         self.scales = [factor / 2 ** (level + 1) for level in range(levels)]  # level size / LR size
 
     def features(self, lr: Tensor) -> Tensor:
-        """The concatenated block features at LR resolution, (B, nf * blocks, h, w)."""
+        """The concatenated features of the tapped blocks at LR resolution, (B, nf * taps, h, w)."""
         x, out = self.head(lr), []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x = block(x)
-            out.append(x)
+            if i in self.taps:
+                out.append(x)
         return torch.cat(out, 1)
 
     def forward(self, lr: Tensor) -> Features:
@@ -120,7 +170,8 @@ class SRFlowConfig(ImageFlowConfig):
     """The architecture of an `SRFlow` (checked when made): upscaling `factor` (a power of 2), L =
     `levels`, T = `transitions` and K = `flow_steps` per level, conditioner width `hidden`, encoder `nf`,
     `blocks` and growth `gc`, `cond_channels` per level, the `coupling` bijection's name, the split
-    `prior` ("srflow" or "conditional"), `quant` levels, LU-parametrised 1x1 convs, `channels`."""
+    `prior` ("srflow" or "conditional"), `quant` levels, LU-parametrised 1x1 convs, `channels`, and
+    the `encoder` kind ("rdb": RDBs, every block's output used; "rrdb": SRFlow's RRDBs, four tapped)."""
 
     factor: int = 4
     levels: int = 3
@@ -136,8 +187,10 @@ class SRFlowConfig(ImageFlowConfig):
     quant: int = 32
     lu: bool = True
     channels: int = 3
+    encoder: str = "rdb"
 
     def __post_init__(self) -> None:
+        encoder_taps(self.encoder, 1)  # a clear error for an unknown kind
         if self.factor < 1 or self.factor & (self.factor - 1):
             raise ValueError(f"factor must be a power of 2, got {self.factor}")
         if self.prior not in ("srflow", "conditional"):
@@ -158,7 +211,9 @@ class SRFlow(ImageFlow):
 
     def __init__(self, config: SRFlowConfig | None = None, **fields):
         cfg = replace(config or SRFlowConfig(), **fields)
-        encoder = Encoder(cfg.factor, cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels, cfg.channels)
+        encoder = Encoder(
+            cfg.factor, cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels, cfg.channels, cfg.encoder
+        )
         layers, c = [], cfg.channels
         for level in range(cfg.levels):
             c *= 4

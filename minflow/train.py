@@ -23,11 +23,21 @@ A run that diverges (a non-finite loss or gradient) stops before the optimiser m
 state from before the update that led there, and names the command that retakes that update
 with half the learning rate. A run may go on with a smaller learning rate (never a larger one, nor any
 other changed setting); the manifest records the learning rates as ``lr_history``.
+
+Beyond one laptop: ``--device`` (default cuda when there is a GPU) places model, data and loss;
+the random generator stays on the CPU, so a seed draws the same numbers on every device, and the
+run on the CPU is the same, bit for bit, as before these options existed. ``--data DIR`` trains on
+crops streamed from any image folder (`data.FolderCrops`, ``--workers`` DataLoader processes)
+instead of the bundled photos. Under ``torchrun`` the run is data-parallel (`minflow.distributed`):
+each of W processes computes its share of the same global batch of ``batch`` examples, so W
+processes take the steps one process takes; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -38,7 +48,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from . import checkpoints, toy
+from . import checkpoints, distributed, toy
 from .data import (
     TRAIN_PHOTOS,
     VAL_PHOTOS,
@@ -50,6 +60,8 @@ from .data import (
     mod_crop,
     random_crops,
 )
+from .data.folders import FolderCrops, StepBatches
+from .distributed import Dist
 from .imageflow import ImageFlow, ImageFlowConfig
 from .lowlight import LLFlowConfig, equalize
 from .metrics import psnr, ssim
@@ -66,6 +78,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TrainError",
+    "batch_source",
     "check_run",
     "checkpoint_root",
     "evaluate",
@@ -99,7 +112,10 @@ class TrainConfig:
     """How a run trains, checked when made: run `name` (folder ``runs / name``, checkpoint NAME),
     `steps` optimiser iterations of `batch` examples (image crops of `crop` pixels), Adam at `learning_rate`,
     random `seed`, the state saved every `save_every` steps, `threads` torch CPU threads (0: torch's
-    default), a progress bar, and where the checkpoint goes (`ship`, `force`: see the module docstring)."""
+    default), a progress bar, and where the checkpoint goes (`ship`, `force`: see the module docstring).
+    `device` ("": cuda when available, else cpu; "cpu", "cuda", "cuda:1"), `data` (an image folder,
+    None: the bundled photos) read by `workers` DataLoader processes, and `lr_milestones`: fractions
+    of the steps at each of which the learning rate halves (() : constant)."""
 
     name: str
     steps: int = 1800
@@ -113,18 +129,34 @@ class TrainConfig:
     progress: bool = True
     ship: bool = False
     force: bool = False
+    device: str = ""
+    data: Path | None = None
+    workers: int = 0
+    lr_milestones: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checkpoints.check_name(self.name)
         _at_least(1, steps=self.steps, batch=self.batch, crop=self.crop, save_every=self.save_every)
-        _at_least(0, seed=self.seed, threads=self.threads)
-        for key in ("steps", "batch", "crop", "save_every", "seed", "threads"):
+        _at_least(0, seed=self.seed, threads=self.threads, workers=self.workers)
+        for key in ("steps", "batch", "crop", "save_every", "seed", "threads", "workers"):
             if not isinstance(getattr(self, key), int):
                 raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
         rate = self.learning_rate
         if not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {rate!r}")
         object.__setattr__(self, "runs", Path(self.runs))
+        if self.data is not None:
+            object.__setattr__(self, "data", Path(self.data))
+        marks = tuple(self.lr_milestones)
+        if any(not isinstance(m, (int, float)) or not 0 < m < 1 for m in marks) or list(marks) != sorted(set(marks)):
+            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1), got {self.lr_milestones!r}")
+        object.__setattr__(self, "lr_milestones", marks)
+
+    def rate_at(self, step: int, base: float | None = None) -> float:
+        """The learning rate of the update after `step` steps: `base` (default ``learning_rate``)
+        halved once for each milestone fraction m with step >= round(m * steps)."""
+        base = self.learning_rate if base is None else base
+        return base * 0.5 ** sum(step >= round(m * self.steps) for m in self.lr_milestones)
 
 
 def checkpoint_root(cfg: TrainConfig, names: list[str], data: Path | None = None) -> Path:
@@ -195,18 +227,24 @@ def _clone(obj):
     return obj
 
 
+_ADDED_KEYS = {"srflow": {"encoder": "rdb"}}
+"""Builder -> {config key added after runs were saved: the value those runs had}."""
+
+
 def _resumed_lr_history(
     state: dict, config: dict, hyper: dict, cfg: TrainConfig, path: Path, builder: str
 ) -> list[list]:
     """The saved run's lr history, after checking that it may go on with these settings (the saved
     config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
     saved = dict(state["hyper"])
+    older = checkpoints.upgrade_config(builder, state["config"])
+    older = _ADDED_KEYS.get(builder, {}) | older  # keys added since, at the value older runs had
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
     saved.pop("lr", None)  # older states kept their one lr here
     differ = [
         f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
         for what, old, new in (
-            ("config", checkpoints.upgrade_config(builder, state["config"]), config),
+            ("config", older, _ADDED_KEYS.get(builder, {}) | config),
             ("setting", saved, hyper),
         )
         for k in sorted(old.keys() | new.keys())
@@ -245,6 +283,24 @@ def _divergence(
     )
 
 
+class _Objective(nn.Module):
+    """What DDP wraps: the bits per dim of `model` at x + u / q for given dequantisation noise u,
+    uniform in [-1/2, 1/2) (`ImageFlow.nll_bpd` with the noise drawn outside), shape (B,)."""
+
+    def __init__(self, model: ImageFlow):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, cond: Tensor, noise: Tensor) -> Tensor:
+        return self.model.bits_per_dim(x + noise / self.model.quant, cond) + math.log2(self.model.quant)
+
+
+def _noise(gen: torch.Generator, shape: tuple[int, ...], rows: slice, like: Tensor) -> Tensor:
+    """Dequantisation noise u = U[0, 1) - 1/2 of the whole global batch `shape`, drawn on the CPU
+    from `gen` (the numbers `ImageFlow.dequantize` draws), its `rows` on `like`'s device."""
+    return (torch.rand(shape, generator=gen, dtype=like.dtype) - 0.5)[rows].to(like.device)
+
+
 def fit(
     model,
     batches: Callable[[torch.Generator], tuple[Tensor, Tensor]],
@@ -253,6 +309,7 @@ def fit(
     on_step: Callable[[Progress], None] | None = None,
     command: str | None = None,
     builder: str = "",
+    procs: Dist | None = None,
 ) -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
@@ -268,17 +325,31 @@ def fit(
     names the command (`command` with half the ``--lr``) that resumes it. ``on_step(progress)`` runs
     after every step (e.g. to save an early checkpoint). `builder` names the checkpoint builder of
     `config` (a saved state's older config keys are renamed as for it).
+
+    `procs` (default: one process on the CPU) says where the model is and which process this is.
+    Off that default, `model` must be an `ImageFlow` on ``procs.device``: `batches` gives this
+    process's share of the global batch, the dequantisation noise is drawn on the CPU for the whole
+    global batch and sliced (`distributed.share`), the model runs wrapped in DDP, the loss is the
+    mean over all processes, and all of them stop together on a non-finite one. Rank 0 alone
+    prints, shows progress, writes the state and calls `on_step`.
     """
+    procs = procs or Dist()
+    plain = procs.world == 1 and procs.device.type == "cpu"  # the loop as it always was
+    talk = procs.main
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     hyper = {k: getattr(cfg, k) for k in ("seed", "batch", "crop")}
+    if cfg.lr_milestones:
+        hyper["lr_milestones"] = list(cfg.lr_milestones)
+    if cfg.data is not None:
+        hyper["data"] = str(cfg.data)
     optim = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
     run = cfg.runs / cfg.name
     run.mkdir(parents=True, exist_ok=True)
     state_path, step, wall, lr_history = run / "state.pt", 0, 0.0, [[0, cfg.learning_rate]]
     if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         lr_history = _resumed_lr_history(state, config, hyper, cfg, state_path, builder)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
@@ -288,8 +359,14 @@ def fit(
             group["lr"] = cfg.learning_rate
         if cfg.learning_rate < lr_history[-1][1] and step < cfg.steps:
             lr_history = [e for e in lr_history if e[0] < step] + [[step, cfg.learning_rate]]
-            print(f"learning rate {cfg.learning_rate!r} from step {step} on (lr history {lr_history})", flush=True)
-        print(f"resuming {cfg.name} from step {step} ({state_path})", flush=True)
+            if talk:
+                print(f"learning rate {cfg.learning_rate!r} from step {step} on (lr history {lr_history})", flush=True)
+        if talk:
+            print(f"resuming {cfg.name} from step {step} ({state_path})", flush=True)
+    net = None
+    if not plain:
+        distributed.sync_actnorm(procs, model)
+        net = distributed.wrap(procs, _Objective(model))
 
     def snapshot(copy: bool) -> dict:
         keep = _clone if copy else (lambda obj: obj)
@@ -306,7 +383,7 @@ def fit(
 
     model.train()
     bar = None
-    if cfg.progress and step < cfg.steps:
+    if talk and cfg.progress and step < cfg.steps:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, mininterval=5, dynamic_ncols=True)
@@ -316,28 +393,38 @@ def fit(
             t0 = time.perf_counter()
             now = snapshot(copy=True)
             x, cond = batches(gen)
-            loss = model.nll_bpd(x, cond, gen).mean()
+            if plain:
+                loss = model.nll_bpd(x, cond, gen).mean()
+            else:
+                x, cond = x.to(procs.device, non_blocking=True), cond.to(procs.device, non_blocking=True)
+                rows = distributed.share(procs, x.shape[0] * procs.world)
+                loss = net(x, cond, _noise(gen, (x.shape[0] * procs.world, *x.shape[1:]), rows, x)).mean()
+            total = distributed.mean(procs, loss)  # the same value on every rank: they agree
             optim.zero_grad(set_to_none=True)
-            if torch.isfinite(loss):
+            if torch.isfinite(total):
                 loss.backward()
-            grad = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf) if torch.isfinite(loss) else loss
-            if not (torch.isfinite(loss) and torch.isfinite(grad)):
+            grad = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf) if torch.isfinite(total) else total
+            if distributed.agree(procs, not (torch.isfinite(total) and torch.isfinite(grad))):
                 good = now if before is None else before
-                _save_state(state_path, good)
+                if talk:
+                    _save_state(state_path, good)
                 model.load_state_dict(good["model"])
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                raise NonFiniteLoss(_divergence(what, loss, step + 1, good, before is not None, state_path, command))
+                what = "loss" if not torch.isfinite(total) else "gradient"
+                raise NonFiniteLoss(_divergence(what, total, step + 1, good, before is not None, state_path, command))
             before = now
+            if cfg.lr_milestones:
+                for group in optim.param_groups:
+                    group["lr"] = cfg.rate_at(step, lr_history[-1][1])
             optim.step()
             step += 1
             wall += time.perf_counter() - t0
-            ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+            ema = total.item() if ema is None else 0.98 * ema + 0.02 * total.item()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(bpd=f"{ema:.3f}", refresh=False)
-            if on_step is not None:
+            if talk and on_step is not None:
                 on_step(Progress(step, wall, lr_history))
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if talk and (step % cfg.save_every == 0 or step == cfg.steps):
                 _save_state(state_path, snapshot(copy=False))
                 print(f"step {step}/{cfg.steps}  bpd(ema) {ema:.4f}  train wall {wall:.0f} s", flush=True)
     finally:
@@ -365,6 +452,8 @@ def ship(
     t0 = time.perf_counter()
     metrics = evaluate()
     settings = {"batch": cfg.batch, "crop": cfg.crop, "lr": cfg.learning_rate, "threads": cfg.threads}
+    settings |= {"lr_milestones": list(cfg.lr_milestones)} if cfg.lr_milestones else {}
+    settings |= {"data": str(cfg.data), "workers": cfg.workers} if cfg.data is not None else {}
     record = {
         "command": command,
         "seed": cfg.seed,
@@ -400,10 +489,26 @@ class Task:
     training: dict = field(default_factory=dict)
 
 
+def _sr_degrade(model, hr: Tensor, gen: torch.Generator) -> Tensor:
+    return bicubic_down(hr, model.factor)
+
+
+def _sr_baseline(model, low_res: Tensor) -> Tensor:
+    return bicubic_up(low_res, model.factor)
+
+
+def _ll_degrade(model, x: Tensor, gen: torch.Generator) -> Tensor:
+    return darken(x, gen)[0]
+
+
+def _ll_baseline(model, dark: Tensor) -> Tensor:
+    return equalize(dark[None])[0]
+
+
 SR = Task(
     "srflow",
-    degrade=lambda model, hr, gen: bicubic_down(hr, model.factor),
-    baseline=lambda model, low_res: bicubic_up(low_res, model.factor),
+    degrade=_sr_degrade,
+    baseline=_sr_baseline,
     baseline_name="bicubic",
     temperature=0.7,
     shave=True,
@@ -411,8 +516,8 @@ SR = Task(
 """Super-resolution: HR given its bicubic LR, against bicubic upscaling (chapters 4-7)."""
 LOWLIGHT = Task(
     "llflow",
-    degrade=lambda model, x, gen: darken(x, gen)[0],
-    baseline=lambda model, dark: equalize(dark[None])[0],
+    degrade=_ll_degrade,
+    baseline=_ll_baseline,
     baseline_name="histeq",
     temperature=0.0,
     shave=False,
@@ -431,6 +536,25 @@ def validation_pairs(model: ImageFlow, task: Task, size: int = 0, seed: int = 0)
     return out
 
 
+class _Factor(NamedTuple):
+    """What a task's `degrade` reads of the model (its `factor`), small enough to send to DataLoader workers."""
+
+    factor: int
+
+
+def _example_degrade(task: Task, factor: int, x: Tensor, gen: torch.Generator) -> Tensor:
+    return task.degrade(_Factor(factor), x, gen)
+
+
+def _bpd(model: ImageFlow, x: Tensor, cond: Tensor, gen: torch.Generator) -> Tensor:
+    """`ImageFlow.nll_bpd` of CPU tensors x, cond on the model's device, the noise drawn on the CPU."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        return model.nll_bpd(x, cond, gen)
+    noise = _noise(gen, tuple(x.shape), slice(None), x).to(device)
+    return model.bits_per_dim(x.to(device) + noise / model.quant, cond.to(device)) + math.log2(model.quant)
+
+
 @torch.no_grad()
 def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, seed: int = 0) -> dict:
     """Validation metrics, deterministic for a given seed (dequantisation noise and samples).
@@ -443,8 +567,8 @@ def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, 
     model.eval()
     shave, base, rows = model.factor if task.shave else 0, task.baseline_name, {}
     for name, x, cond in validation_pairs(model, task, size, seed):
-        bpd = model.nll_bpd(x[None], cond[None], torch.Generator().manual_seed(seed)).item()
-        samples = model.sample_images(cond, task.temperature, num_samples, torch.Generator().manual_seed(seed))
+        bpd = _bpd(model, x[None], cond[None], torch.Generator().manual_seed(seed)).item()
+        samples = model.sample_images(cond, task.temperature, num_samples, torch.Generator().manual_seed(seed)).cpu()
         mean, baseline = samples.mean(0).clamp(0, 1), task.baseline(model, cond)
         finite = torch.isfinite(samples)
         rows[name] = {
@@ -486,6 +610,47 @@ def check_run(
         raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
 
 
+def batch_source(
+    task: Task, model: ImageFlow, cfg: TrainConfig, procs: Dist, start: int = 0
+) -> Callable[[torch.Generator], tuple[Tensor, Tensor]]:
+    """``batches(gen)`` for `fit`: this process's share (`distributed.share`) of each step's global
+    batch of ``cfg.batch`` crops and their conditions, on the CPU.
+
+    Bundled photos (``cfg.data`` None): every process draws the whole global batch from `gen`
+    (`random_crops`, then the task's degradation) and keeps its rows, so the generators stay in
+    step. An image folder: `FolderCrops` example ``s * batch + i`` is row i of step s (from step
+    `start` on), each process reading only its rows, with ``cfg.workers`` DataLoader workers.
+    """
+    rows = distributed.share(procs, cfg.batch)
+    if cfg.data is None:
+        images = load_photos(TRAIN_PHOTOS)
+
+        def photos(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+            x = random_crops(images, cfg.crop, cfg.batch, gen)
+            cond = task.degrade(model, x, gen)
+            return (x, cond) if procs.world == 1 else (x[rows], cond[rows])
+
+        return photos
+    from torch.utils.data import DataLoader
+
+    crops = FolderCrops(cfg.data, cfg.crop, cfg.seed, degrade=functools.partial(_example_degrade, task, model.factor))
+    loader = DataLoader(
+        crops,
+        batch_sampler=StepBatches(start, cfg.steps, cfg.batch, rows),
+        num_workers=cfg.workers,
+        pin_memory=procs.device.type == "cuda",
+    )
+    stream = None
+
+    def folder(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        nonlocal stream
+        stream = iter(loader) if stream is None else stream
+        x, cond = next(stream)
+        return x, cond
+
+    return folder
+
+
 def train_images(
     task: Task,
     config: SRFlowConfig | LLFlowConfig,
@@ -495,25 +660,42 @@ def train_images(
     val_size: int = 0,
     val_samples: int = 1,
 ) -> dict:
-    """Run (or resume) training of an image task as the module docstring says; returns the final metrics.
+    """Run (or resume) training of an image task as the module docstring says; returns the final metrics
+    (on rank 0; {} on the other processes of a distributed run).
 
     Saves NAME at the end and NAME_early at step `early` (0: none; it must be below ``cfg.steps``);
     validates on centre crops of `val_size` (0: whole photos) with `val_samples` samples each.
-    `command` is the command line recorded in the manifests.
+    `command` is the command line recorded in the manifests. Under torchrun the processes join one
+    process group for the run (`distributed.setup`) and leave it at the end.
     """
     check_run(config, cfg, early, val_size, val_samples)
+    try:
+        procs = distributed.setup(cfg.device or None)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    try:
+        return _train_images(task, config, cfg, command, early, val_size, val_samples, procs)
+    finally:
+        distributed.shutdown(procs)
+
+
+def _train_images(task, config, cfg, command, early, val_size, val_samples, procs: Dist) -> dict:
+    if cfg.batch % procs.world:
+        raise TrainError(f"--batch {cfg.batch} (the global batch) must be a multiple of the {procs.world} processes")
     state_path = cfg.runs / cfg.name / "state.pt"
-    done = torch.load(state_path, weights_only=True)["step"] if state_path.exists() else 0
+    done = torch.load(state_path, map_location="cpu", weights_only=True)["step"] if state_path.exists() else 0
     early_name = [f"{cfg.name}_early"] if early > done else []  # saved again only if not reached yet
     root = checkpoint_root(cfg, [cfg.name, *early_name])
     torch.manual_seed(cfg.seed)
-    model = checkpoints.build(task.builder, config)
+    model = checkpoints.build(task.builder, config).to(procs.device)
     model_config = model.config
-    images = load_photos(TRAIN_PHOTOS)
-
-    def batches(gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = random_crops(images, cfg.crop, cfg.batch, gen)
-        return x, task.degrade(model, x, gen)
+    try:
+        batches = batch_source(task, model, cfg, procs, done)
+    except (FileNotFoundError, ValueError) as err:
+        raise TrainError(str(err)) from None
+    training = task.training | {"device": str(procs.device), "processes": procs.world}
+    if cfg.data is not None and "data" in training:
+        training["data"] = f"{training['data'].split('(')[0]}(crops of {cfg.data})"
 
     def save(name: str, progress: Progress) -> dict:
         metrics = ship(
@@ -526,7 +708,7 @@ def train_images(
             progress,
             lambda: evaluate(model, task, val_size, val_samples, seed=0),
             root,
-            **task.training,
+            **training,
         )
         base = task.baseline_name
         print(
@@ -542,8 +724,10 @@ def train_images(
         if early and progress.step == early:
             save(f"{cfg.name}_early", progress)
 
-    progress = fit(model, batches, cfg, model_config, on_step=save_early, command=command, builder=task.builder)
-    return save(cfg.name, progress)
+    progress = fit(
+        model, batches, cfg, model_config, on_step=save_early, command=command, builder=task.builder, procs=procs
+    )
+    return save(cfg.name, progress) if procs.main else {}
 
 
 # ----------------------------------------------------------------------------- the toy
@@ -552,12 +736,21 @@ def train_images(
 def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, data: Path | None = None) -> Path:
     """Train a toy flow (`toy.train_toy`, from the weights `cfg.seed` gives) and save it as checkpoint
     ``cfg.name`` with its metrics (held-out NLL, spread and inside fraction at y = 0); its path.
-    `data` is the data folder ``cfg.ship`` writes into (default `checkpoints.data_dir()`)."""
+    `data` is the data folder ``cfg.ship`` writes into (default `checkpoints.data_dir()`). It trains
+    on ``cfg.device`` in one process (its batches are drawn on the CPU, the same on every device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainError("train-toy trains in one process; run it without torchrun")
+    if cfg.data is not None:
+        raise TrainError("the toy draws its own data; --data is for the image tasks")
+    try:
+        device = distributed.resolve_device(cfg.device or None)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
     root = checkpoint_root(cfg, [cfg.name], data)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)  # the model's initial weights
-    flow = checkpoints.build("toy", config)
+    flow = checkpoints.build("toy", config).to(device)
     start = time.time()
     try:
         history = toy.train_toy(
@@ -583,6 +776,7 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
         "batch": cfg.batch,
         "lr": cfg.learning_rate,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "wall_time_s": round(wall, 1),
         "metrics": {k: round(v, 5) for k, v in metrics.items()},
     }

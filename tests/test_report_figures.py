@@ -38,7 +38,7 @@ def test_seed_styles_tell_five_seeds_apart_without_colour():
 
     styles = [seed_style("spline", i) for i in range(5)]
     assert len({s["marker"] for s in styles}) == 5 and set(SEED_MARKERS) >= {s["marker"] for s in styles}
-    assert seed_style(5) == seed_style(0)
+    assert seed_style("spline", 5) == seed_style("spline", 0)
 
 
 @pytest.mark.parametrize("scale", ["log", "linear"])

@@ -2,6 +2,7 @@
 
 - `minflow.data.images`: the photos (`load_photo`), training crops, the SR degradations
   (`bicubic_down`, blur, noise, JPEG, ...), the SR OOD inputs (`ood_sets`) and DIV2K.
+- `minflow.data.folders`: training crops streamed from any folder of images (`FolderCrops`).
 - `minflow.data.lowlight`: synthetic dark captures (`darken`), paired crops, the low-light OOD
   test pairs (`lowlight_ood_sets`) and LOL.
 
@@ -9,6 +10,7 @@ Everything is importable from here (``data.load_photo``, ``data.darken``). Image
 tensors in [0, 1], (3, H, W) or (N, 3, H, W); inputs are checked by `utils.check_image`.
 """
 
+from .folders import IMAGE_SUFFIXES, FolderCrops, StepBatches, example_seed, image_files
 from .images import (
     DIV2K_URLS,
     OOD_GROUPS,
@@ -63,6 +65,7 @@ from .lowlight import (
 __all__ = [
     "DARKEN_RANGES",
     "DIV2K_URLS",
+    "IMAGE_SUFFIXES",
     "LL_GROUPS",
     "LOL_PAGE",
     "LOL_URL",
@@ -73,9 +76,11 @@ __all__ = [
     "TRAIN_PHOTOS",
     "VAL_PHOTOS",
     "CropDataset",
+    "FolderCrops",
     "LowLightInput",
     "LowLightPairs",
     "OODInput",
+    "StepBatches",
     "add_noise",
     "bicubic_down",
     "bicubic_up",
@@ -86,9 +91,11 @@ __all__ = [
     "contrast",
     "darken",
     "darken_ranges",
+    "example_seed",
     "fit_square",
     "gamma",
     "gaussian_kernel",
+    "image_files",
     "invert",
     "jpeg",
     "load_div2k",
