@@ -195,7 +195,7 @@ class RiskStats:
         if maps.dim() != 4 or maps.shape[1] != self.mean.numel():
             raise ValueError(f"need (B, {self.mean.numel()}, h, w) feature maps, got {tuple(maps.shape)}")
         b, d, h, w = maps.shape
-        rows = maps.permute(0, 2, 3, 1).reshape(-1, d).double()
+        rows = maps.detach().permute(0, 2, 3, 1).reshape(-1, d).double()
         y = (rows - self.mean.to(rows.device)).T
         z = torch.linalg.solve_triangular(self._chol.to(rows.device), y, upper=False)
         return z.norm(dim=0).reshape(b, h, w)

@@ -65,8 +65,9 @@ class Calibration:
         return 1 / (1 + np.exp(-(self.a + self.b * np.log(d))))
 
     @classmethod
-    def fit(cls, scores: np.ndarray, events: np.ndarray, ridge: float = 1e-3, bins: int = 10) -> Calibration:
-        """Maximum likelihood (with a small ridge on b, so separable data stays finite)."""
+    def fit(cls, scores: np.ndarray, events: np.ndarray, ridge: float = 1.0, bins: int = 10) -> Calibration:
+        """Maximum likelihood on the standardised log score, with a ridge penalty ridge * b'^2 / 2 on its
+        slope b' (the weight of one data point: negligible for many points, finite for separable data)."""
         s, e = np.asarray(scores, np.float64).ravel(), np.asarray(events, np.float64).ravel()
         if s.size != e.size or s.size < 2:
             raise ValueError(f"need as many events as scores (at least 2), got {s.size} and {e.size}")
@@ -78,8 +79,8 @@ class Calibration:
         design = np.stack([np.ones_like(u), u], 1)
         for _ in range(50):
             p = 1 / (1 + np.exp(-(design @ w)))
-            grad = design.T @ (e - p) - np.array([0.0, ridge * w[1]]) * s.size
-            hess = (design * (p * (1 - p))[:, None]).T @ design + np.diag([1e-9, ridge]) * s.size
+            grad = design.T @ (e - p) - np.array([0.0, ridge * w[1]])
+            hess = (design * (p * (1 - p))[:, None]).T @ design + np.diag([1e-9, ridge])
             step = np.linalg.solve(hess, grad)
             w += step
             if np.abs(step).max() < 1e-10:
@@ -196,8 +197,8 @@ def layer_factor(layer: nn.Module, min_slope: float | None) -> tuple[float, bool
             return float((-layer.logs.double()).exp().max()), True
         if isinstance(layer, Injector):
             return (1 / min_slope if min_slope else 1.0), min_slope is not None
-        if isinstance(layer, (Coupling, ElementwiseLayer)):
-            return (max(1.0, 1 / min_slope) if min_slope else 1.0), min_slope is not None
+        if isinstance(layer, (Coupling, ElementwiseLayer)):  # x_b's block only: the path through x_a is not covered
+            return (max(1.0, 1 / min_slope) if min_slope else 1.0), False
         if isinstance(layer, Squeeze) or type(layer).__name__ == "PriorMean":
             return 1.0, True
         if isinstance(layer, Split):
