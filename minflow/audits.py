@@ -27,7 +27,8 @@ What the report holds, for the inputs `conds` at one temperature T:
   rate is the share of (sample, pixel) pairs with an artifact. An image pixel of the score grid
   has an artifact in a sample when any output pixel it covers does (`metrics.artifact_mask`);
   a vector sample (the toy) when `artifact(x, cond)` says so (default: non-finite or
-  max |x| > `metrics.EXPLOSION`).
+  max |x| > `metrics.EXPLOSION`). ``auc``: the ROC-AUC of the risk score for those (sample,
+  pixel) events over the audited inputs (None when all or none are artifacts).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class AuditReport:
     per_input: list[dict]
     calibration: Calibration | None
     settings: dict
+    auc: float | None = None
 
     @property
     def amplification_bound(self) -> float:
@@ -131,6 +133,7 @@ class AuditReport:
             "predicted_rate": self.predicted_rate,
             "measured_rate": self.measured_rate,
             "pixel_artifact_rate": self.pixel_artifact_rate,
+            "auc": self.auc,
             "per_input": self.per_input,
             "calibration": None if self.calibration is None else asdict(self.calibration),
             "settings": self.settings,
@@ -325,7 +328,10 @@ def audit(
     predicted = float(np.mean([p["predicted_rate"] for p in per_input])) if calibration is not None else None
     measured = float(np.mean([p["measured_rate"] for p in per_input]))
     risk = [s.numpy() if s.dim() == 2 else s.numpy().reshape(()) for s in scores]
+    s_rep = np.concatenate([s.flatten().repeat(e.shape[0]).numpy() for s, e in zip(scores, events)])
+    e_all = np.concatenate([e.flatten().numpy() for e in events])
+    auc = ood.roc_auc(s_rep, e_all) if 0 < e_all.sum() < e_all.size else None
     settings = {"temperature": temperature, "samples": samples, "seed": seed, "inputs": int(conds.shape[0]),
                 "calibration_inputs": 0 if calibration_conds is None else int(calibration_conds.shape[0])}  # fmt: skip
     return AuditReport(layers, log10_bound, not_covered, risk, predicted, measured, pixel_rate, per_input,
-                       calibration, settings)  # fmt: skip
+                       calibration, settings, auc)  # fmt: skip
