@@ -124,3 +124,20 @@ def test_a_flow_without_statistics_needs_a_reference():
         mf.audit(flow, torch.zeros(2, 2))
     with pytest.raises(ValueError, match="conds"):
         mf.audit(flow, torch.zeros(2), reference=torch.randn(10, 2))
+
+
+def test_explorer_redraws_on_a_new_temperature_and_traces_the_picked_pixel():
+    pytest.importorskip("ipywidgets")
+    ex = mf.explorer.explore(models=["sr_affine"], samples=2)
+    first, rows = bytes(ex.image.value), ex.rows
+    assert first.startswith(b"\x89PNG") and len(rows) == len(ex._model("sr_affine")[0].layers) + 1
+    assert rows[0]["name"] == "latent" and any(r["slope"] is not None for r in rows)
+    x_before = ex.x.clone()
+    ex.px.value = 3  # a new pixel: a new trace, the same samples
+    assert torch.equal(ex.x, x_before) and bytes(ex.trace_image.value) and ex.rows != rows
+    ex.temperature.value = 0.3
+    assert bytes(ex.image.value) != first and not torch.equal(ex.x, x_before)
+    # the picked pixel's magnitude at the output is the sample's own value there
+    f = 4
+    out = ex.x[0, :, 32 * f, 3 * f].abs().max().item()
+    assert ex.rows[-1]["max_abs"] == pytest.approx(out)
