@@ -34,7 +34,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     selenium = None
 
 pytestmark = [
-    pytest.mark.skipif(selenium is None, reason="selenium is not installed (pip install selenium; tools/browser_deps.sh)"),
+    pytest.mark.skipif(
+        selenium is None, reason="selenium is not installed (pip install selenium; tools/browser_deps.sh)"
+    ),
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium/Chrome binary on PATH (apt-get install chromium)"),
     pytest.mark.skipif(DRIVER is None, reason="no chromedriver on PATH (apt-get install chromium-driver)"),
 ]
@@ -61,7 +63,9 @@ def explorer_notebook(folder: Path) -> Path:
             in_section = False
         if cell.cell_type == "code":
             code_seen += 1
-        keep = in_section or (cell.cell_type == "code" and (code_seen <= 2 or 'sr_affine = load_pretrained("sr_affine"' in src))
+        keep = in_section or (
+            cell.cell_type == "code" and (code_seen <= 2 or 'sr_affine = load_pretrained("sr_affine"' in src)
+        )
         if keep:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
@@ -131,9 +135,13 @@ def run_all(driver, url: str, token: str, name: str) -> None:
     wait = WebDriverWait(driver, 120)
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
     time.sleep(5)  # let the kernel start; Run All queues behind it anyway
-    menu = wait.until(ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]")))
+    menu = wait.until(
+        ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.//div[text()='Run']]"))
+    )
     menu.click()
-    item = wait.until(ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]")))
+    item = wait.until(
+        ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-Menu-item')][.//div[text()='Run All Cells']]"))
+    )
     item.click()
     time.sleep(3)
 
@@ -184,7 +192,9 @@ def images_src(driver, css: str) -> list[str]:
 def wait_changed(driver, css: str, before: list[str], timeout: float = 120) -> list[str]:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout, poll_frequency=1).until(lambda d: images_src(d, css) and images_src(d, css) != before)
+    WebDriverWait(driver, timeout, poll_frequency=1).until(
+        lambda d: images_src(d, css) and images_src(d, css) != before
+    )
     return images_src(driver, css)
 
 
