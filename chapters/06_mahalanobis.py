@@ -43,6 +43,9 @@ if "google.colab" in sys.modules:
             )
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{course}[colab]"], check=True)
     sys.path.insert(0, str(course))
+    from google.colab import output
+
+    output.enable_custom_widget_manager()  # this chapter's sliders need it on Colab
 
 # %%
 import math
@@ -729,7 +732,44 @@ if spline_stats is None:
 # collapse but not sufficient: whether it collapses depends on the direction in which the features
 # are far, as the fan in section 5 shows. The score is a warning light, not a diagnosis. The cure is
 # to make the sampling slope independent of the condition, which is chapter 7's spline coupling.
+
+# %% [markdown]
+# ## 7. An explorer for your own inputs
 #
+# The widget below puts this chapter's tools on one screen. Pick an input (a bundled photo, a test
+# input of chapter 5 or 8, or a file of your own with the upload button), a model and a
+# temperature. It draws a few samples and shows the input, one sample, the per-pixel artifact
+# frequency (the criterion of section 3, on the raw samples) and the risk map (the score of section
+# 3, with statistics fitted on each model's training data and shipped beside its checkpoint). The
+# two pixel sliders pick an input pixel (the cyan cross), and the lower figure follows it through
+# the sampling pass of the first sample: the largest |value| at its position, layer by layer, and
+# the smallest slope s the couplings and injectors used there. Try the china photo at T = 0.9 with
+# the affine model, put the cross on a bright spot of the risk map, then switch to the spline model.
+#
+# Outside a notebook, `python -m minflow upscale IMAGE --model sr_affine --out DIR` does the same
+# for an image of any size and writes the maps and a report (README, "Your own images").
+
+# %%
+import ipywidgets as widgets
+
+explorer = mf.explorer.explore(models=["sr_affine", "sr_spline"], device=device)
+display(explorer.widget)
+first_png, first_rows = bytes(explorer.image.value), explorer.rows
+assert isinstance(explorer.widget, widgets.VBox) and first_png.startswith(b"\x89PNG")
+assert len(first_rows) == len(sr_affine.layers) + 1  # the latent, then every layer in sampling order
+assert explorer.freq.shape == (256, 256) and explorer.risk.shape == (64, 64)
+print(f"first rendering: {explorer.status.value.split('<br>')[0]}")
+
+# %% [markdown]
+# The controls can also be set from code, which is what the check below does: a hotter temperature
+# draws other samples, so the picture must change.
+
+# %%
+explorer.temperature.value = 1.0
+assert bytes(explorer.image.value) != first_png, "a new temperature must redraw the samples"
+print(f"at T = 1.0: artifact rate {explorer.freq.mean():.3f} (updated in {explorer.seconds:.2f} s)")
+
+# %% [markdown]
 # ## Exercises
 #
 # The cell after each exercise holds a solution (a stub to fill in, in the student version) and the

@@ -26,8 +26,16 @@ from .transforms import (
 )
 from .utils import get_device, pick, quick_mode, seed_everything
 
-LAZY = ("cli", "imageflow", "lowlight", "metrics", "plotting", "report", "sr", "toy", "train")
+LAZY = ("apply", "audits", "cli", "explorer", "imageflow", "lowlight", "metrics", "plotting", "report", "sr", "toy", "train")
 """Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""
+
+
+def audit(flow, conds, **options):
+    """Audit a conditional flow on conditions `conds`: `minflow.audits.audit` (an `audits.AuditReport`,
+    with ``to_dict()`` and ``plot()``); imported on first call."""
+    from .audits import audit as run
+
+    return run(flow, conds, **options)
 
 
 def __getattr__(name: str):
@@ -78,6 +86,10 @@ __all__ = [
     "plotting",
     "report",
     "train",
+    "apply",
+    "audit",
+    "audits",
+    "explorer",
     "ConditionalFlow",
     "Coupling",
     "Injector",

@@ -33,7 +33,16 @@ from .presets import LOWLIGHT_PRESETS, SR_PRESETS, TrainPreset, preset_values
 from .sr import ENCODERS, SRFlowConfig
 from .toy import ToyFlowConfig
 
-__all__ = ["PROG", "checkpoint_name", "main", "nonnegative_int", "parser", "positive_float", "positive_int"]
+__all__ = [
+    "PROG",
+    "add_apply_commands",
+    "checkpoint_name",
+    "main",
+    "nonnegative_int",
+    "parser",
+    "positive_float",
+    "positive_int",
+]
 
 PROG = "python -m minflow"
 
@@ -281,6 +290,139 @@ def prepare_toy(args: argparse.Namespace) -> Job:
     return lambda command: train.train_toy_checkpoint(model, cfg, command, args.root)
 
 
+# ----------------------------------------------------------------------------- own images (minflow.apply)
+
+
+def default_device() -> str:
+    """cuda when a GPU is available, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_apply(args: argparse.Namespace) -> Job:
+    """``upscale`` / ``enhance``: check the image, the model and the output folder before any work."""
+    from . import apply
+
+    known = apply.known_models(args.command)
+    if args.model not in known:
+        raise ValueError(
+            f"unknown model {args.model!r} for {args.command}; known: {', '.join(known) or '(none shipped)'}"
+        )
+    try:
+        image = apply.read_image(args.image)
+    except (OSError, ValueError) as err:
+        raise ValueError(str(err)) from None
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"--out {out} exists and is not empty; pick another folder or add --force to write into it")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: no CUDA device is available; use --device cpu")
+    from .utils import check_temperature
+
+    check_temperature(args.temperature)
+    settings = apply.ApplySettings(
+        temperature=args.temperature,
+        samples=args.samples,
+        seed=args.seed,
+        tile=args.tile,
+        margin=args.margin,
+        chunk=args.chunk,
+        device=args.device,
+    )
+
+    def job(command: str):
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = checkpoints.load_pretrained(args.model, device=args.device)
+        try:
+            stats = apply.load_ood_stats(args.model).to(args.device)
+        except (FileNotFoundError, RuntimeError) as err:
+            print(f"warning: no risk map: {err}", file=sys.stderr)
+            stats = None
+        result = apply.apply_image(model, image, settings, stats, progress=not args.no_progress)
+        extra = {
+            "command": command,
+            "image": str(args.image),
+            "model": args.model,
+            "checkpoint_sha256": model.manifest["sha256"],
+            "risk_stats_sha256": None if stats is None else stats.meta.get("sha256"),
+            "device": args.device,
+        }
+        path = apply.write_outputs(result, out, extra)
+        rep = result.report
+        print(
+            f"wrote {out}: artifact rate {rep['artifact_rate']:.4f}, max |x| {rep['max_abs']:.3g}, "
+            f"non-finite {rep['nonfinite']}, smallest scale {rep['smallest_scale']:.3g}, "
+            f"{rep['seconds']:.1f} s, peak memory {rep['peak_memory_mb']:.0f} MiB"
+        )
+        return path
+
+    return job
+
+
+def prepare_fit_ood(args: argparse.Namespace) -> Job:
+    """``fit-ood``: fit and ship the risk statistics of a shipped SR or low-light checkpoint."""
+    from . import apply
+
+    known = apply.known_models()
+    if args.model not in known:
+        raise ValueError(f"unknown model {args.model!r}; known: {', '.join(known)}")
+
+    def job(command: str):
+        model = checkpoints.load_pretrained(args.model, device=args.device)
+        stats = apply.fit_ood_stats(model, args.batches, args.held_out, progress=not args.no_progress)
+        path = apply.save_ood_stats(stats, args.model, command)
+        print(f"wrote {path} ({stats.meta['samples']} feature vectors, training q0.99 {stats.quantiles['0.99']:.2f})")
+        return path
+
+    return job
+
+
+def add_apply_commands(commands) -> None:
+    """Register ``upscale``, ``enhance`` and ``fit-ood`` (minflow.apply) on the subparsers `commands`."""
+    for name, what in (("upscale", "super-resolve (4x)"), ("enhance", "enhance a low-light")):
+        p = commands.add_parser(
+            name,
+            help=f"Run a shipped model to {what} image of your own; write samples, artifact and risk maps, report.json",
+            description=f"Run a shipped model to {what} image of your own (see minflow.apply for the input rules "
+            "and what is measured).",
+        )
+        p.set_defaults(prepare=prepare_apply, parser=p)
+        p.add_argument("image", type=Path, help="the input image (any format Pillow reads)")
+        p.add_argument("--model", required=True, help="a shipped checkpoint (an unknown name lists the known ones)")
+        p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --force)")
+        p.add_argument("--temperature", type=float, default=0.8)
+        p.add_argument("--samples", type=positive_int, default=8)
+        p.add_argument("--seed", type=nonnegative_int, default=0)
+        p.add_argument("--tile", type=positive_int, default=128, help="tile size in input pixels (bounds memory)")
+        p.add_argument("--margin", type=nonnegative_int, default=16, help="context pixels around each tile")
+        p.add_argument("--chunk", type=positive_int, default=4, help="samples drawn at once")
+        p.add_argument("--device", default=default_device(), help="torch device (default: cuda when available)")
+        p.add_argument("--threads", type=nonnegative_int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+        p.add_argument("--no-progress", action="store_true")
+    p = commands.add_parser(
+        "fit-ood",
+        help="Fit a shipped model's risk statistics on its training data (data/checkpoints/ood/NAME.*)",
+        description="Fit the Mahalanobis statistics of a shipped model's conditioning features on its own "
+        "training stream and save them beside the checkpoint, checksummed (minflow.apply.save_ood_stats).",
+    )
+    p.set_defaults(prepare=prepare_fit_ood, parser=p)
+    p.add_argument("--model", required=True)
+    p.add_argument("--batches", type=positive_int, default=32, help="training batches to fit on")
+    p.add_argument("--held-out", type=positive_int, default=8, help="batches of a second stream for the quantiles")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def parser() -> argparse.ArgumentParser:
     """``python -m minflow`` and its commands; each command's parser holds its `prepare` function."""
     top = argparse.ArgumentParser(
@@ -330,6 +472,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-steps", type=positive_int, default=4, help="coupling blocks")
     p.add_argument("--hidden", type=positive_int, default=64, help="conditioner width")
     p.add_argument("--depth", type=positive_int, default=4, help="conditioner layers")
+
+    add_apply_commands(commands)  # upscale, enhance, fit-ood: minflow.apply
     return top
 
 
