@@ -26,7 +26,20 @@ from .transforms import (
 )
 from .utils import get_device, pick, quick_mode, seed_everything
 
-LAZY = ("apply", "audits", "cli", "explorer", "imageflow", "lowlight", "metrics", "plotting", "report", "sr", "toy", "train")
+LAZY = (
+    "apply",
+    "audits",
+    "cli",
+    "explorer",
+    "imageflow",
+    "lowlight",
+    "metrics",
+    "plotting",
+    "report",
+    "sr",
+    "toy",
+    "train",
+)
 """Submodules imported on first use (``mf.sr``), so that importing minflow runs none of them."""
 
 
