@@ -15,8 +15,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.minflow-installed
 PYTEST_ARGS ?=
 # pytest-xdist: one worker per core, each test file (each chapter) whole on one worker, since a
-# chapter's cells share one kernel. XDIST= runs everything in one process.
+# chapter's cells share one kernel. XDIST= runs everything in one process. With several workers
+# each gets one torch thread (THREADS), or the workers' thread pools fight over the cores.
 XDIST  ?= -n auto --dist loadfile
+THREADS ?= $(if $(strip $(XDIST)),1)
+TEST_ENV := MINFLOW_QUICK=1 MPLBACKEND=Agg $(if $(THREADS),OMP_NUM_THREADS=$(THREADS))
 # TORCH: the torch requirement to install, e.g. TORCH='torch==2.4.1', or TORCH=torch for the
 # newest release pip finds. Empty (the default): a torch wheel that pip's find-links offer on
 # this machine (a local CPU build, say) if there is one, else the registry's newest.
@@ -54,7 +57,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
 test: lint
-	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests chapters --nbval-lax $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest tests chapters --nbval-lax $(XDIST) $(PYTEST_ARGS)
 
 # ruff: lint and formatting of the package, tests, tools and benchmarks (settings in pyproject.toml)
 lint: $(STAMP)
@@ -62,7 +65,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check minflow tests tools benchmarks
 
 unit: $(STAMP)
-	MINFLOW_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest tests $(XDIST) $(PYTEST_ARGS)
 
 # The other two environments CI proves, each in its own venv. The newest leg hides this
 # machine's local wheels from pip (an empty find-links folder), as on a newcomer's machine.
