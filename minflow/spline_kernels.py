@@ -341,7 +341,7 @@ def _bounded_in_place(
     torch.exp(d, out=b.e)
     D = torch.sub(b.e, 1, out=b.D).mul_(1 - m).add_(1)  # 1 + (1 - m) expm1(d), exactly 1 at d = 0
     z = torch.sub(x, t, out=y) if inverse else x
-    u = torch.clamp(z, -B, B, out=b.u)  # a safe in-box value before any arithmetic (its gradient: coef)
+    u = torch.clip(z, -B, B, out=b.u)  # a safe in-box value before any arithmetic; its value only (gradient: coef)
     inside = torch.eq(u, z, out=b.ins) if coef is not None else None  # 1 in the closed box, 0 outside (and for NaN)
     sg = torch.copysign(u.new_ones(()), torch.sub(u, b.h if inverse else b.w, out=b.sg), out=b.sg)
     B_ = u.new_full((), B)  # +1: the right bin (the knot starts it, as in the reference); -1: the left
@@ -467,27 +467,21 @@ class _BoundedFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy: Tensor | None, gl: Tensor | None):
         (coef,) = ctx.saved_tensors
-        gx = gp = None
         if gy is None and gl is None:
             return None, None, None, None, None
-        gx = torch.empty_like(coef[0])
-        gp = coef.new_empty(ctx.planes_shape)
-        ga, gh, gd, gt = gp.unbind(ctx.pdim)
-        for out, j in ((gx, 0), (ga, 1), (gh, 2), (gd, 3)):
+
+        def grad(j: int) -> Tensor:  # gy * (d y / d input j) + gl * (d logabsdet / d input j)
             if gy is None:
-                torch.mul(gl, coef[j + 4], out=out)
-            else:
-                torch.mul(gy, coef[j], out=out)
-                if gl is not None:
-                    out.addcmul_(gl, coef[j + 4])
-        if ctx.inverse:
-            torch.neg(gx, out=gt)
-        elif gy is None:
-            gt.zero_()
-        else:
-            gt.copy_(gy)
+                return gl * coef[j + 4]
+            g = gy * coef[j]
+            return g if gl is None else g.addcmul_(gl, coef[j + 4])
+
+        gx = grad(0)
+        gt = gx.neg() if ctx.inverse else (torch.zeros_like(gx) if gy is None else gy)
         if coef.shape[0] == 9:
-            gt.mul_(coef[8])
+            gt = gt * coef[8]
+        # (out-of-place ops: torch.func's vmap, e.g. a vectorised Jacobian, runs this backward too)
+        gp = torch.stack([grad(1), grad(2), grad(3), gt], ctx.pdim)
         return gx, gp, None, None, None
 
 
