@@ -29,7 +29,6 @@ from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .splines import BoundedSettings, Kernels, RQSettings, _bin_floor, _into_box, _keep_in, softplus_derivatives
 from .utils import param_planes
@@ -453,7 +452,8 @@ def _bounded_closed(
 
 class _BoundedFunction(torch.autograd.Function):
     """`_bounded_closed` with its analytic backward: saves the coefficients, nothing else.
-    Its backward is not differentiable itself: a second derivative raises an error."""
+    Its backward is not differentiable itself: asking for a second derivative (``create_graph=True``)
+    raises an error rather than treating the gradient as a constant."""
 
     @staticmethod
     def forward(ctx, x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool):
@@ -464,8 +464,12 @@ class _BoundedFunction(torch.autograd.Function):
         return y, ladj
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gy: Tensor | None, gl: Tensor | None):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient would silently be a constant
+            raise RuntimeError(
+                "the eager BoundedSpline kernel has no second derivative (its backward is analytic); "
+                'for higher derivatives use backend="reference" (minflow.splines.set_backend(model, "reference"))'
+            )
         (coef,) = ctx.saved_tensors
         if gy is None and gl is None:
             return None, None, None, None, None
