@@ -10,7 +10,10 @@ tests/test_splines.py checks that both kernels give the reference's numbers and 
 Eager (`FAST`), none of the ops that are slow on CPU (`torch.where` inside a bin, bool -> float,
 expm1, cumsum over a short dimension) and few temporaries: comparisons are written straight into
 float masks (`_mask`), selects are `addcmul`s (`_select`), `RQSpline` finds its bin with the K bins
-as the outer dimension and runs large inputs in cache-sized slices. Compiled (`COMPILED`), each
+as the outer dimension and runs large inputs in cache-sized slices. `BoundedSpline` (two bins) is
+written in closed form (`_bounded_in_place`): one comparison with the interior knot picks the bin,
+every op works in place in one set of buffers, and a `torch.autograd.Function` with an analytic
+backward saves 8 coefficient tensors instead of autograd's graph of the generic kernel. Compiled (`COMPILED`), each
 map becomes one fused loop over the elements, several times faster (benchmarks/README.md), with
 the parts that fuse swapped in (`Ops`): the bin found by K comparisons, tanh through exp. If
 compiling fails it warns once and runs the eager kernels from then on; so does each setting past
