@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from _common import add_timing_args, fmt_ratio, machine, measure, ms, ratio
 
+import minflow.spline_kernels as spline_kernels
 import minflow.splines as splines
 from minflow.couplings import Affine, Coupling, ElementwiseLayer, Injector
 from minflow.sr import SRFlow
+from minflow.utils import param_planes
 
 TARGET = 1.2
 
@@ -54,12 +56,25 @@ class Affine4(Affine):
         return super().inverse(z, params[..., :2])
 
 
+class GenericBounded(splines.BoundedSpline):
+    """`BoundedSpline` on the generic eager kernel (one bin's formulas through autograd, no closed
+    form for the two bins): the eager default before the closed form, kept for comparison."""
+
+    def forward(self, x, params):
+        return spline_kernels._bounded(x, *param_planes(params), self.settings, False, spline_kernels.EAGER_OPS)
+
+    def inverse(self, y, params):
+        return spline_kernels._bounded(y, *param_planes(params), self.settings, True, spline_kernels.EAGER_OPS)
+
+
 BACKENDS = {"spline": "fast", "compiled": "compiled"}  # the spline kinds and the backend each runs on
 
 
 def bijection(kind: str) -> torch.nn.Module:
     if kind in BACKENDS:
         return splines.BoundedSpline(backend=BACKENDS[kind])
+    if kind == "generic":
+        return GenericBounded()
     return {"affine": lambda: Affine("sigmoid", eps=1e-4), "affine4": Affine4}[kind]()
 
 
@@ -101,6 +116,8 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     for layer in model.modules():
         if isinstance(layer, ElementwiseLayer) and kind == "affine4":
             layer.bijection = Affine4()
+        if isinstance(layer, ElementwiseLayer) and kind == "generic":
+            layer.bijection = GenericBounded()
     if kind in BACKENDS:
         splines.set_backend(model, BACKENDS[kind])
     randomize_zero_layers(model)
@@ -129,7 +146,12 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     return {"train": train, "sample": sample}
 
 
-LABELS = {"spline": "spline", "compiled": "spline compiled", "affine4": "affine, 4-param cond."}
+LABELS = {
+    "spline": "spline",
+    "generic": "spline, generic eager",
+    "compiled": "spline compiled",
+    "affine4": "affine, 4-param cond.",
+}
 
 
 def main() -> None:
@@ -139,6 +161,7 @@ def main() -> None:
     p.add_argument("--hr", type=int, default=64, help="HR crop size")
     p.add_argument("--only", choices=["layer", "flow"], help="run one part only")
     p.add_argument("--no-compile", action="store_true", help='skip the compiled spline (backend="compiled")')
+    p.add_argument("--generic", action="store_true", help="also time the generic eager kernel (before the closed form)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine(args.clock)}")
@@ -146,7 +169,11 @@ def main() -> None:
         f"BoundedSpline vs Affine('sigmoid'), float32, CPU, batch {args.batch}; the spline eager (default) "
         f"{'only' if args.no_compile else 'and compiled (the compiled backend, compilation excluded)'}"
     )
-    kinds = ["spline", "affine", "affine4"] + ([] if args.no_compile else ["compiled"])
+    kinds = (
+        ["spline", "affine", "affine4"]
+        + (["generic"] if args.generic else [])
+        + ([] if args.no_compile else ["compiled"])
+    )
     results = []
     parts = []
     if args.only in (None, "layer"):
@@ -174,12 +201,16 @@ def main() -> None:
                 results.append((name, what, label, r, ms(times, f"{kind} {what}"), ms(times, f"affine {what}")))
                 print(
                     f"  {what:6s} {label:22s} / affine {fmt_ratio(r)}"
-                    + ("" if kind == "affine4" else f"  (target <= {TARGET})")
+                    + ("" if kind in ("affine4", "generic") else f"  (target <= {TARGET})")
                 )
     print(f"\nsummary (time spline / affine, target <= {TARGET}x)")
     print(f"{'':32s} {'step':>6} {'against affine':>22} {'ratio':>7} {'its ms':>8} {'affine ms':>10}  target")
     for name, what, label, r, ts, ta in results:
-        verdict = "(reference)" if label == LABELS["affine4"] else ("met" if r[0] <= TARGET else "NOT met")
+        verdict = (
+            "(reference)"
+            if label in (LABELS["affine4"], LABELS["generic"])
+            else ("met" if r[0] <= TARGET else "NOT met")
+        )
         print(f"{name:32s} {what:>6} {label:>22} {r[0]:6.2f}x {ts:8.1f} {ta:10.1f}  {verdict}")
 
 

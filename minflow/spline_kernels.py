@@ -10,7 +10,10 @@ tests/test_splines.py checks that both kernels give the reference's numbers and 
 Eager (`FAST`), none of the ops that are slow on CPU (`torch.where` inside a bin, bool -> float,
 expm1, cumsum over a short dimension) and few temporaries: comparisons are written straight into
 float masks (`_mask`), selects are `addcmul`s (`_select`), `RQSpline` finds its bin with the K bins
-as the outer dimension and runs large inputs in cache-sized slices. Compiled (`COMPILED`), each
+as the outer dimension and runs large inputs in cache-sized slices. `BoundedSpline` (two bins) is
+written in closed form (`_bounded_in_place`): one comparison with the interior knot picks the bin,
+every op works in place in one set of buffers, and a `torch.autograd.Function` with an analytic
+backward saves 8 coefficient tensors instead of autograd's graph of the generic kernel. Compiled (`COMPILED`), each
 map becomes one fused loop over the elements, several times faster (benchmarks/README.md), with
 the parts that fuse swapped in (`Ops`): the bin found by K comparisons, tanh through exp. If
 compiling fails it warns once and runs the eager kernels from then on; so does each setting past
@@ -277,6 +280,231 @@ def _rq(x: Tensor, planes: Tensor, pdim: int, s: RQSettings, inverse: bool, ops:
     return torch.where(inside, y, x), torch.where(inside, ladj, 0.0)
 
 
+# ----------------------------------------------------------------------------- BoundedSpline eagerly, in closed form
+
+
+class _Slots:
+    """Named buffers of one shape, each an attribute, carved out of one allocation (``store``, one
+    buffer per name along its dim 0): the closed form below reuses them in place instead of
+    allocating a fresh tensor per op."""
+
+    NAMES = "w h sa sh e D u sg S q xi ox tt den xi2 nn sl ins t1 t2 t3 t4 t5 t6 t7".split()
+
+    def __init__(self, store: Tensor):
+        for name, buf in zip(self.NAMES, store):
+            setattr(self, name, buf)
+
+
+def _bounded_in_place(
+    x: Tensor,
+    a: Tensor,
+    hr: Tensor,
+    d: Tensor,
+    t: Tensor,
+    s: BoundedSettings,
+    inverse: bool,
+    b: _Slots,
+    y: Tensor,
+    ladj: Tensor,
+    coef: Tensor | None,
+) -> None:
+    """`BoundedSpline` with its two bins in closed form, every op in place in the buffers ``b``:
+    writes the output and the log-slope into ``y`` and ``ladj``, and with ``coef`` the partial
+    derivatives into it.
+
+    As in `_bounded`, the bin is picked by one comparison with the interior knot and the right one
+    mirrored through the origin (sgn = +1 there, -1 left): [0, w] -> [0, h] with w = B - sgn x_1,
+    h = B - sgn y_1, derivative 1 at the box's end (xi = 0) and D at the knot (xi = 1), the input
+    entering as v = B - sgn u, u = its input clamped into the box. With s = h / w, q = 1 + D - 2s,
+    t = xi (1 - xi), den = s + q t: forward, xi = v / w and y = x + sgn w xi (q t + s xi (1 - s)) / den
+    + shift, exactly x (+ shift) at the identity and outside the box (where xi = 0); inverse,
+    r = v / h, xi the root of the quadratic in the frame where it cannot cancel (as `_rq_bin`), and
+    x = z - sgn (w (xi - r) + r (w - h)). The log-slope is log(s^2 N / den^2) with
+    N = D xi^2 + 2 s t + (1 - xi)^2, a sum of positive terms.
+
+    ``coef`` (8 or 9, ...) receives what the backward needs: the partial derivatives
+    of the output w.r.t. the input and the raw a, h, d, then those of the log-slope (chain rule
+    through xi forward, through the implicit root f(xi) = r inverse), then the bounded shift's
+    derivative (`FullyBoundedSpline`). The log-slope's derivative w.r.t. the input is 0 outside the
+    box, the output's is 1 there (the slope formula gives exactly 1 at xi = 0), and the clamps of
+    xi and r pass the formula's derivative at the clamped value, as the reference's straight-through clamps.
+    """
+    B, m, c = s.bound, s.min_derivative, s.bound * (1 - 2 * s.min_bin)
+    # the knots: x_1 = c tanh(a / 2) = 2c sigmoid(a) - c (eagerly, sigmoid costs a third of tanh)
+    torch.mul(torch.sigmoid(a, out=b.sa), 2 * c, out=b.w).sub_(c)
+    torch.mul(torch.sigmoid(hr, out=b.sh), 2 * c, out=b.h).sub_(c)
+    th_d = th_t = None
+    if s.max_log_derivative is not None:  # d -> d_max tanh(d / d_max)
+        th_d = torch.div(d, s.max_log_derivative, out=b.t5).tanh_()
+        d = torch.mul(th_d, s.max_log_derivative, out=b.D)
+    if s.max_shift is not None:  # t -> t_max tanh(t / t_max)
+        th_t = torch.div(t, s.max_shift, out=b.t6).tanh_()
+        t = torch.mul(th_t, s.max_shift, out=b.t4)
+    torch.exp(d, out=b.e)
+    D = torch.sub(b.e, 1, out=b.D).mul_(1 - m).add_(1)  # 1 + (1 - m) expm1(d), exactly 1 at d = 0
+    z = torch.sub(x, t, out=y) if inverse else x
+    u = torch.clip(z, -B, B, out=b.u)  # a safe in-box value before any arithmetic; its value only (gradient: coef)
+    inside = torch.eq(u, z, out=b.ins) if coef is not None else None  # 1 in the closed box, 0 outside (and for NaN)
+    sg = torch.copysign(u.new_ones(()), torch.sub(u, b.h if inverse else b.w, out=b.sg), out=b.sg)
+    B_ = u.new_full((), B)  # +1: the right bin (the knot starts it, as in the reference); -1: the left
+    w = torch.addcmul(B_, sg, b.w, value=-1, out=b.w)  # the bin's size on the x axis
+    h = torch.addcmul(B_, sg, b.h, value=-1, out=b.h)  # and on the y axis
+    v = torch.addcmul(B_, sg, u, value=-1, out=b.u)  # the input's offset into its bin, from the box's end
+    S = torch.div(h, w, out=b.S)
+    q = torch.add(D, S, alpha=-2, out=b.q).add_(1)  # d0 + d1 - 2s with d0 = 1
+    xi, ox, tt, den = b.xi, b.ox, b.tt, b.den
+    r = None
+    if inverse:
+        r = torch.div(v, h, out=v).clamp_(0, 1)  # v may leave [0, h] by a rounding error at the bin's ends
+        rq = torch.mul(r, q, out=b.t1)
+        a_ = torch.add(rq, S, out=b.t2).sub_(1)  # a = s - 1 + r q
+        b_ = rq.neg_().add_(1)  # b = 1 - r q
+        # solve for 1 - xi where a < 0 (see `_rq_bin`); r = 0 unmirrored, r = 1 mirrored
+        mirror = torch.lt(a_, 0, out=b.xi2).mul_(torch.gt(r, 0, out=b.nn))
+        torch.maximum(mirror, torch.eq(r, 1, out=b.nn), out=mirror)
+        b_m = b_.addcmul_(mirror, a_, value=2)  # b + 2a where mirrored
+        r_m = torch.sub(mirror, r, out=b.nn).abs_()  # 1 - r where mirrored, else r (exactly)
+        a_m = a_.abs_()
+        rs = r_m.mul_(S)
+        p = torch.mul(b_m, b_m, out=b.sl).addcmul_(a_m, rs, value=4).sqrt_()
+        p.add_(torch.abs(b_m, out=xi))  # > 0 (a_m = 0 forces b_m = s > 0)
+        # the root without cancellation, 2 s r / p for b >= 0 and p / 2a for b < 0, selected by 0/1
+        # masks before dividing (both branches are finite)
+        pos = torch.ge(b_m, 0, out=b_m)
+        neg = torch.neg(pos, out=xi).add_(1)
+        num = rs.mul_(pos).mul_(2).addcmul_(p, neg)
+        root = num.div_(a_m.mul_(neg).mul_(2).addcmul_(p, pos))
+        torch.sub(mirror, root, out=xi).abs_().clamp_(0, 1)  # 1 - root where mirrored, kept in [0, 1]
+        corr = torch.sub(xi, r, out=b.t2).mul_(w).addcmul_(r, torch.sub(w, h, out=b.nn))  # 0 at the identity
+        torch.addcmul(z, sg, corr, value=-1, out=y)
+    else:
+        torch.div(v, w, out=xi).clamp_(0, 1)
+    torch.neg(xi, out=ox).add_(1)
+    torch.mul(xi, ox, out=tt)
+    torch.mul(q, tt, out=den)
+    if not inverse:  # y = x + sgn w xi (q t + s xi (1 - s)) / den (+ shift)
+        corr = torch.neg(S, out=b.t2).add_(1).mul_(S).mul_(xi).add_(den).mul_(w).mul_(xi)
+        den.add_(S)
+        torch.addcmul(x, sg, corr.div_(den), out=y).add_(t)
+    else:
+        den.add_(S)
+    xi2 = torch.mul(xi, xi, out=b.xi2)
+    nn = torch.mul(xi2, D, out=b.nn).addcmul_(ox, ox).addcmul_(S, tt, value=2)  # N
+    slope = torch.div(S, den, out=b.sl).square_().mul_(nn)  # s^2 N / den^2: dy/dx of the forward map
+    if inverse:
+        torch.log(slope, out=ladj).neg_()
+    else:
+        torch.log(slope, out=ladj)
+    if coef is None:
+        return
+    # ---- the partial derivatives for the backward (L: the forward map's log-slope)
+    ka = torch.neg(b.sa, out=b.t1).add_(1).mul_(b.sa).mul_(2 * c)  # d x_1 / d a = 2c sigmoid (1 - sigmoid)
+    kh = torch.neg(b.sh, out=b.t2).add_(1).mul_(b.sh).mul_(2 * c)
+    dp = b.e.mul_(1 - m)  # dD / dd = (1 - m) e^d
+    if th_d is not None:
+        dp.mul_(th_d.mul_(th_d).neg_().add_(1))  # (d_max tanh(d / d_max))' = 1 - tanh^2
+    idn = torch.reciprocal(den, out=den)
+    inn = torch.reciprocal(nn, out=nn)
+    g = torch.mul(tt, idn, out=b.sa)  # t / den
+    omt = torch.mul(tt, -2, out=b.sh).add_(1)  # 1 - 2t
+    omx = torch.mul(xi, -2, out=b.t3).add_(1)  # 1 - 2 xi
+    lx = torch.mul(D, xi, out=b.t4).addcmul_(S, omx).sub_(ox).mul_(inn)
+    lx.addcmul_(omx.mul_(q), idn, value=-1).mul_(2)  # L_xi = N_xi / N - 2 q (1 - 2 xi) / den
+    ls = torch.reciprocal(S, out=b.q).addcmul_(tt, inn).addcmul_(omt, idn, value=-1).mul_(2)  # L_s
+    ld = torch.mul(xi2, inn, out=b.D).add_(g, alpha=-2)  # L_D = xi^2 / N - 2t / den
+    siw = torch.div(sg, w, out=ox)  # sgn / w
+    if not inverse:
+        torch.mul(slope, 1, out=coef[0])  # dy/dx, exactly 1 outside the box
+        f = torch.mul(S, xi2, out=b.u).add_(tt).mul_(idn)  # f = (s xi^2 + t) / den, y's offset over h
+        sfs = torch.mul(f, omt, out=b.tt).neg_().add_(xi2).mul_(idn).mul_(S)  # s df/ds
+        torch.mul(xi, slope, out=coef[1]).addcmul_(S, sfs).mul_(ka).neg_()  # dy/da
+        torch.add(f, sfs, out=coef[2]).mul_(kh)  # dy/dh
+        torch.mul(sg, h, out=coef[3]).mul_(f).mul_(g).mul_(dp)  # dy/dd
+        torch.mul(lx, siw, out=coef[4]).mul_(inside).neg_()  # dL/dx
+        torch.mul(xi, lx, out=coef[5]).addcmul_(S, ls).mul_(siw).mul_(ka)  # dL/da
+        torch.mul(ls, siw, out=coef[6]).mul_(kh).neg_()  # dL/dh
+        torch.mul(ld, dp, out=coef[7])  # dL/dd
+    else:
+        torch.reciprocal(slope, out=coef[0])  # dx/dy, exactly 1 outside the box
+        ifx = torch.mul(S, coef[0], out=b.t5)  # 1 / f'(xi), f(xi) = r the root's equation
+        fs = torch.mul(r, omt, out=b.tt).neg_().add_(xi2).mul_(idn)  # df/ds at the root
+        torch.mul(S, fs, out=coef[1]).mul_(ifx).add_(xi).mul_(ka)  # dx/da
+        torch.div(r, S, out=coef[2]).add_(fs).mul_(ifx).mul_(kh).neg_()  # dx/dh
+        torch.mul(sg, w, out=coef[3]).mul_(r).mul_(g).mul_(ifx).mul_(dp).neg_()  # dx/dd
+        torch.mul(lx, ifx, out=coef[4]).mul_(sg).div_(h).mul_(inside)  # d(-L)/dy
+        torch.mul(lx, fs, out=coef[5]).mul_(ifx).neg_().add_(ls).mul_(S).mul_(siw).mul_(ka).neg_()  # d(-L)/da
+        tmp = torch.div(r, h, out=b.t7).addcdiv_(fs, w).mul_(lx).mul_(ifx)  # L_xi (r / h + f_s / w) / f'
+        torch.addcdiv(tmp, ls, w, value=-1, out=coef[6]).mul_(sg).mul_(kh).neg_()  # d(-L)/dh
+        torch.mul(lx, r, out=coef[7]).mul_(g).mul_(ifx).add_(ld).mul_(dp).neg_()  # d(-L)/dd
+    if th_t is not None:
+        torch.mul(th_t, th_t, out=coef[8]).neg_().add_(1)  # (t_max tanh(t / t_max))' = 1 - tanh^2
+
+
+def _bounded_closed(
+    x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool, grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(y, logabsdet, coef or None) by `_bounded_in_place`, x and the parameters of the same dtype and
+    element shape. (Running it in cache-sized slices, as `RQSpline` does, was no faster.)"""
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    ladj = torch.empty_like(y)
+    coef = torch.empty((8 if s.max_shift is None else 9, *x.shape), dtype=x.dtype, device=x.device) if grad else None
+    store = torch.empty((len(_Slots.NAMES), *x.shape), dtype=x.dtype, device=x.device)
+    _bounded_in_place(x, *planes.unbind(pdim), s, inverse, _Slots(store), y, ladj, coef)
+    return y, ladj, coef
+
+
+class _BoundedFunction(torch.autograd.Function):
+    """`_bounded_closed` with its analytic backward: saves the coefficients, nothing else.
+    Its backward is not differentiable itself: asking for a second derivative (``create_graph=True``)
+    raises an error rather than treating the gradient as a constant."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool):
+        y, ladj, coef = _bounded_closed(x, planes, pdim, s, inverse, grad=True)
+        ctx.save_for_backward(coef)
+        ctx.pdim, ctx.inverse, ctx.planes_shape = pdim, inverse, planes.shape
+        ctx.set_materialize_grads(False)
+        return y, ladj
+
+    @staticmethod
+    def backward(ctx, gy: Tensor | None, gl: Tensor | None):
+        if torch.is_grad_enabled():  # create_graph=True: the gradient would silently be a constant
+            raise RuntimeError(
+                "the eager BoundedSpline kernel has no second derivative (its backward is analytic); "
+                'for higher derivatives use backend="reference" (minflow.splines.set_backend(model, "reference"))'
+            )
+        (coef,) = ctx.saved_tensors
+        if gy is None and gl is None:
+            return None, None, None, None, None
+
+        def grad(j: int) -> Tensor:  # gy * (d y / d input j) + gl * (d logabsdet / d input j)
+            if gy is None:
+                return gl * coef[j + 4]
+            g = gy * coef[j]
+            return g if gl is None else g.addcmul_(gl, coef[j + 4])
+
+        gx = grad(0)
+        gt = gx.neg() if ctx.inverse else (torch.zeros_like(gx) if gy is None else gy)
+        if coef.shape[0] == 9:
+            gt = gt * coef[8]
+        # (out-of-place ops: torch.func's vmap, e.g. a vectorised Jacobian, runs this backward too)
+        gp = torch.stack([grad(1), grad(2), grad(3), gt], ctx.pdim)
+        return gx, gp, None, None, None
+
+
+def _bounded_eager(
+    x: Tensor, planes: Tensor, pdim: int, s: BoundedSettings, inverse: bool, ops: Ops
+) -> tuple[Tensor, Tensor]:
+    """`BoundedSpline` eagerly: the closed form with its analytic backward where x and the params
+    have the same dtype and element shape, else `_bounded`."""
+    p_shape = planes.shape[:pdim] + planes.shape[pdim + 1 :]
+    if p_shape != x.shape or planes.dtype != x.dtype or not x.is_floating_point():
+        return _bounded(x, planes, pdim, s, inverse, ops)
+    if torch.is_grad_enabled() and (x.requires_grad or planes.requires_grad):
+        return _BoundedFunction.apply(x, planes, pdim, s, inverse)
+    return _bounded_closed(x, planes, pdim, s, inverse, grad=False)[:2]
+
+
 _CHUNK = 3 << 14  # elements per eager slice on CPU: (K, slice) float32 temporaries of 1.5 MiB stay in a 2 MiB L2
 
 
@@ -376,7 +604,7 @@ def _kernels(spline: Callable, bounded: Callable, rq: Callable) -> Kernels:
     return Kernels(spline=spline_map, bounded=bounded_map, rq=rq_map)
 
 
-FAST = _kernels(*(functools.partial(fn, ops=EAGER_OPS) for fn in (_spline, _bounded, _rq_sliced)))
+FAST = _kernels(*(functools.partial(fn, ops=EAGER_OPS) for fn in (_spline, _bounded_eager, _rq_sliced)))
 """The eager kernels, the bijections' default (``backend="fast"``)."""
 
 COMPILED = _kernels(_Compiled(_spline_traced), _Compiled(_bounded_traced), _Compiled(_rq_traced))

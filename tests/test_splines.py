@@ -890,3 +890,71 @@ def test_raw_validate_names_the_broken_precondition():
     bad_d[1, 3] = math.nan
     with pytest.raises(ValueError, match="derivatives has non-finite"):
         rational_quadratic_spline(x, kx, ky, bad_d, validate=True)
+
+
+# ----------------------------------------------------------------------------- BoundedSpline's closed form (eager)
+
+
+def _closed_form_cases():
+    return {
+        "bounded-rows": (BoundedSpline, "rows"),
+        "bounded-conv": (BoundedSpline, "conv"),
+        "bounded-wide-planes": (BIJECTIONS["bounded-wide"], "planes"),
+        "fully-bounded-conv": (FullyBoundedSpline, "conv"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_closed_form_cases()))
+def test_bounded_closed_form_matches_the_generic_kernel_and_the_reference(name):
+    """The eager `BoundedSpline` (two bins in closed form, analytic backward) against the generic
+    eager kernel (one bin through autograd) and the reference, float64, both directions: values and
+    gradients of both outputs w.r.t. x and every raw parameter, on the box's ends, on the interior
+    knot and just outside the box (the next float), besides random points."""
+    build, layout = _closed_form_cases()[name]
+    bij = build(backend="fast")
+    g = torch.Generator().manual_seed(31)
+    p = params_for(bij, (4, 12), torch.float64, 1.0, g)
+    for inverse in (False, True):
+        x = torch.randn(4, 12, generator=g, dtype=torch.float64) * bij.bound * 1.5
+        pts = _edge_points(bij, p[:, 0], inverse)  # (4, 5): both ends, the knot, just outside both ends
+        x[:, :5] = pts
+        p[:, :5] = p[:, :1]
+        params = LAYOUTS[layout](p)
+
+        def generic(v, q, inverse=inverse):
+            planes, pdim = mf.utils.param_planes(q)
+            return spline_kernels._bounded(v, planes, pdim, bij.settings, inverse, spline_kernels.EAGER_OPS)
+
+        ref = build(backend="reference")
+        fast = _values_and_grads(bij.inverse if inverse else bij, x, params)
+        for other in (generic, ref.inverse if inverse else ref):
+            want = _values_and_grads(other, x, params)
+            for i, (a, b) in enumerate(zip(want, fast)):
+                if i >= 4:  # the log-slope's gradients: off the knot and the box's ends (a kink there)
+                    a, b = a[:, 5:], b[:, 5:]
+                assert torch.allclose(a, b, atol=1e-11, rtol=1e-11), (name, inverse, i, (a - b).abs().max())
+        y, ladj = (bij.inverse if inverse else bij)(x, params)
+        outside = x[:, 3:5] - (bij.shift(p[:, :1]) if inverse else -bij.shift(p[:, :1]))
+        assert torch.equal(y[:, 3:5], outside) and torch.equal(ladj[:, 3:5], torch.zeros_like(ladj[:, 3:5]))
+
+
+@pytest.mark.parametrize("cls", [BoundedSpline, FullyBoundedSpline])
+def test_bounded_closed_form_autograd_function(cls):
+    """The analytic backward: gradcheck in float64 both ways (x and the params in a conv layout, outputs
+    used alone and together), the same values with and without autograd, and a clear error on a
+    second derivative."""
+    bij = cls(backend="fast")
+    g = torch.Generator().manual_seed(32)
+    x = torch.linspace(-1.5, 1.5, 10, dtype=torch.float64).view(2, 5) * bij.bound + 0.0123
+    p = LAYOUTS["conv"](params_for(bij, (2, 5), torch.float64, 1.0, g))
+    for fn in (bij, bij.inverse):
+        xs, ps = x.clone().requires_grad_(), p.detach().clone().requires_grad_()
+        y, ladj = fn(xs, ps)
+        assert type(y.grad_fn).__name__ == "_BoundedFunctionBackward"
+        with torch.no_grad():
+            y0, l0 = fn(x, p)
+        assert torch.equal(y.detach(), y0) and torch.equal(ladj.detach(), l0)
+        for pick in (lambda o: o[0], lambda o: o[1], lambda o: o):
+            assert torch.autograd.gradcheck(lambda v, q, fn=fn, pick=pick: pick(fn(v, q)), [xs, ps])
+        with pytest.raises(RuntimeError, match="no second derivative"):
+            torch.autograd.grad(ladj.sum() + y.sum(), xs, create_graph=True)
