@@ -53,7 +53,8 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test:.*\n\tMINFLOW_QUICK=1 .*--nbval-lax", makefile, re.M)
+    assert re.search(r"^TEST_ENV := MINFLOW_QUICK=1 ", makefile, re.M), "the test run is in quick mode"
+    assert re.search(r"^test:.*\n\t\$\(TEST_ENV\) .* chapters --nbval-lax", makefile, re.M)
 
 
 def test_chapter_pairs_are_in_step():
