@@ -70,6 +70,7 @@ __all__ = [
     "read_image",
     "risk_features",
     "sampling_pass",
+    "smallest_slopes",
     "save_ood_stats",
     "write_outputs",
 ]
@@ -329,19 +330,25 @@ def sampling_pass(
     z = model.base.sample(
         model.latent_shape(feats_n, n), temperature, device=param.device, dtype=param.dtype, generator=generator
     )
-    index = {id(m): i for i, layer in enumerate(model.layers) for m in layer.modules()}
     kept = [(len(model.layers), z)] if keep else []
     with diagnostics.recording() as rec:
         for i in reversed(range(len(model.layers))):
             z, _ = model.layers[i].inverse(z, feats_n, temperature=temperature, generator=generator)
             if keep:
                 kept.append((i, z))
+    return z, smallest_slopes(model, rec), kept
+
+
+def smallest_slopes(model: nn.Module, rec: diagnostics.Recorder) -> dict[int, float]:
+    """{index in model.layers: the smallest forward slope that layer used} from a recording of its
+    sampling pass (a non-finite slope counts as inf, so it never hides a finite small one)."""
+    index = {id(m): i for i, layer in enumerate(model.layers) for m in layer.modules()}
     slopes: dict[int, float] = {}
     for layer, s in rec.scales:
         i = index[id(layer)]
         value = float(torch.nan_to_num(s, nan=math.inf).min()) if s.numel() else math.inf
         slopes[i] = min(slopes.get(i, math.inf), value)
-    return z, slopes, kept
+    return slopes
 
 
 # ----------------------------------------------------------------------------- applying a model

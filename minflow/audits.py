@@ -210,15 +210,14 @@ def layer_factor(layer: nn.Module, min_slope: float | None) -> tuple[float, bool
 
 
 def _vector_artifact(x: Tensor, cond: Tensor) -> Tensor:
-    finite = torch.isfinite(x).flatten(1).all(1)
-    return ~finite | (x.abs().flatten(1).amax(1) > metrics.EXPLOSION)
+    """A vector sample's artifact: `metrics.artifact_report`'s explosion flag, each sample a 1x1 image."""
+    return metrics.artifact_report(x.reshape(x.shape[0], -1, 1, 1))["explosion"]
 
 
 @torch.no_grad()
 def _measure(flow, conds, temperature, samples, scorer, artifact, gen) -> tuple[list, list, dict, float]:
     """Per input: (scores on the score grid, events (samples, grid)); the smallest slope per layer; pixel rate."""
     scores, events, slopes, pixel = [], [], {}, []
-    index = {id(m): i for i, layer in enumerate(flow.layers) for m in layer.modules()}
     for k in range(conds.shape[0]):
         cond = conds[k : k + 1]
         if cond.dim() == 4:
@@ -235,10 +234,7 @@ def _measure(flow, conds, temperature, samples, scorer, artifact, gen) -> tuple[
             rep = cond.expand(samples, *cond.shape[1:]).contiguous()
             with diagnostics.recording() as rec:
                 x = flow.sample(rep, temperature=temperature, generator=gen)
-            used = {}
-            for layer, s in rec.scales:
-                i = index[id(layer)]
-                used[i] = min(used.get(i, math.inf), float(torch.nan_to_num(s, nan=math.inf).min()))
+            used = apply.smallest_slopes(flow, rec)
             ev = artifact(x, rep).reshape(samples, 1)
             pixel.append(ev.double().mean().item())
         for i, s in used.items():
