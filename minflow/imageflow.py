@@ -69,14 +69,20 @@ class ImageFlow(ConditionalFlow):
         """Condition height and width must be multiples of this (`ImageFlowConfig.lr_multiple`)."""
         return self.settings.lr_multiple
 
-    def dequantize(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x = image + u, u ~ U(-1/(2q), 1/(2q)): one quantisation bin of uniform noise."""
-        u = torch.rand(image.shape, generator=generator, dtype=image.dtype, device=image.device) - 0.5
-        return image + u / self.quant
+    def dequantize(
+        self, image: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """x = image + u / q, u ~ U(-1/2, 1/2): one quantisation bin of uniform noise (drawn from
+        `generator`, or given as `noise`, u itself, e.g. drawn elsewhere for a whole global batch)."""
+        if noise is None:
+            noise = torch.rand(image.shape, generator=generator, dtype=image.dtype, device=image.device) - 0.5
+        return image + noise / self.quant
 
-    def nll_bpd(self, image: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def nll_bpd(
+        self, image: Tensor, cond: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
         """Bits per dim of the dequantised image given the condition, -log2 p(x + u | y) / D + log2 q, shape (B,)."""
-        return self.bits_per_dim(self.dequantize(image, generator), cond) + math.log2(self.quant)
+        return self.bits_per_dim(self.dequantize(image, generator, noise), cond) + math.log2(self.quant)
 
     @torch.no_grad()
     def sample_images(

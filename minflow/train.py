@@ -292,7 +292,7 @@ class _Objective(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, cond: Tensor, noise: Tensor) -> Tensor:
-        return self.model.bits_per_dim(x + noise / self.model.quant, cond) + math.log2(self.model.quant)
+        return self.model.nll_bpd(x, cond, noise=noise)
 
 
 def _noise(gen: torch.Generator, shape: tuple[int, ...], rows: slice, like: Tensor) -> Tensor:
@@ -552,7 +552,7 @@ def _bpd(model: ImageFlow, x: Tensor, cond: Tensor, gen: torch.Generator) -> Ten
     if device.type == "cpu":
         return model.nll_bpd(x, cond, gen)
     noise = _noise(gen, tuple(x.shape), slice(None), x).to(device)
-    return model.bits_per_dim(x.to(device) + noise / model.quant, cond.to(device)) + math.log2(model.quant)
+    return model.nll_bpd(x.to(device), cond.to(device), noise=noise)
 
 
 @torch.no_grad()
