@@ -10,7 +10,7 @@ Each notebook is executed top to bottom with nbclient in a fresh kernel, with MI
 and the torch thread count pinned through OMP_NUM_THREADS. Nothing is written back to chapters/
 (`--save DIR` writes the executed copies to DIR). A chapter that fails is reported as such (with
 its error) and the run goes on. Beside the wall time, each chapter's kernel CPU seconds are
-printed: with `--threads 1` they are what the wall time would be on an idle machine, so a run
+printed: with `--threads 1` they are close to the wall time on an idle machine, so a run
 that shares the CPU with other work still measures the chapter. Full mode trains or sweeps for
 real: expect tens of minutes on a laptop CPU.
 """
