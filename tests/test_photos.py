@@ -68,6 +68,16 @@ def test_images_md_names_every_shipped_photo_with_the_tables_licence():
         assert rows[name][5].endswith(f"wide: {use[name]}"), name
 
 
+def test_the_docs_state_the_counts_the_code_has():
+    train, val, test = len(WIDE.train), len(WIDE.val), len(WIDE.test)
+    images = " ".join((ROOT / "data" / "IMAGES.md").read_text().split())
+    assert f"({train} train, {val} val, {test} test photos)" in images
+    assert f"{len(data.SHIPPED_PHOTOS)} files" in images
+    assert f"{train} train / {val} val / {test} test photos" in (ROOT / "docs" / "API.md").read_text()
+    changelog = " ".join((ROOT / "CHANGELOG.md").read_text().split())
+    assert f"{len(data.SHIPPED_PHOTOS)} photographs" in changelog and f"({train} train, {val} val, {test}" in changelog
+
+
 def test_the_course_split_is_the_chapters_split():
     course = data.PHOTO_SPLITS["course"]
     assert (course.train, course.val, course.test) == (data.TRAIN_PHOTOS, data.VAL_PHOTOS, data.TEST_PHOTOS)

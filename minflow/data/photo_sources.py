@@ -37,8 +37,13 @@ def _gc(name: str, activity: str, file: str, licence: str, author: str) -> Photo
     return PhotoSource(name, _GC, _GCV, _RCC.format(activity), _ACT.format(activity, file), licence, author)
 
 
+def _jigzo(name: str, puzzle: str) -> PhotoSource:
+    """The picture of one of jigzo's puzzles (licence: `Files: *` of jigzo-data's copyright file)."""
+    path = f"usr/share/games/jigzo/puzzles/00_default/{puzzle}.pzl"
+    return PhotoSource(name, "jigzo-data", "0.6.1-7.1", path, f"{puzzle}.jpg", "GPL-2+", "Maarten de Boer (jigzo)")
+
+
 _DETAILS = "CC-BY-SA-4.0 (Bruno Coudoin and others, after a CC-BY-SA-3.0 photo)"
-_JIGZO = ("jigzo-data", "0.6.1-7.1", "usr/share/games/jigzo/puzzles/00_default/{}.pzl")
 
 PHOTO_SOURCES: tuple[PhotoSource, ...] = (
     # GCompris "erase": wildlife photos from Wikimedia Commons, cropped and sharpened by GCompris
@@ -105,22 +110,8 @@ PHOTO_SOURCES: tuple[PhotoSource, ...] = (
     _gc("sea_cave", "clickgame", "sea5.webp", "public domain", "Rita Segantini"),
     _gc("starfish", "clickgame", "sea6.webp", "public domain", "U.S. Fish and Wildlife Service"),
     # jigzo's puzzles: the whole picture is the top-left region of each puzzle's texture
-    PhotoSource(
-        "blackberries",
-        *_JIGZO[:2],
-        _JIGZO[2].format("blackberry-3x3"),
-        "blackberry-3x3.jpg",
-        "GPL-2+",
-        "Maarten de Boer (jigzo)",
-    ),
-    PhotoSource(
-        "bare_tree_sky",
-        *_JIGZO[:2],
-        _JIGZO[2].format("clouds-4x4"),
-        "clouds-4x4.jpg",
-        "GPL-2+",
-        "Maarten de Boer (jigzo)",
-    ),
+    _jigzo("blackberries", "blackberry-3x3"),
+    _jigzo("bare_tree_sky", "clouds-4x4"),
     # PyWavelets (not a course dependency): a grey photo of people climbing stairs
     PhotoSource(
         "ascent",
