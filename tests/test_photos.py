@@ -75,6 +75,7 @@ def test_the_docs_state_the_counts_the_code_has():
     assert f"{len(data.SHIPPED_PHOTOS)} files" in images
     assert f"{train} train / {val} val / {test} test photos" in (ROOT / "docs" / "API.md").read_text()
     changelog = " ".join((ROOT / "CHANGELOG.md").read_text().split())
+    assert f"photos/ ({len(data.SHIPPED_PHOTOS)} JPEGs)" in (ROOT / "README.md").read_text()
     assert f"{len(data.SHIPPED_PHOTOS)} photographs" in changelog and f"({train} train, {val} val, {test}" in changelog
 
 
