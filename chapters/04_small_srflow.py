@@ -275,8 +275,8 @@ assert man["steps"] > 10 * STEPS and 20 < man["wall_time_s"] / 60 < 45  # many m
 # ## 4. Super-resolving held-out photos
 #
 # We take the central 256x256 crop of each validation photo as HR, its 64x64 bicubic LR as input,
-# and draw 8 samples at temperature 0.7 (latents z ~ N(0, 0.7² I): SRFlow's usual setting; what a
-# higher temperature does is chapter 5's story). The sampling pass is run with `model.trace`, which
+# and draw 8 samples at temperature 0.7 (latents z ~ N(0, 0.7² I), a little cooler than the 0.9 SRFlow
+# reports with; what a higher temperature does is chapter 5's story). The sampling pass is run with `model.trace`, which
 # also reports the smallest scale s any layer used. Nothing is clamped yet: we first record the
 # raw samples' range with the artifact report of `minflow.metrics` (chapter 5 explains it), then
 # clamp copies to [0, 1] for viewing and for the image metrics.
