@@ -114,10 +114,13 @@ centres = (edges[:-1] + edges[1:]) / 2
 p_centres = std_normal.log_prob(f1(centres)).exp() * torch.cosh(2 * centres)
 hist_error = (hist - p_centres).abs().max().item()
 print(f"largest gap between histogram and formula: {hist_error:.4f}")
+x_peak = grid[p_x.argmax()].abs().item()  # where p_X is largest (the two modes are mirror images)
+print(f"p_X peaks at x = ±{x_peak:.3f}, where f'(x) = {math.cosh(2 * x_peak):.3f}")
 
 assert abs(integral - 1) < 1e-3, integral
 assert abs(integral_naive - 0.614) < 0.005, integral_naive  # about 0.6: not a density
 assert hist_error < 0.03, hist_error
+assert abs(x_peak - math.acosh(2) / 2) < 0.005, x_peak  # the peaks: cosh(2x) = 2, x = ±0.66
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -136,8 +139,9 @@ plt.show()
 
 # %% [markdown]
 # The Gaussian has one bump, yet `X` has two: `f` is flattest at 0 (`f'(0) = 1`), so little mass
-# lands near `x = 0`, while around `x = ±0.6` `f` is steep enough to catch a lot of it. The dashed
-# curve misses this entirely and integrates to about 0.6, not 1.
+# lands near `x = 0`, while around `x = ±0.66` (the peaks printed above, where `f'(x) = cosh(2x) = 2`)
+# `f` is steep enough to catch a lot of it. The dashed curve misses this entirely and integrates to
+# about 0.61, not 1.
 
 # %% [markdown]
 # ## 2. Many dimensions: the Jacobian determinant
@@ -298,6 +302,7 @@ s0 = torch.sigmoid(torch.tensor(2.0, dtype=dtype)).item() + EPS
 ratio = z0[:, n_a:] / x[:, n_a:]
 print(f"untrained: z_b / x_b in [{ratio.min().item():.6f}, {ratio.max().item():.6f}], sigmoid(2) + eps = {s0:.6f}")
 assert torch.equal(z0[:, :n_a], x[:, :n_a])
+assert abs(s0 - 0.881) < 5e-4  # the text's sigmoid(2) + eps ≈ 0.881
 assert torch.allclose(z0[:, n_a:], s0 * x[:, n_a:], atol=1e-12)
 assert torch.allclose(logdet0, torch.full_like(logdet0, n_b * math.log(s0)), atol=1e-12)
 
@@ -602,17 +607,18 @@ ax.set(xlabel="training step", ylabel="-log p (nats per point)", title="Two scal
 ax.legend()
 plt.show()
 
-# %% [markdown] tags=["solution"] hint="far from the data a ReLU network's h grows linearly with the distance: what does exp make of that over six couplings, and what bound does sigmoid put on s?"
+# %% [markdown] tags=["solution"] hint="far from the data a ReLU network's h grows linearly with the distance: what does exp make of that over N_STEPS_FLOW couplings, and what bound does sigmoid put on s?"
 # On the data both train to a similar likelihood. Away from the data they differ: the ReLU
 # network's `h` grows linearly with the distance from the data, and `exp(h)` then grows
-# exponentially, compounding over six couplings, so the forward map can overflow to `inf` and
-# `log_prob` becomes `inf - inf = nan`. The sigmoid scale is bounded, `s ≤ 1 + eps`: no coupling
+# exponentially, compounding over the `N_STEPS_FLOW` couplings, so the forward map can overflow to
+# `inf` and `log_prob` becomes `inf - inf = nan` (the count of such grid points is printed above). The sigmoid scale is bounded, `s ≤ 1 + eps`: no coupling
 # can stretch the *forward* map, which grows at most linearly with the distance from the data, and
 # its density stays finite (the integral of section 4 checked it on the whole box). Its weak side is
 # the other direction, `1 / s ≤ 10^4`: sampling.
 
 # %% tags=["check"]
 assert math.isfinite(ll_exp) and ll_exp > ll_gauss + 0.5
+assert abs(ll_exp - ll_flow) < 0.25, (ll_exp, ll_flow)  # "a similar likelihood": far closer than to the Gaussian
 
 # %% [markdown]
 # ### Exercise 4: counting parameters

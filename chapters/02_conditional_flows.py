@@ -80,6 +80,7 @@ print("sample covariance of x - y/2:\n", torch.cov(resid.T).numpy().round(4))
 print(f"spread (root mean per-coordinate variance): sample {toy.spread(resid):.4f}, exact {toy.true_spread():.4f}")
 assert torch.allclose(torch.cov(resid.T), toy.true_cov(torch.float64), atol=0.01)
 assert toy.inside_fraction(x, y) == 1.0  # every sample lies in its own parallelogram
+assert abs(toy.true_spread() - 0.53) < 0.005  # the text's "about 0.53"
 
 # %% [markdown]
 # Throughout the course, **spread** means one number: the square root of the mean per-coordinate
@@ -127,6 +128,10 @@ flow = toy.toy_flow("affine", flow_steps=4, hidden=64, depth=4).to(device)
 print([type(layer).__name__ for layer in flow.layers])
 print(flow.layers[2])
 print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")
+assert [type(layer).__name__ for layer in flow.layers] == ["ActNorm", "InvConv1x1", "Coupling"] * 4  # four steps of three
+linears = [m for m in flow.layers[2].net if isinstance(m, torch.nn.Linear)]
+assert linears[0].in_features == 3 and len(linears) == 4 + 1 and all(m.out_features == 64 for m in linears[:-1])
+assert all((m.weight == 0).all() and (m.bias == 0).all() for m in (layer.net[-1] for layer in flow.layers[2::3]))
 
 # %% [markdown]
 # ## 3. Training
@@ -139,7 +144,9 @@ print(f"{sum(p.numel() for p in flow.parameters()):,} parameters")
 STEPS = mf.pick(2000, 500)
 history = toy.train_toy(flow, STEPS, batch=512, learning_rate=1e-3, seed=0)
 val = toy.validation_nll(flow)
-print(f"{STEPS} steps; held-out NLL {val:.3f} nats (optimum {toy.TRUE_NLL:.3f})")
+print(f"{STEPS} steps; held-out NLL {val:.3f} nats (optimum {toy.TRUE_NLL:.3f}), gap {val - toy.TRUE_NLL:.3f} nats")
+assert abs(toy.TRUE_NLL - math.log(0.6)) < 1e-6  # the area of the parallelogram is 0.6
+assert 0 < val - toy.TRUE_NLL < 0.5, "the text says: above the optimum, but within half a nat of it"
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -153,8 +160,9 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# The flow gets within a few tenths of a nat of the optimum. It cannot reach it: a flow built from
-# smooth maps of a Gaussian has no perfectly sharp edges, so some mass always leaks past them.
+# The flow gets within half a nat of the optimum (the gap is printed above, and it shrinks with
+# more steps). It cannot reach it: a flow built from smooth maps of a Gaussian has no perfectly
+# sharp edges, so some mass always leaks past them.
 #
 # ## 4. Samples for several conditions
 #
@@ -308,6 +316,7 @@ plt.show()
 print(f"in distribution the smallest s used is {used.min().item():.3f}; the median is {used.median().item():.3f}")
 assert used.max() <= 1 + 1e-4 + 1e-6  # the bound holds by construction
 assert used.min() > 0.01  # in distribution, two orders of magnitude or more above the floor
+assert used.median() > 0.5  # "near its upper end"
 
 # %% [markdown]
 # ## Exercises
@@ -359,6 +368,7 @@ print(f"inside at T=0.8: {inside_08:.3f}, at T=1.0: {inside_10:.3f}")
 # %% tags=["check"]
 assert inside_08 >= inside_10
 assert spreads[TEMPS.index(0.8)] < spreads[TEMPS.index(1.0)]
+assert spreads[TEMPS.index(0.8)] < toy.true_spread()  # the comment's "below the true spread"
 
 # %% [markdown]
 # **Exercise 4.** The true conditional mean is y/2, a straight line in y. Estimate the model's

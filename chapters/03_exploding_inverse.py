@@ -54,7 +54,7 @@ import statistics
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
+from IPython.display import Markdown, display
 from tqdm.auto import tqdm
 
 import minflow as mf
@@ -73,9 +73,10 @@ print(f"device={device}, quick={QUICK}")
 # %% [markdown]
 # ## 1. Five models, and what "far out of distribution" means here
 #
-# Training one toy flow takes a minute or two, so we load five that ship with the course, made by
-# `python -m minflow train-toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (same
-# architecture as chapter 2: four steps of ActNorm, invertible 2x2 map and an SRFlow affine
+# Training one toy flow takes one to three minutes on a CPU (each model's wall time is in the table
+# below), so we load five that ship with the course, made by
+# `python -m minflow train-toy --coupling affine --seed S --steps 2000` for seeds S = 0 … 4 (recorded
+# in the equivalent older form printed below; same architecture as chapter 2: four steps of ActNorm, invertible 2x2 map and an SRFlow affine
 # coupling with s = sigmoid(h + 2) + 10⁻⁴). Each checkpoint carries the command, seed, wall time
 # and metrics that produced it, and its file's checksum is verified on loading.
 #
@@ -100,6 +101,14 @@ models = {s: load_pretrained(f"toy_affine_s{s}", device=device) for s in SEEDS}
 rows = [{"seed": s, "steps": m.manifest["steps"], "wall": m.manifest["wall_time_s"], "nll": m.manifest["metrics"]["val_nll"]} for s, m in models.items()]
 print(report.format_table(rows, [("seed", "seed", "d"), ("steps", "steps", "d"), ("wall time s", "wall", ".0f"), ("held-out NLL", "nll", ".3f")]))
 print(f"(optimum NLL log 0.6 = {toy.TRUE_NLL:.3f}); command of seed 0: {models[0].manifest['command']}")
+for s, m in models.items():  # what the text says about the five checkpoints
+    assert m.manifest["steps"] == 2000 and m.manifest["seed"] == s and "--coupling affine" in m.manifest["command"]
+    assert 60 < m.manifest["wall_time_s"] < 180, m.manifest["wall_time_s"]  # "one to three minutes"
+    assert [type(layer).__name__ for layer in m.layers] == ["ActNorm", "InvConv1x1", "Coupling"] * 4
+assert (toy.FAR_OOD_RADIUS, toy.RING_DIRECTIONS, toy.FIRST_OOD_RADIUS) == (1000.0, 360, 100.0)
+assert toy.OOD_DIRECTION == (1 / math.sqrt(2), 1 / math.sqrt(2)) and len(toy.IN_DIST_Y) == 5
+assert math.exp(-(3**2) / 2) < 0.02  # P(|y| > 3) for y ~ N(0, I) in 2D: "rarely"
+assert abs(toy.true_spread() - 0.53) < 0.005
 
 STYLE = {s: seed_style("affine", i) for i, s in enumerate(SEEDS)}  # one colour; line style and marker tell the seeds apart
 
@@ -136,11 +145,17 @@ for s, rows in in_dist.items():
         assert r["inside"] > 0.9, f"seed {s}, y={r['y']}: only {r['inside']:.0%} of samples near the support"
         assert r["nonfinite"] == 0
 in_spread = {s: statistics.mean(r["spread"] for r in rows) for s, rows in in_dist.items()}
+in_min_s = min(r["min_scale"] for rows in in_dist.values() for r in rows)
+in_max_sv = max(r["max_sv"] for rows in in_dist.values() for r in rows)
+print(f"over all models and conditions: smallest s {in_min_s:.3f}, largest singular value {in_max_sv:.2f}")
+assert 0.1 < in_min_s < 1, in_min_s  # "a few tenths"
+assert in_max_sv < 10, in_max_sv  # "of order one"
 print("in distribution, every model matches the data's spread (within 2x) and range")
 
 # %% [markdown]
 # In distribution the smallest scale any coupling uses is a few tenths, and the sampling map's
-# Jacobian has singular values of order one: a tame map.
+# Jacobian has singular values of order one (both printed above, over all models and conditions):
+# a tame map.
 #
 # ## 3. Far out of distribution
 #
@@ -170,7 +185,7 @@ assert n_pre == 1 and n_16 < len(SEEDS)  # the reason the claims below use a wid
 # So we scan the circle: 360 directions, 1° apart, every model the same, with the same latents
 # for every direction (`toy.ring`, a few large batches). Below, the sample spread relative to
 # in-distribution, direction by direction, at |y| = 1000. Each model explodes, but over wedges of
-# very different width: some over most of the circle, one over only a few degrees.
+# very different width (the table of 3c counts them).
 
 # %%
 scan = {s: toy.ring(m, radius=toy.FAR_OOD_RADIUS, n_directions=toy.RING_DIRECTIONS, n=N_OOD) for s, m in tqdm(models.items(), desc="360-direction scan")}
@@ -219,12 +234,25 @@ assert sum(scan_small[100.0][s] > 10 for s in SEEDS) < len(SEEDS)  # why |y| = 1
 for s in SEEDS:
     assert far[s]["jump"]["name"] == "Coupling", f"seed {s}: the biggest jump is at {far[s]['jump']['name']}"
 print("far OOD: every model > 10x, median > 100x, median smallest s < 0.01, jump at a coupling's inverse")
+# what the text around this table says
+n_dirs = {s: sum(r["spread"] / in_spread[s] > 10 for r in scan[s]) for s in SEEDS}
+calm = {R: [s for s in SEEDS if scan_small[R][s] <= 10] for R in scan_small}
+assert max(ratios) / min(ratios) > 100, "the size of the explosion differs between seeds by orders of magnitude"
+assert max(n_dirs.values()) > 5 * min(n_dirs.values()), n_dirs  # so does how much of the circle explodes
+assert len(calm[100.0]) >= 2 and len(calm[200.0]) >= 1, calm  # "some models" had no exploding direction at 100
+widest, narrowest = max(n_dirs, key=n_dirs.get), min(n_dirs, key=n_dirs.get)
+display(Markdown(
+    f"At |y| = 1000 the exploding wedge covers {n_dirs[widest]} of {toy.RING_DIRECTIONS} directions for seed {widest} "
+    f"and only {n_dirs[narrowest]} for seed {narrowest}; the far-OOD spread ratio ranges over a factor "
+    f"{max(ratios) / min(ratios):.0f} between seeds. With no direction over 10x: seeds {calm[100.0]} at |y| = 100, "
+    f"seeds {calm[200.0]} at |y| = 200."
+))
 
 # %% [markdown]
 # The explosion is real in every model, and its size is not a property of the architecture: it
 # depends on the training run, by orders of magnitude, and so does how much of the circle is
-# dangerous. At the smaller radii some models had no exploding direction at all (last two
-# columns). Any single-model, single-condition demonstration of this effect is a lucky (or
+# dangerous (the counts above). At the smaller radii some models had no exploding direction at all
+# (last two columns). Any single-model, single-condition demonstration of this effect is a lucky (or
 # unlucky) draw.
 #
 # ### 3d. From in distribution to far OOD
@@ -261,19 +289,28 @@ axes[0].legend()
 fig.suptitle("affine couplings from in distribution (grey band) to far OOD", y=1.02)
 plt.tight_layout()
 plt.show()
+points = [(d["min_scale"], d["spread"] / in_spread[s], d["max_sv"]) for s in SEEDS for d in sweep[s]]
+at_floor = [p for p in points if p[0] < 1e-3]
+tame = [p for p in points if p[0] > 0.1]
+print(f"{len(points)} (seed, radius) points: {len(at_floor)} with smallest s < 1e-3, spread ratio "
+      f"{min(p[1] for p in at_floor):.3g} or more, max σ {min(p[2] for p in at_floor):.3g} or more; "
+      f"{len(tame)} with s > 0.1, spread ratio at most {max(p[1] for p in tame):.3g}")
+assert at_floor and all(p[1] > 100 and p[2] > 100 for p in at_floor)  # at the floor: orders of magnitude
+assert tame and all(p[1] < 10 for p in tame)  # away from it: no explosion
 
 # %% [markdown]
 # The three curves move together: as |y| grows, the smallest s slides towards ε, and once it sits
-# there the spread and the Jacobian's norm jump by orders of magnitude.
+# near there (below 10⁻³) the spread and the Jacobian's norm are up by orders of magnitude, while
+# every point with s above 0.1 stays within 10x (the line above the figure's cell counts both).
 #
 # ## 4. Where in the sampling pass it happens
 #
 # `ConditionalFlow.trace` runs the sampling pass layer by layer and records, after each layer, the
-# variance across samples (the paper's Fig. 3b). In distribution it wanders within a couple of
-# orders of magnitude; far OOD, the inverse of an affine coupling multiplies it by many orders of
-# magnitude (the factor is printed below). Dividing by s ≥ ε stretches the samples by at most
-# 1/ε = 10⁴, i.e. 10⁸ in variance, but the shift t is not bounded and adds its own spread, so
-# one layer's factor can exceed 10⁸; and more than one coupling may sit at the floor.
+# variance across samples (the paper's Fig. 3b). In distribution it stays within two orders of
+# magnitude; far OOD, the inverse of an affine coupling multiplies it by many orders of magnitude.
+# Dividing by s ≥ ε stretches the samples by at most 1/ε = 10⁴, i.e. 10⁸ in variance, but the
+# shift t is not bounded and adds its own spread, so nothing caps one layer's factor at 10⁸; and
+# nothing limits the floor to one coupling. The sentence under the figure says what this model does.
 
 # %%
 SHOW = 0  # the model we look at closely
@@ -314,6 +351,16 @@ print(f"the jump: layer {j['index']} ({j['name']}), variance x{j['factor']:.2e}"
 floored = [r["index"] for r in d_far["rows"] if r["name"] == "Coupling" and r["min_scale"] < 1e-3]
 print(f"couplings whose smallest s is below 1e-3 far OOD: {floored}")
 assert j["index"] in floored
+after = [r["variance"] for r in d_far["rows"] if r["index"] <= j["index"]]  # the jump's layer and every later one
+assert min(after) > 1e4 * max(r["variance"] for r in d_in["rows"])  # the blown-up values are carried to the output
+display(Markdown(
+    f"For seed {SHOW} the largest jump is ×{j['factor']:.2g} in variance, at coupling {j['index']}: "
+    + ("more than the 10⁸ that the scale alone can give, so the shift t added its own spread. " if j["factor"] > 1e8
+       else "within the 10⁸ that the scale alone can give. ")
+    + f"{len(floored)} of the {sum(r['name'] == 'Coupling' for r in d_far['rows'])} couplings used a scale below 10⁻³ "
+    f"(layers {', '.join(map(str, floored))}), and every layer after the jump keeps a variance over 10⁴ times "
+    "the largest in distribution."
+))
 
 # %% [markdown]
 # ## 5. 1/s against the conditioner's output
@@ -321,7 +368,8 @@ assert j["index"] in floored
 # Why that layer? Its conditioner sees [x_a, y] with y far outside anything it was trained on and
 # outputs a very negative h. The sampling pass divides by s = sigmoid(h + 2) + ε, i.e. multiplies
 # by 1/s, which follows the curve below and saturates at 1/ε = 10⁴. Each dot is one sample going
-# through one coupling: in distribution they sit near 1/s ≈ 1; far OOD some sit on the ceiling.
+# through one coupling: in distribution they sit between 1/s = 1 and a few; far OOD some sit on the
+# ceiling (both ranges printed below).
 
 
 # %%
@@ -355,7 +403,10 @@ plt.show()
 h_far = torch.cat([p[1] for p in coupling_h(m0, d_far)])
 h_in = torch.cat([p[1] for p in coupling_h(m0, d_in)])
 print(f"h in distribution: {h_in.min().item():.1f} .. {h_in.max().item():.1f}; far OOD: down to {h_far.min().item():.3g}")
+inv_in, inv_far = (torch.cat([p[2] for p in coupling_h(m0, d)]) for d in (d_in, d_far))
+print(f"1/s in distribution: {inv_in.min().item():.2f} .. {inv_in.max().item():.2f}; far OOD: up to {inv_far.max().item():.4g}")
 assert h_far.min() < -11 < h_in.min()  # sigmoid(h + 2) < 1e-4 below h ~ -11: the floor takes over
+assert inv_in.max() < 10 and inv_far.max() > 0.9e4  # "between 1 and a few"; "on the ceiling"
 
 # %% [markdown]
 # ## 6. Try it: a slider over y
@@ -458,7 +509,7 @@ print(f"T = 0.2 far OOD: spread {cold['spread']:.3g} (in distribution at T = 1: 
 assert cold["spread"] > 10 * in_spread[SHOW]
 
 # %% [markdown]
-# **Exercise 3.** Seed 3 explodes only in a narrow wedge. Follow its worst direction inward:
+# **Exercise 3.** Seed 3 explodes only in a narrow wedge (the narrowest of the five, counted in 3c). Follow its worst direction inward:
 # compute the smallest scale s at |y| = 10, 100 and 1000 along it, and find the first of these
 # distances at which s < 0.01. Store it in `onset`.
 
@@ -470,6 +521,7 @@ print({R: f"{s:.2e}" for R, s in s_along.items()}, "onset:", onset)
 
 # %% tags=["check"]
 assert s_along[10.0] > 0.01 and onset == 1000.0
+assert n_dirs[3] == min(n_dirs.values())  # the exercise's "narrow wedge"
 
 # %% [markdown]
 # **Exercise 4.** The Jacobian tells the same story as the spread. For seed 0, compare the largest

@@ -81,6 +81,7 @@ FACTOR, CROP = 4, 64
 train_photos = data.load_photos(data.TRAIN_PHOTOS)
 print("training photos:", ", ".join(f"{n} {tuple(p.shape[1:])}" for n, p in zip(data.TRAIN_PHOTOS, train_photos)))
 print("validation photos:", data.VAL_PHOTOS)
+assert len(data.TRAIN_PHOTOS) == 11 and tuple(data.VAL_PHOTOS) == ("coffee", "china")  # as the text says
 
 hr_batch = data.random_crops(train_photos, CROP, 16, generator=gen)
 lr_batch = data.bicubic_down(hr_batch, FACTOR)
@@ -212,10 +213,13 @@ assert sum(groups.values()) == total
 for name, n in groups.items():
     print(f"{name:<11}{n:>9,}  ({n / total:5.1%})")
 print(f"{'total':<11}{total:>9,}")
+assert 0.55e6 < total < 0.65e6  # "about 0.6 million"
+assert (groups["Injector"] + groups["Coupling"]) / total > 0.5  # "most of them"
 
 # %% [markdown]
-# About 0.6 million parameters, a thousandth of the SRFlow paper's model. Most of them sit in the
-# conditioners of the couplings and injectors, which is also where the condition enters.
+# About 0.6 million parameters: tiny next to the SRFlow paper's model, whose encoder alone is
+# ESRGAN's 23-block RRDB network. Most of them sit in the conditioners of the couplings and
+# injectors, which is also where the condition enters.
 #
 # ## 3. Training for a few steps, live
 #
@@ -260,15 +264,19 @@ assert last < first - 0.2, "the loss should fall clearly within a few steps"
 model = load_pretrained("sr_affine", device=device)
 man = model.manifest
 print(f"command: {man['command']}")
-print(f"{man['steps']} steps, seed {man['seed']}, {man['wall_time_s'] / 60:.0f} min of training; "
+print(f"{man['steps']} steps, seed {man['seed']}, {man['wall_time_s'] / 60:.0f} min of training on {man['training']['threads']} thread(s); "
       f"validation bpd {man['metrics']['val_bpd']:.3f} (the {STEPS}-step model above: about {last:.1f})")
+train = man["training"]  # the recipe the text describes, and the model's size
+assert (train["lr"], train["batch"], train["crop"], train["threads"]) == (5e-4, 16, CROP, 1)
+assert man["config"]["quant"] == 32 and (man["config"]["levels"], man["config"]["steps"]) == (LEVELS, K)
+assert man["steps"] > 10 * STEPS and 20 < man["wall_time_s"] / 60 < 45  # many more steps; about half an hour
 
 # %% [markdown]
 # ## 4. Super-resolving held-out photos
 #
 # We take the central 256x256 crop of each validation photo as HR, its 64x64 bicubic LR as input,
-# and draw 8 samples at temperature 0.7 (latents z ~ N(0, 0.7² I): SRFlow's usual setting; what a
-# higher temperature does is chapter 5's story). The sampling pass is run with `model.trace`, which
+# and draw 8 samples at temperature 0.7 (latents z ~ N(0, 0.7² I), a little cooler than the 0.9 SRFlow
+# reports with; what a higher temperature does is chapter 5's story). The sampling pass is run with `model.trace`, which
 # also reports the smallest scale s any layer used. Nothing is clamped yet: we first record the
 # raw samples' range with the artifact report of `minflow.metrics` (chapter 5 explains it), then
 # clamp copies to [0, 1] for viewing and for the image metrics.
@@ -287,10 +295,13 @@ for name, photo in zip(data.VAL_PHOTOS, data.load_photos(data.VAL_PHOTOS)):
     print(f"{name}: raw samples max|x| {s['max_abs']:.2f}, non-finite {s['nonfinite']}, smallest s {s['min_scale']:.3f}, "
           f"artifact pixels {s['artifact_fraction']:.1e}")
     assert s["nonfinite"] == 0 and s["max_abs"] < 1e3, "no explosion in distribution at T = 0.7"
+    assert s["min_scale"] > 100 * 1e-4, "the text says: far above the floor"
+    assert s["artifact_fraction"] < 1e-4, "the text says: a handful of pixels, a few in 10^5"
 
 # %% [markdown]
-# No explosion: nothing is non-finite and the smallest scale used stays far above its floor of
-# 10⁻⁴. A handful of pixels may still leave [0, 1] (the "artifact pixels" above): small specks
+# No explosion: nothing is non-finite and the smallest scale used stays more than a hundred times
+# above its floor of 10⁻⁴. A handful of pixels may still leave [0, 1] (the "artifact pixels" above,
+# a few in 10⁵): small specks
 # from the tails of the sampling distribution, which chapter 5 examines closely. Now the pictures: LR
 # (shown with nearest-neighbour blocks), bicubic, three samples, the mean of all 8 samples, and HR;
 # below each, the 96x96 window framed in it, enlarged.
@@ -398,7 +409,7 @@ plt.show()
 #   (about 36 dB), let alone the true HR (exact). A short-trained model leaves small errors all
 #   over the image; the full-size SRFlow reaches LR-PSNR near 50 dB.
 # - **Diversity and detail:** the samples differ from one another (a per-pixel spread of a few
-#   percent of the range), and each carries well over twice the high-frequency detail of bicubic,
+#   percent of the range), and each carries more than twice the high-frequency detail of bicubic,
 #   yet less than the true photo has: the model under-generates texture rather than over-generating it.
 
 # %%
@@ -409,6 +420,10 @@ for name, other in zip(names, names[::-1]):
     print(f"{name}: samples' LR-PSNR {smp[2]:.1f} dB against their own LR, {wrong:.1f} dB against {other}'s")
     assert abs(avg[0] - bic[0]) < 2.0, f"{name}: mean-sample PSNR {avg[0]:.2f} not within 2 dB of bicubic {bic[0]:.2f}"
     assert smp[0] <= avg[0], f"{name}: single samples should not beat their mean in PSNR"
+    assert avg[0] < bic[0] and avg[1] < bic[1], f"{name}: the text says the mean does not beat bicubic (PSNR, SSIM)"
+    assert smp[1] < avg[1], f"{name}: the text says a single sample scores lower than the mean in SSIM too"
+    assert 27 < smp[2] < 33 and 34 < bic[2] < 38, f"{name}: LR-PSNR samples {smp[2]:.1f}, bicubic {bic[2]:.1f} (text: about 30 and 36 dB)"
+    assert smp[3] < 0.1, f"{name}: diversity {smp[3]:.4f} is more than a few percent of the range"
     assert smp[2] > 25 and smp[2] > wrong + 10, f"{name}: samples' LR-PSNR {smp[2]:.1f} dB: they do not explain their input"
     assert smp[2] < bic[2], f"{name}: the text says bicubic is more LR-consistent than this model"
     assert smp[3] > 0.01, f"{name}: samples hardly differ (diversity {smp[3]:.4f})"

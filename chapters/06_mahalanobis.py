@@ -54,13 +54,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown, display
 from matplotlib.colors import LogNorm
 from tqdm.auto import tqdm
 
 import minflow as mf
 from minflow import data, metrics, ood, report, sr, toy
 from minflow.checkpoints import data_dir, load_pretrained
-from minflow.plotting import COLORS, SEED_MARKERS, plot_finite, seed_style, style
+from minflow.plotting import COLORS, SEED_MARKERS, nonfinite_strip, plot_finite, seed_style, style
 
 style()
 device = mf.get_device()  # cuda when available, else cpu
@@ -133,6 +134,7 @@ directions = torch.stack([angles.cos(), angles.sin()], 1)
 ys = (RADII[None, :, None] * directions[:, None, :]).reshape(-1, 2)  # (480, 2)
 toy_score = toy_scorer.score(ys)
 print(f"{len(ys)} conditions, score from {toy_score.min():.2f} to {toy_score.max():.0f}")
+assert len(ys) == 480 and ((toy_score - ys.norm(dim=1)).abs() < 0.02 + 0.02 * ys.norm(dim=1)).all()  # "very nearly |y|"
 
 N_TOY = mf.pick(500, 200)  # samples per condition
 OUTLIER_U = 2.0  # |u|_inf beyond this: outside the support blown up 2x
@@ -197,16 +199,30 @@ for s in SEEDS:
     assert st["bin_rank"] > MIN_BIN_RANK, f"seed {s}: outlier rate not rising across bins (rank corr. {st['bin_rank']:.3f})"
     assert st["rho"] > MIN_SPEARMAN, f"seed {s}: Spearman {st['rho']:.3f} <= {MIN_SPEARMAN}"
 print("toy: for every seed the outlier rate rises across the deciles and Spearman > 0.3")
+p_in = {s: toy_res[s]["p"][toy_score < 3].mean().item() for s in SEEDS}  # |y| < 3: in distribution
+p_far = {s: toy_res[s]["p"][toy_score > 60].mean().item() for s in SEEDS}
+top_exploded = {s: toy_stats[s]["exploded"].rate[-1] for s in SEEDS}  # share of top-decile conditions that exploded
+print("outlier probability, in distribution:", {s: f"{v:.2%}" for s, v in p_in.items()})
+print("outlier probability, score > 60:", {s: f"{v:.1%}" for s, v in p_far.items()})
+print("share of top-decile conditions that exploded:", {s: f"{v:.0%}" for s, v in top_exploded.items()})
+assert all(v < 0.01 for v in p_in.values()) and all(v > 0.9 for v in p_far.values())  # "under 1 %"; "nearly all"
+most, fewest = max(top_exploded, key=top_exploded.get), min(top_exploded, key=top_exploded.get)
+assert top_exploded[most] > 0.5 and top_exploded[fewest] < 0.25  # the seeds disagree on how much explodes
+display(Markdown(
+    f"In the top score decile, the share of conditions whose samples exploded goes from {top_exploded[fewest]:.0%} "
+    f"(seed {fewest}) to {top_exploded[most]:.0%} (seed {most}); "
+    f"{sum(v > 0.5 for v in top_exploded.values())} of the {len(SEEDS)} seeds explode in most of it."
+))
 
 # %% [markdown]
-# In distribution, well under 1 % of samples are outliers; beyond a score of about 60 nearly all
-# are. Every seed agrees, and the rank correlations are high.
+# In distribution, under 1 % of samples are outliers; beyond a score of about 60 nearly all
+# are (both printed above, per seed). Every seed agrees, and the rank correlations are high.
 #
 # The right panel adds a caution. Far out, two different failures make outliers. Along some
 # directions the conditioner's scale collapses and samples explode (chapter 3); along others s
 # stays healthy, but the shift t extrapolates the wrong way, so the samples form a tidy cloud in the
-# wrong place. How much of the circle explodes depends on the seed: in some models most far-OOD
-# conditions do, in others only a few. The score tells you that the model is outside what it
+# wrong place. How much of the circle explodes depends on the seed (the sentence above gives the
+# range, from the top decile of the right panel). The score tells you that the model is outside what it
 # learned. It does not tell you which failure you will get. Section 5 explains why.
 #
 # ## 3. Super-resolution: a per-pixel score
@@ -258,13 +274,18 @@ def fit_scorer(model):
 
 
 affine_scorer = fit_scorer(sr_affine)
+with torch.no_grad():
+    trunk = sr_affine.encoder.features(torch.zeros(1, 3, 16, 16, device=device))
+assert trunk.shape[1] == 128 and affine_scorer.mean_.numel() == 32  # 128 trunk channels, 32 per level
+assert sr_affine.manifest["training"]["crop"] == 64
 print(f"fitted on {affine_scorer.n_} LR pixels, shrinkage {affine_scorer.shrinkage_:.2g}; "
       f"a typical training pixel scores about sqrt(32) = {math.sqrt(32):.1f}")
 
 # %% [markdown]
 # The test inputs are chapter 5's: the two validation photos with the training degradation
 # ("reference"), unusual content, unusual degradations, and odd inputs that proved harmless for an
-# earlier, exploratory model ("benign"). Each is 64x64 LR and 256x256 HR. We draw several samples per input at
+# earlier, exploratory model ("benign"). Each is 64x64 LR and 256x256 HR (the synthetic
+# patterns have no HR). We draw several samples per input at
 # temperature 0.9 (the paper's setting) with a fixed generator. For each LR pixel we keep the score,
 # the artifact events, and two descriptions of the samples used again in section 4: their spread,
 # and how large they get.
@@ -272,6 +293,7 @@ print(f"fitted on {affine_scorer.n_} LR pixels, shrinkage {affine_scorer.shrinka
 # %%
 sets = data.ood_sets()
 inputs = {name: (group, item) for group, items in sets.items() for name, item in items.items()}
+assert all(item.lr.shape[-2:] == (64, 64) and (item.hr is None or item.hr.shape[-2:] == (256, 256)) for _, item in inputs.values())
 N_SR = mf.pick(10, 4)  # samples per input
 TEMPERATURE = 0.9
 
@@ -321,10 +343,21 @@ plt.show()
 n_boom = sum(r["report"]["explosions"] > 0 for r in affine_res.values())
 print(f"inputs with at least one exploded sample: {n_boom} of {len(affine_res)}; "
       f"coffee: {affine_res['coffee']['report']['explosions']:.0%} of its samples exploded")
+ref_boom = {n: r["report"]["explosions"] for n, r in affine_res.items() if r["group"] == "reference"}
+rho_inputs = ood.spearman([r["score"].mean().item() for r in affine_res.values()], [r["freq"].mean().item() for r in affine_res.values()])
+print(f"over the inputs, Spearman(mean score, mean artifact frequency) = {rho_inputs:.2f}")
+assert n_boom > len(affine_res) / 3 and rho_inputs > MIN_SPEARMAN  # "often"; high score, most artifacts
+display(Markdown(
+    f"{n_boom} of the {len(affine_res)} inputs have at least one exploded sample, among them "
+    + (", ".join(f"{n} ({v:.0%} of its samples)" for n, v in ref_boom.items() if v > 0) or "none")
+    + f" of the {len(ref_boom)} reference photos; over the inputs, the mean score and the mean artifact "
+    f"frequency have a Spearman correlation of {rho_inputs:.2f}."
+))
 
 # %% [markdown]
-# The affine model explodes often at T = 0.9, even on the validation photos, as in chapter 5, and
-# the inputs whose features score far from training are the ones with the most artifacts.
+# The affine model explodes often at T = 0.9, even on validation photos, as in chapter 5 (the
+# counts are above), and the inputs whose features score far from training are the ones with the
+# most artifacts.
 # Now we pool every LR pixel of every input and ask three questions. How does the artifact
 # probability change from the lowest score decile to the highest? How well does the score's rank
 # order match the frequency's (Spearman)? And how well does the score, used as a detector, separate
@@ -370,10 +403,16 @@ assert affine_stats["bin_rank"] > MIN_BIN_RANK, f"artifact rate not rising acros
 assert affine_stats["rho"] > MIN_SPEARMAN, f"Spearman {affine_stats['rho']:.3f} <= {MIN_SPEARMAN}"
 assert affine_stats["auc"] > 0.5
 print("SR (affine): the artifact probability rises across the score deciles, Spearman > 0.3, AUC above chance")
+rate = affine_stats["binned"].rate
+assert max(rate[:8]) < 0.1 and min(rate[8:]) > 0.3, rate  # "a few percent" below, "roughly half and more" on top
+display(Markdown(
+    f"The lowest eight deciles have artifact rates from {min(rate[:8]):.1%} to {max(rate[:8]):.1%}; "
+    f"the top two have {rate[8]:.0%} and {rate[9]:.0%}."
+))
 
 # %% [markdown]
-# The lowest eight deciles share a small, flat artifact rate of a few percent. The top two jump to
-# roughly half and more. Why the floor is not zero: **an explosion does not stay where it starts.**
+# The lowest eight deciles share a small artifact rate of a few percent or less. The top two jump
+# to roughly half and more. Why the floor is not zero: **an explosion does not stay where it starts.**
 # Once one value overflows, the next invertible 1x1 convolution mixes it into every channel, the
 # next squeeze and coupling spread it to the neighbours, and whole samples turn non-finite (the
 # filled markers of the per-input figure). A low-score pixel in such a sample is counted as an artifact because
@@ -409,10 +448,15 @@ within = {n: ood.roc_auc(r["score"].flatten().repeat(r["events"].shape[0]), r["e
           for n, r in affine_res.items() if 0 < r["events"].sum() < r["events"].numel()}  # fmt: skip
 print(f"within-image ROC-AUC (inputs with some but not only artifacts, {len(within)} of {len(affine_res)}): "
       f"median {np.median(list(within.values())):.2f}, range {min(within.values()):.2f} .. {max(within.values()):.2f}")
+freq_of = {n: r["freq"].mean().item() for n, r in affine_res.items()}
+print("mean artifact frequency:", {n: f"{freq_of[n]:.2f}" for n in ("checker_1px", "stripes_2px", "coffee/contrast_x4")})
+assert max(freq_of, key=freq_of.get) in sets["content"]  # the worst input overall is in the "content" row
+assert freq_of["checker_1px"] > 0.9 and freq_of["stripes_2px"] > 0.9 and freq_of["coffee/contrast_x4"] > 0.5
 
 # %% [markdown]
 # Within a single image the score is a weaker guide than across images. An image whose features
-# are far from training (a synthetic pattern, a hard-contrast photo) explodes almost everywhere.
+# are far from training has artifacts almost everywhere (the 1-px checkerboard and the 2-px stripes)
+# or over most of the image (coffee at 4x contrast): the frequencies printed above.
 # Within a natural photo, artifacts grow from a few high-score spots and then spread through the
 # rest of the sample. The within-image AUCs printed above measure how often the score still finds
 # the right pixels.
@@ -521,6 +565,16 @@ else:
     print(f"share of the spline's flagged pixel-samples on checker_1px: {share:.0%}")
     assert share > 0.8
     print("both models: the score predicts where samples spread out (Spearman > 0.3); only the affine model explodes")
+    spline_max = max(r["report"]["max_abs"] for r in spline_res.values())
+    affine_max = max(r["report"]["max_abs"] for r in affine_res.values())  # the largest finite value
+    n_zero = int(np.sum(np.asarray(spline_stats["binned"].rate) == 0))
+    low = [r["exploded"] for r in tables["affine"][:8]]
+    assert 1.5 < spline_max < 3 and affine_max > 1e30 and n_zero >= len(tables["spline"]) // 2 and 0.001 < max(low) < 0.1
+    display(Markdown(
+        f"For the text below: the spline's largest value on any input is {spline_max:.2g}, the affine model's largest "
+        f"finite one {affine_max:.1e}; {n_zero} of the spline's {len(tables['spline'])} deciles have an artifact rate of "
+        f"exactly zero; {min(low):.1%} to {max(low):.1%} of the affine model's pixel-samples explode in its lowest eight deciles."
+    ))
 
 # %% [markdown]
 # The score finds the same unsure places in both models: where it is high, the samples of either
@@ -528,15 +582,17 @@ else:
 #
 # - **Affine.** The uncertainty turns into explosions. In the top two deciles most flagged
 #   pixel-samples are non-finite or beyond 10³, and the median MAD of the top decile is infinite.
-#   Even the low deciles catch a percent or so, because explosions spread through a sample.
+#   Even the low deciles catch up to a few percent, because explosions spread through a sample.
 # - **Spline.** The uncertainty stays bounded. Nothing is non-finite, and the largest value
 #   anywhere is about 2. The paper's criterion still flags part of the spline's top decile, almost
-#   all of it on the 1-px checkerboard. Those are overshoots to about 1.5–2.2: an unsure but healthy
-#   model, the kind of tail that fires the criterion on ordinary samples (chapter 5's reference photos).
+#   all of it on the 1-px checkerboard. Those are overshoots between 1.5 and that largest value: an
+#   unsure but healthy model, the kind of tail that fires the criterion on ordinary samples (chapter
+#   5's reference photos).
 #
-# A rate alone would put those overshoots in one class with the affine model's 10³⁰. That is why we
-# compare sizes. (The spline's "bin rank" printed above is low only because eight deciles tie at a
-# rate of exactly zero; its rates never decrease.)
+# A rate alone would put those overshoots in one class with the affine model's values beyond 10³⁰.
+# That is why we compare sizes. (The spline's "bin rank" printed above is low only because most of
+# its deciles tie at a rate of exactly zero; its rates never decrease.) The numbers are in the
+# sentence above.
 
 # %% [markdown]
 # ## 5. Why a distant feature vector drives s to its floor
@@ -612,6 +668,7 @@ for i in coupling_ids:
         phi = hidden(layer, v, cond).double()
         h = layer.conditioner_output(v, cond)[..., 1].flatten().double()
         d_phi = phi_scorer.score(phi)
+    assert phi.shape[1] == 64  # the 64-unit last hidden layer
     ok = finite & torch.isfinite(h)
     bound_ok &= bool(((h - h_bar).abs()[ok] <= sigma_h * d_phi[ok] * (1 + 1e-6) + 1e-6).all())
     worst_k = torch.where(ok, h, torch.full_like(h, math.inf)).view(len(ys), n_d).argmin(1)
@@ -647,12 +704,22 @@ in_dist = toy_score < 3
 for s in SEEDS:
     ls = -toy_res[s]["s_min"].log()
     assert ls[in_dist].max() < 5, f"seed {s}: an in-distribution condition pushed s down to {toy_res[s]['s_min'][in_dist].min():.2g}"
-print("the bound holds for every sample; no in-distribution condition gets near the floor; far out, seeds split into floor and no floor")
+far_ls = {s: -toy_res[s]["s_min"].log()[toy_score > 30] for s in SEEDS}  # far out: the fan
+at_floor = [s for s in SEEDS if far_ls[s].max() > 9]  # log(1/eps) = 9.2
+assert at_floor and all(far_ls[s].min() < 0.5 for s in SEEDS)  # far out some conditions reach the floor, others s -> 1
+print("the bound holds for every sample; no in-distribution condition gets near the floor")
+display(Markdown(
+    f"Far out (score > 30), seeds {at_floor} reach the floor somewhere"
+    + (f", seeds {[s for s in SEEDS if s not in at_floor]} never do (their largest log(1/s) is "
+       f"{', '.join(f'{far_ls[s].max():.1f}' for s in SEEDS if s not in at_floor)})" if len(at_floor) < len(SEEDS) else "")
+    + "; every seed also has far conditions with log(1/s) below 0.5, s near 1."
+))
 
 # %% [markdown]
-# The right panel is step 3 made visible. Up to a score of about 3 every model keeps log(1/s) small.
-# Further out the conditions fan out. In some directions log(1/s) climbs, linearly in the score (the
-# log axis bends the lines), until it hits the floor at 9.2. In others it drops towards 0 (s → 1).
+# The right panel is step 3 made visible. Up to a score of about 3 every model keeps log(1/s) below
+# 5. Further out the conditions fan out. In some directions log(1/s) climbs, linearly in the score
+# (the log axis bends the lines), until it hits the floor at 9.2 (in the seeds the sentence above
+# names). In others it drops towards 0 (s → 1).
 # A large score opens the door, and the direction decides whether the model walks through it.
 #
 # **The same picture in SR, per pixel.** Level 1 has three injectors, whose conditioners read *only*
@@ -675,38 +742,50 @@ with torch.no_grad():
             layer = sr_affine.layers[row["index"]]
             if isinstance(layer, (mf.Injector, mf.Coupling)) and prev["output"].shape[-2:] == lr.shape[-2:]:
                 h = layer.conditioner_output(prev["output"], feats)[..., 1]  # (1, C_b, h, w)
-                s, _ = layer.bijection.scale(h)
-                s = torch.where(torch.isfinite(s), s, torch.full_like(s, 1e-4)).amin(1)[0]  # non-finite h: count as floor
-                (s_inj if isinstance(layer, mf.Injector) else s_cou).append(s.cpu())
+                s, _ = layer.bijection.scale(h)  # non-finite where the layer's input already was
+                bad = ~torch.isfinite(s).all(1)[0]  # (h, w): some channel's s is not a number
+                s = torch.where(torch.isfinite(s), s, torch.full_like(s, math.inf)).amin(1)[0]  # smallest finite s
+                (s_inj if isinstance(layer, mf.Injector) else s_cou).append((s.cpu(), bad.cpu()))
+        assert len(s_inj) == len(s_cou) == 3  # level 1: three injectors, three couplings
         score = affine_res[name]["score"]
-        inj_pts.append((score.flatten(), torch.stack(s_inj).amin(0).flatten()))
-        cou_pts.append((score.flatten(), torch.stack(s_cou).amin(0).flatten()))
+        for pts, got in ((inj_pts, s_inj), (cou_pts, s_cou)):
+            pts.append((score.flatten(), torch.stack([g[0] for g in got]).amin(0).flatten(), torch.stack([g[1] for g in got]).any(0).flatten()))
 
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
-rho_s = {}
+rho_s, n_bad, n_floor = {}, {}, {}
 for ax, (label, pts) in zip(axes, [("injectors (features only)", inj_pts), ("couplings (features + x_a)", cou_pts)]):
     sc = torch.cat([p[0] for p in pts]).numpy()
+    bad = torch.cat([p[2] for p in pts]).numpy()  # a non-finite s in some layer: reported apart, not as a floor value
     ls = -torch.cat([p[1] for p in pts]).double().log().numpy()
-    rho_s[label] = ood.spearman(sc, ls)
-    hb = ax.hexbin(sc, ls, gridsize=60, bins="log", xscale="log", cmap="Reds", mincnt=1)
+    n_bad[label] = int(bad.sum())
+    n_floor[label] = int((ls[~bad] > 9).sum())  # log(1/eps) = 9.2: at the floor
+    rho_s[label] = ood.spearman(sc[~bad], ls[~bad])
+    hb = ax.hexbin(sc[~bad], ls[~bad], gridsize=60, bins="log", xscale="log", cmap="Reds", mincnt=1)
     fig.colorbar(hb, ax=ax, label="LR pixels")
+    if bad.any():  # their scores, in the labelled strip above the panel
+        nonfinite_strip(ax).plot(sc[bad], np.full(bad.sum(), 0.5), ls="", marker="|", ms=8, color=COLORS["affine"], alpha=0.3)
     ax.axhline(math.log(1e4), color="k", ls="--", lw=1)
-    ax.set(title=f"level 1 {label}: Spearman {rho_s[label]:.2f}", xlabel="Mahalanobis score of the pixel's level-1 features", ylabel="log(1/s), smallest over the level's layers", ylim=(0, 10))
+    ax.set(title=f"level 1 {label}: Spearman {rho_s[label]:.2f} (finite s)\n{n_bad[label]} of {len(sc)} pixels with a non-finite s (strip)",
+           xlabel="Mahalanobis score of the pixel's level-1 features", ylabel="log(1/s), smallest finite s over the level's layers", ylim=(0, 10))  # fmt: skip
 fig.suptitle(f"affine SRFlow, one sampling pass per input ({N_TRACE} inputs): the scale sinks as the score grows", y=1.02)
 plt.tight_layout()
 plt.show()
-print({k: round(v, 3) for k, v in rho_s.items()})
+print("Spearman(score, log(1/s)) over pixels with finite s:", {k: round(v, 3) for k, v in rho_s.items()})
+print("pixels with a non-finite s (input already non-finite), counted apart:", n_bad)
+print("pixels whose smallest finite s is at the floor (log(1/s) > 9):", n_floor)
 
 # %%
 assert rho_s["injectors (features only)"] > MIN_SPEARMAN
+assert n_floor["couplings (features + x_a)"] > n_floor["injectors (features only)"]  # "mostly their scale that reaches the floor"
 print("SR: the injectors' scale sinks with the score of the features they read")
 
 # %% [markdown]
 # The injectors show the derivation most cleanly. Their parameters are a fixed function of the
 # features, and their log(1/s) rises steadily with the score. The couplings also read the sample's
 # own x_a, which earlier layers may have stretched already. This loosens the relation, but it is
-# mostly their scale that reaches the floor: an explosion starts where a distant feature vector meets an
-# x_a that has been pushed out of range.
+# mostly their scale that reaches the floor (the counts printed above; pixels whose coupling input
+# was already non-finite have no s at all and are counted apart, in the strip above the panel): an
+# explosion starts where a distant feature vector meets an x_a that has been pushed out of range.
 #
 # ## 6. What we found
 #
