@@ -294,7 +294,7 @@ print(f"fitted on {affine_scorer.n_} LR pixels, shrinkage {affine_scorer.shrinka
 sets = data.ood_sets()
 inputs = {name: (group, item) for group, items in sets.items() for name, item in items.items()}
 assert all(item.lr.shape[-2:] == (64, 64) and (item.hr is None or item.hr.shape[-2:] == (256, 256)) for _, item in inputs.values())
-N_SR = mf.pick(10, 4)  # samples per input
+N_SR = mf.pick(6, 4)  # samples per input
 TEMPERATURE = 0.9
 
 
