@@ -301,11 +301,7 @@ def load_ood_stats(name: str, root: Path | None = None) -> RiskStats:
 def expand_features(feats, n: int):
     """Features (or a tensor) of batch 1 repeated to batch n without copying."""
     if isinstance(feats, Features):
-        mean = feats.prior_mean
-        return Features(
-            {k: v.expand(n, *v.shape[1:]) for k, v in feats.items()},
-            prior_mean=None if mean is None else mean.expand(n, *mean.shape[1:]),
-        )
+        return feats.map(lambda v: v.expand(n, *v.shape[1:]))
     return feats.expand(n, *feats.shape[1:]) if isinstance(feats, Tensor) else feats
 
 

@@ -30,7 +30,7 @@ from . import checkpoints, train
 from .bijections import ALIASES, bijection_names
 from .lowlight import LLFlowConfig
 from .presets import LOWLIGHT_PRESETS, SR_PRESETS, TrainPreset, preset_values
-from .sr import ENCODERS, SRFlowConfig
+from .sr import ENCODERS, TARGETS, SRFlowConfig
 from .toy import ToyFlowConfig
 
 __all__ = [
@@ -257,6 +257,7 @@ def prepare_sr(args: argparse.Namespace) -> Job:
         coupling=args.coupling,
         prior=args.prior,
         encoder=args.encoder,
+        target=args.target,
     )
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
@@ -447,6 +448,12 @@ def parser() -> argparse.ArgumentParser:
     add_training_args(p, steps=None, batch=None, learning_rate=None, threads=0, presets=SR_PRESETS)
     add_image_args(p, SR_PRESETS)
     p.add_argument("--encoder", choices=ENCODERS, help="encoder kind: rdb (the course's) or rrdb (SRFlow's)")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        help="what the flow models: hr, the HR image (SRFlow's, the presets'), or residual, the HR image "
+        "minus the bicubic upscale of the LR image (NCSR's); samples are bicubic + residual",
+    )
     p.add_argument(
         "--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)"
     )

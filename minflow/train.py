@@ -227,7 +227,7 @@ def _clone(obj):
     return obj
 
 
-_ADDED_KEYS = {"srflow": {"encoder": "rdb"}}
+_ADDED_KEYS = {"srflow": {"encoder": "rdb", "target": "hr"}}
 """Builder -> {config key added after runs were saved: the value those runs had}."""
 
 
