@@ -72,6 +72,7 @@ def test_split_is_fixed_and_disjoint():
     )
     assert data.VAL_PHOTOS == ("coffee", "china")
     groups = [set(data.TRAIN_PHOTOS), set(data.VAL_PHOTOS), set(data.TEST_PHOTOS), set(data.OTHER_IMAGES)]
+    groups.append(set(data.SHIPPED_PHOTOS))  # the photos of data/photos (tests/test_photos.py)
     assert sum(map(len, groups)) == len(set().union(*groups)) == len(data.photo_names())
 
 
@@ -368,6 +369,9 @@ def test_manifest_names_every_loadable_image_with_its_file_and_use():
         **{n: "OOD" for n in data.OTHER_IMAGES},
     }
     for name, (_, package, file, licence, credit, used) in rows.items():
+        if name in data.SHIPPED_PHOTOS:  # copied into data/photos; checked in tests/test_photos.py
+            assert (ROOT / "data" / "photos" / f"{name}.jpg").is_file() and licence and credit, name
+            continue
         assert (homes[package] / file.strip("`")).is_file(), (name, file)
         assert licence and credit, name
         assert used.startswith(use[name]), (name, used)

@@ -2,6 +2,7 @@
 
 - `minflow.data.images`: the photos (`load_photo`), training crops, the SR degradations
   (`bicubic_down`, blur, noise, JPEG, ...), the SR OOD inputs (`ood_sets`) and DIV2K.
+- `minflow.data.photo_sources`: where each photo of data/photos comes from (`PHOTO_SOURCES`).
 - `minflow.data.folders`: training crops streamed from any folder of images (`FolderCrops`).
 - `minflow.data.lowlight`: synthetic dark captures (`darken`), paired crops, the low-light OOD
   test pairs (`lowlight_ood_sets`) and LOL.
@@ -15,11 +16,14 @@ from .images import (
     DIV2K_URLS,
     OOD_GROUPS,
     OTHER_IMAGES,
+    PHOTO_SPLITS,
+    SHIPPED_PHOTOS,
     TEST_PHOTOS,
     TRAIN_PHOTOS,
     VAL_PHOTOS,
     CropDataset,
     OODInput,
+    PhotoSplit,
     _load_array,  # noqa: F401  (cached loader, cleared by the tests)
     _require,  # noqa: F401  (the optional-dependency check, tested)
     add_noise,
@@ -61,6 +65,7 @@ from .lowlight import (
     lowlight_ood_sets,
     paired_crops,
 )
+from .photo_sources import PHOTO_SOURCES, PhotoSource, photo_source
 
 __all__ = [
     "DARKEN_RANGES",
@@ -72,6 +77,9 @@ __all__ = [
     "OOD_DARKEN",
     "OOD_GROUPS",
     "OTHER_IMAGES",
+    "PHOTO_SOURCES",
+    "PHOTO_SPLITS",
+    "SHIPPED_PHOTOS",
     "TEST_PHOTOS",
     "TRAIN_PHOTOS",
     "VAL_PHOTOS",
@@ -80,6 +88,8 @@ __all__ = [
     "LowLightInput",
     "LowLightPairs",
     "OODInput",
+    "PhotoSource",
+    "PhotoSplit",
     "StepBatches",
     "add_noise",
     "bicubic_down",
@@ -109,6 +119,7 @@ __all__ = [
     "ood_sets",
     "paired_crops",
     "photo_names",
+    "photo_source",
     "random_crops",
     "synthetic_patterns",
     "to_tensor",

@@ -2,8 +2,9 @@
 
 Every image is a float tensor in [0, 1], RGB (grey images replicated to 3 channels), shape
 (3, H, W) for one image and (N, 3, H, W) for a batch. Nothing downloads unless you ask
-(`load_div2k(download=True)`): the photos ship inside scikit-image, scikit-learn and matplotlib
-and are listed with their licences in data/IMAGES.md. The core of minflow needs only torch and
+(`load_div2k(download=True)`): the course's photos ship inside scikit-image, scikit-learn and
+matplotlib, and the wider collection (`SHIPPED_PHOTOS`) as JPEGs in the repository's
+data/photos; data/IMAGES.md lists them all with their licences. The core of minflow needs only torch and
 numpy, so those packages (and Pillow, for JPEG and text) are imported inside the functions that
 use them.
 """
@@ -24,13 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoints import data_dir
 from ..utils import check_image
+from .photo_sources import PHOTO_SOURCES
 
 __all__ = [
     "TRAIN_PHOTOS",
     "VAL_PHOTOS",
     "TEST_PHOTOS",
     "OTHER_IMAGES",
+    "SHIPPED_PHOTOS",
+    "PHOTO_SPLITS",
+    "PhotoSplit",
     "OOD_GROUPS",
     "DIV2K_URLS",
     "CropDataset",
@@ -80,6 +86,48 @@ VAL_PHOTOS = ("coffee", "china")
 TEST_PHOTOS = ("grace_hopper",)  # a natural photo in neither split, for an unseen in-distribution check
 OTHER_IMAGES = ("checkerboard", "page", "text", "cell", "retina")  # not photos of scenes: OOD inputs only
 _PACKAGE = {"flower": "sklearn", "china": "sklearn", "grace_hopper": "matplotlib"}  # default: skimage
+SHIPPED_PHOTOS = tuple(s.name for s in PHOTO_SOURCES)  # data/photos/NAME.jpg (see photo_sources.py)
+
+
+@dataclass(frozen=True)
+class PhotoSplit:
+    """Photo names for training, validation (model choice) and a final test; pairwise disjoint."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        parts = {"train": set(self.train), "val": set(self.val), "test": set(self.test)}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            if parts[a] & parts[b]:
+                raise ValueError(f"{a} and {b} share photos: {sorted(parts[a] & parts[b])}")
+
+
+# The wide split holds out photos of every kind: defocused backgrounds (kingfisher, bee),
+# saturated foliage (gibbon), dark scenes (swans, sydney_opera_night), fine texture (crab,
+# hedgehog, hawa_mahal), a landscape, people, an underwater scene, plus coffee and china.
+_WIDE_VAL = (
+    *VAL_PHOTOS,
+    "kingfisher",
+    "bee",
+    "gibbon",
+    "swans",
+    "sydney_opera_night",
+    "crab",
+    "hedgehog",
+    "hawa_mahal",
+    "machu_picchu",
+    "mariachi",
+    "porthole_reef",
+)
+_WIDE_TEST = (*TEST_PHOTOS, "jaguars", "tower_bridge_night", "orchestra")
+PHOTO_SPLITS = {
+    "course": PhotoSplit(TRAIN_PHOTOS, VAL_PHOTOS, TEST_PHOTOS),  # what the chapters train and validate on
+    "wide": PhotoSplit(  # the course's training photos and every shipped photo not held out
+        (*TRAIN_PHOTOS, *(n for n in SHIPPED_PHOTOS if n not in _WIDE_VAL + _WIDE_TEST)), _WIDE_VAL, _WIDE_TEST
+    ),
+}
 
 
 def _require(module: str):
@@ -93,12 +141,32 @@ def _require(module: str):
 
 
 def photo_names() -> list[str]:
-    """Every image name `load_photo` accepts: the train, val and test photos, then the other images."""
-    return [*TRAIN_PHOTOS, *VAL_PHOTOS, *TEST_PHOTOS, *OTHER_IMAGES]
+    """Every image name `load_photo` accepts: the course's train, val and test photos, the other
+    images, then the photos shipped in data/photos."""
+    return [*TRAIN_PHOTOS, *VAL_PHOTOS, *TEST_PHOTOS, *OTHER_IMAGES, *SHIPPED_PHOTOS]
+
+
+@functools.cache
+def _read_jpeg(path: Path) -> np.ndarray:
+    """A photo file as an (H, W, 3) uint8 array (cached by path, so $MINFLOW_DATA may change)."""
+    with _require("PIL.Image").open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _shipped_photo(name: str) -> np.ndarray:
+    """A photo of data/photos, read from $MINFLOW_DATA/photos when that is set; a clear error if absent."""
+    path = data_dir() / "photos" / f"{name}.jpg"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"photo file {path} not found: the photos ship in the repository's data/photos folder "
+            "(rebuild it with tools/collect_photos.py); if you set MINFLOW_DATA, copy data/photos there"
+        )
+    return _read_jpeg(path)
 
 
 @functools.cache
 def _load_array(name: str) -> np.ndarray:
+    """A course image from the package that ships it, as a uint8 array (cached)."""
     package = _PACKAGE.get(name, "skimage")
     if package == "skimage":
         return getattr(_require("skimage.data"), name)()
@@ -130,14 +198,17 @@ def to_tensor(image: np.ndarray) -> Tensor:
 
 
 def load_photo(name: str) -> Tensor:
-    """The bundled image `name` (see `photo_names()`) as a (3, H, W) tensor in [0, 1]; works offline."""
+    """The bundled image `name` (see `photo_names()`) as a (3, H, W) tensor in [0, 1]; works offline.
+
+    Course images come from the package that ships them, `SHIPPED_PHOTOS` from data/photos.
+    """
     if name not in photo_names():
         raise ValueError(f"unknown image {name!r}; choose one of: {', '.join(photo_names())}")
-    return to_tensor(_load_array(name))
+    return to_tensor(_shipped_photo(name) if name in SHIPPED_PHOTOS else _load_array(name))
 
 
 def load_photos(names: Sequence[str]) -> list[Tensor]:
-    """`load_photo` for each name, e.g. `load_photos(TRAIN_PHOTOS)`."""
+    """`load_photo` for each name, e.g. `load_photos(TRAIN_PHOTOS)` or `load_photos(PHOTO_SPLITS["wide"].val)`."""
     return [load_photo(n) for n in names]
 
 
