@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import checkpoints, train
 from .bijections import ALIASES, bijection_names
+from .data import PHOTO_SPLITS
 from .lowlight import LLFlowConfig
 from .presets import LOWLIGHT_PRESETS, SR_PRESETS, TrainPreset, preset_values
 from .sr import ENCODERS, TARGETS, SRFlowConfig
@@ -202,7 +203,23 @@ def add_image_args(p: argparse.ArgumentParser, presets: dict[str, TrainPreset]) 
         type=Path,
         default=None,
         help="train on random crops of the images in this folder (searched recursively; png, jpg, ...) "
-        "instead of the bundled photos",
+        "instead of the split's train photos; validation stays on the val photos of --photos, and a "
+        "folder holding any of the split's val or test photos (by file name) is refused",
+    )
+    p.add_argument(
+        "--photos",
+        default="course",
+        choices=sorted(PHOTO_SPLITS),
+        help="photo split (minflow.data.PHOTO_SPLITS): course, the chapters' 11 train / 2 val photos, or "
+        "wide, 52 train / 13 val; training crops from its train photos (unless --data), validation "
+        "from its val photos (default: course)",
+    )
+    p.add_argument(
+        "--val-every",
+        type=nonnegative_int,
+        default=0,
+        help="record a validation curve: the val bits per dim (the --val-size crops, fixed noise) every N "
+        "steps and at the last step, printed, kept when the run resumes, in the manifest's 'curve' (0: none)",
     )
     p.add_argument(
         "--workers", type=nonnegative_int, default=0, help="DataLoader worker processes reading --data (0: none)"
@@ -237,6 +254,8 @@ def train_config(args: argparse.Namespace, name: str | None = None) -> train.Tra
         data=getattr(args, "data", None),
         workers=getattr(args, "workers", 0),
         lr_milestones=getattr(args, "lr_milestones", ()),
+        photos=getattr(args, "photos", "course"),
+        val_every=getattr(args, "val_every", 0),
     )
 
 
@@ -440,7 +459,11 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(prepare=prepare, parser=p)
         return p
 
-    p = command("train-sr", prepare_sr, "Train the small SRFlow of chapters 4-7 on the course's photos")
+    p = command(
+        "train-sr",
+        prepare_sr,
+        "Train the small SRFlow of chapters 4-7 on the course's photos (or the wide split, --photos wide)",
+    )
     p.add_argument(
         "--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)"
     )
