@@ -14,6 +14,13 @@ NAME_early; at the end as NAME, with validation metrics in its manifest (`evalua
 (fixed dequantisation noise), and PSNR / SSIM against the truth of the mean of a few samples next to
 the task's baseline (bicubic, histogram equalisation).
 
+Which photos: ``photos`` (``--photos``) names a split of `data.PHOTO_SPLITS`, "course" (the
+chapters' photos, the default) or "wide"; training crops come from its train photos, validation
+from its val photos, and the manifest's training settings name both lists. ``val_every N``
+(``--val-every N``) also records a validation curve, the val bits per dim every N steps and at the
+last step (`validation_bpd`: the same crops and dequantisation noise each time), kept in the state
+and written into the manifest as "curve"; `curve_flattened` reads it.
+
 Where checkpoints go: into the run folder, runs/NAME/checkpoints/ (load them with
 ``load_pretrained(NAME, root=Path("runs/NAME"))``). ``ship=True`` (``--ship``) writes them into the
 shipped folder data/checkpoints/ (or $MINFLOW_DATA/checkpoints/) instead, and only with ``force``
@@ -240,6 +247,8 @@ def _clone(obj):
 
 _ADDED_KEYS = {"srflow": {"encoder": "rdb", "target": "hr"}}
 """Builder -> {config key added after runs were saved: the value those runs had}."""
+_HYPER_ADDED = {"photos": "course", "val_every": 0}
+"""Settings a state records only off these values (added later: older runs had them)."""
 
 
 def _resumed_lr_history(
@@ -247,7 +256,7 @@ def _resumed_lr_history(
 ) -> list[list]:
     """The saved run's lr history, after checking that it may go on with these settings (the saved
     config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
-    saved = dict(state["hyper"])
+    saved = _HYPER_ADDED | dict(state["hyper"])
     older = checkpoints.upgrade_config(builder, state["config"])
     older = _ADDED_KEYS.get(builder, {}) | older  # keys added since, at the value older runs had
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
@@ -256,7 +265,7 @@ def _resumed_lr_history(
         f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
         for what, old, new in (
             ("config", older, _ADDED_KEYS.get(builder, {}) | config),
-            ("setting", saved, hyper),
+            ("setting", saved, _HYPER_ADDED | hyper),
         )
         for k in sorted(old.keys() | new.keys())
         if old.get(k) != new.get(k)
