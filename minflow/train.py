@@ -685,8 +685,9 @@ def check_run(
     config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_size: int = 0, val_samples: int = 1
 ) -> None:
     """A clear error unless these settings of `train_images` suit each other and the model: the
-    crop and `val_size` (0: whole photos) multiples of what the model accepts, `early` below the steps,
-    and an image folder ``cfg.data`` without files named like the split's val or test photos."""
+    crop and `val_size` (0: whole photos) multiples of what the model accepts, `val_size` within
+    every val photo of the split ``cfg.photos``, `early` below the steps, and an image folder
+    ``cfg.data`` without files named like the split's val or test photos."""
     _at_least(0, early=early, val_size=val_size)
     _at_least(1, val_samples=val_samples)
     multiple = config.factor * config.lr_multiple
@@ -696,6 +697,14 @@ def check_run(
         raise ValueError(f"val_size {val_size} must be 0 (whole photos) or at least {multiple} for this model")
     if early >= cfg.steps:
         raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
+    if val_size:
+        names = PHOTO_SPLITS[cfg.photos].val
+        side, name = min((min(x.shape[-2:]), n) for n, x in zip(names, load_photos(names)))
+        if val_size > side:
+            raise ValueError(
+                f"val_size {val_size} is larger than the {cfg.photos!r} split's val photo {name} ({side} px on its "
+                "short side); choose at most that, or 0 (whole photos)"
+            )
     if cfg.data is not None:
         split = PHOTO_SPLITS[cfg.photos]
         try:

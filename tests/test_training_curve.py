@@ -141,6 +141,11 @@ def test_a_wide_run_records_its_photos_and_validates_on_them(tmp_path, data):
     assert training["photos"] == "wide"
     assert training["train_photos"] == list(wide.train) and training["val_photos"] == list(wide.val)
     assert list(manifest(runs, "w")["metrics"]["per_image"]) == list(wide.val)
+    from minflow import apply
+
+    first = next(apply.training_stream(checkpoints.load_pretrained("w", root=runs / "w")))  # what fit-ood fits on
+    crops = random_crops(load_photos(wide.train), 32, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(first, bicubic_down(crops, 4))  # the wide train photos, as in training
     run("lowlight", runs, "c", "--steps", "1")
     training = manifest(runs, "c")["training"]
     assert (training["photos"], training["train_photos"], training["val_photos"]) == (
@@ -179,10 +184,14 @@ def test_meaningless_split_and_curve_settings_are_refused(tmp_path, data, capsys
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="val_every"):
             train_mod.TrainConfig(name="x", val_every=bad)
-    for option, value in (("--photos", "big"), ("--val-every", "-1")):
+    for option, value, said in (
+        ("--photos", "big", "--photos: invalid choice: 'big'"),
+        ("--val-every", "-1", "--val-every: must be at least 0"),
+        ("--val-size", "2048", "val_size 2048 is larger than the 'course' split's val photo"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             run("sr", tmp_path / "runs", "x", "--steps", "1", option, value)
-        assert exit_.value.code == 2 and option in capsys.readouterr().err
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the toy has no photos and no curve
         cli.main(["train-toy", "--steps", "1", "--val-every", "1", "--no-progress"])
     cfg = train_mod.TrainConfig(name="t", photos="wide", runs=tmp_path)
