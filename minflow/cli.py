@@ -210,14 +210,16 @@ def add_image_args(p: argparse.ArgumentParser, presets: dict[str, TrainPreset]) 
         "--photos",
         default="course",
         choices=sorted(PHOTO_SPLITS),
-        help="photo split (minflow.data.PHOTO_SPLITS): course, the chapters' 11 train / 2 val photos, or "
-        "wide, 52 train / 13 val; training crops from its train photos (unless --data), validation "
-        "from its val photos (default: course)",
+        help="photo split (minflow.data.PHOTO_SPLITS): "
+        + ", ".join(f"{k} ({len(v.train)} train / {len(v.val)} val photos)" for k, v in PHOTO_SPLITS.items())
+        + "; training crops from its train photos (unless --data), validation from its val photos "
+        "(default: course, the chapters' photos)",
     )
     p.add_argument(
         "--val-every",
         type=nonnegative_int,
         default=0,
+        metavar="N",
         help="record a validation curve: the val bits per dim (the --val-size crops, fixed noise) every N "
         "steps and at the last step, printed, kept when the run resumes, in the manifest's 'curve' (0: none)",
     )
