@@ -213,12 +213,13 @@ def _ood_paths(name: str, root: Path | None) -> tuple[Path, Path]:
 
 
 def training_stream(model: nn.Module, seed_offset: int = 0):
-    """The model's training stream as its manifest records it (crop, batch, seed): conditions only."""
+    """The model's training stream as its manifest records it (crop, batch, seed, and its
+    ``train_photos``; manifests from before photo splits: the course's `data.TRAIN_PHOTOS`): conditions only."""
     from . import data
 
     manifest = model.manifest
     train, seed = manifest["training"], manifest["seed"] + seed_offset
-    photos = data.load_photos(data.TRAIN_PHOTOS)
+    photos = data.load_photos(train.get("train_photos") or data.TRAIN_PHOTOS)
     if manifest["builder"] == "srflow":
         stream = data.CropDataset(photos, size=train["crop"], batch_size=train["batch"], factor=model.factor, seed=seed)
     else:
@@ -301,11 +302,7 @@ def load_ood_stats(name: str, root: Path | None = None) -> RiskStats:
 def expand_features(feats, n: int):
     """Features (or a tensor) of batch 1 repeated to batch n without copying."""
     if isinstance(feats, Features):
-        mean = feats.prior_mean
-        return Features(
-            {k: v.expand(n, *v.shape[1:]) for k, v in feats.items()},
-            prior_mean=None if mean is None else mean.expand(n, *mean.shape[1:]),
-        )
+        return feats.map(lambda v: v.expand(n, *v.shape[1:]))
     return feats.expand(n, *feats.shape[1:]) if isinstance(feats, Tensor) else feats
 
 

@@ -11,7 +11,7 @@ What the report holds, for the inputs `conds` at one temperature T:
   coupling's parameters fixed, a layer's Jacobian is block-diagonal with norm at most
 
       ActNorm: max_c exp(-log s_c),   1x1 conv: ||W^{-1}||_2 = 1 / sigma_min(W),
-      Injector: 1 / s_min,   Coupling: max(1, 1 / s_min),   Squeeze, prior mean: 1,
+      Injector: 1 / s_min,   Coupling: max(1, 1 / s_min),   Squeeze, prior mean, Offset: 1,
 
   so a perturbation of z is amplified by at most the product of these factors, in log10 as
   ``log10_bound``. It is a bound on the diagonal blocks only: the coupling's path through its
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from . import apply, diagnostics, metrics, ood
 from .couplings import Coupling, ElementwiseLayer, Injector
-from .transforms import ActNorm, Features, InvConv1x1, Split, Squeeze
+from .transforms import ActNorm, Features, InvConv1x1, Offset, Split, Squeeze
 
 __all__ = ["AuditReport", "Calibration", "audit", "layer_factor"]
 
@@ -202,7 +202,7 @@ def layer_factor(layer: nn.Module, min_slope: float | None) -> tuple[float, bool
             return (1 / min_slope if min_slope else 1.0), min_slope is not None
         if isinstance(layer, (Coupling, ElementwiseLayer)):  # x_b's block only: the path through x_a is not covered
             return (max(1.0, 1 / min_slope) if min_slope else 1.0), False
-        if isinstance(layer, Squeeze) or type(layer).__name__ == "PriorMean":
+        if isinstance(layer, (Squeeze, Offset)) or type(layer).__name__ == "PriorMean":
             return 1.0, True
         if isinstance(layer, Split):
             return 1.0, False

@@ -28,9 +28,10 @@ from pathlib import Path
 
 from . import checkpoints, train
 from .bijections import ALIASES, bijection_names
+from .data import PHOTO_SPLITS
 from .lowlight import LLFlowConfig
 from .presets import LOWLIGHT_PRESETS, SR_PRESETS, TrainPreset, preset_values
-from .sr import ENCODERS, SRFlowConfig
+from .sr import ENCODERS, TARGETS, SRFlowConfig
 from .toy import ToyFlowConfig
 
 __all__ = [
@@ -202,7 +203,25 @@ def add_image_args(p: argparse.ArgumentParser, presets: dict[str, TrainPreset]) 
         type=Path,
         default=None,
         help="train on random crops of the images in this folder (searched recursively; png, jpg, ...) "
-        "instead of the bundled photos",
+        "instead of the split's train photos; validation stays on the val photos of --photos, and a "
+        "folder holding any of the split's val or test photos (by file name) is refused",
+    )
+    p.add_argument(
+        "--photos",
+        default="course",
+        choices=sorted(PHOTO_SPLITS),
+        help="photo split (minflow.data.PHOTO_SPLITS): "
+        + ", ".join(f"{k} ({len(v.train)} train / {len(v.val)} val photos)" for k, v in PHOTO_SPLITS.items())
+        + "; training crops from its train photos (unless --data), validation from its val photos "
+        "(default: course, the chapters' photos)",
+    )
+    p.add_argument(
+        "--val-every",
+        type=nonnegative_int,
+        default=0,
+        metavar="N",
+        help="record a validation curve: the val bits per dim (the --val-size crops, fixed noise) every N "
+        "steps and at the last step, printed, kept when the run resumes, in the manifest's 'curve' (0: none)",
     )
     p.add_argument(
         "--workers", type=nonnegative_int, default=0, help="DataLoader worker processes reading --data (0: none)"
@@ -237,6 +256,8 @@ def train_config(args: argparse.Namespace, name: str | None = None) -> train.Tra
         data=getattr(args, "data", None),
         workers=getattr(args, "workers", 0),
         lr_milestones=getattr(args, "lr_milestones", ()),
+        photos=getattr(args, "photos", "course"),
+        val_every=getattr(args, "val_every", 0),
     )
 
 
@@ -257,6 +278,7 @@ def prepare_sr(args: argparse.Namespace) -> Job:
         coupling=args.coupling,
         prior=args.prior,
         encoder=args.encoder,
+        target=args.target,
     )
     cfg = train_config(args)
     train.check_run(model, cfg, args.early, args.val_size, args.val_samples)
@@ -439,7 +461,11 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(prepare=prepare, parser=p)
         return p
 
-    p = command("train-sr", prepare_sr, "Train the small SRFlow of chapters 4-7 on the course's photos")
+    p = command(
+        "train-sr",
+        prepare_sr,
+        "Train the small SRFlow of chapters 4-7 on the course's photos (or the wide split, --photos wide)",
+    )
     p.add_argument(
         "--name", type=checkpoint_name, required=True, help="run folder RUNS/NAME, checkpoint NAME (and NAME_early)"
     )
@@ -447,6 +473,12 @@ def parser() -> argparse.ArgumentParser:
     add_training_args(p, steps=None, batch=None, learning_rate=None, threads=0, presets=SR_PRESETS)
     add_image_args(p, SR_PRESETS)
     p.add_argument("--encoder", choices=ENCODERS, help="encoder kind: rdb (the course's) or rrdb (SRFlow's)")
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        help="what the flow models: hr, the HR image (SRFlow's, the presets'), or residual, the HR image "
+        "minus the bicubic upscale of the LR image (NCSR's); samples are bicubic + residual",
+    )
     p.add_argument(
         "--early", type=nonnegative_int, default=0, help="also save NAME_early at this step (0: no; < --steps)"
     )

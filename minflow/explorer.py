@@ -67,8 +67,7 @@ def _first(feats):
     from .transforms import Features
 
     if isinstance(feats, Features):
-        mean = feats.prior_mean
-        return Features({k: v[:1] for k, v in feats.items()}, prior_mean=None if mean is None else mean[:1])
+        return feats.map(lambda v: v[:1])
     return feats[:1]
 
 

@@ -40,9 +40,11 @@ class TrainPreset:
 
 @dataclass(frozen=True)
 class SRPreset(TrainPreset):
-    """An SR preset: `TrainPreset` and the `encoder` kind ("rdb" or "rrdb", `sr.ENCODERS`)."""
+    """An SR preset: `TrainPreset`, the `encoder` kind ("rdb" or "rrdb", `sr.ENCODERS`) and the
+    `target` the flow models ("hr" or "residual", `sr.TARGETS`; both presets model "hr", as SRFlow)."""
 
     encoder: str = "rdb"
+    target: str = "hr"
 
 
 @dataclass(frozen=True)

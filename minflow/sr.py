@@ -16,9 +16,17 @@ its variance depends on the condition: a second exploding path (chapter 8).
 `SRFlowConfig` holds the architecture; ``SRFlow(config)`` or ``SRFlow(**fields)`` builds it, and
 ``model.config`` is the same as a dict (what checkpoint manifests store).
 
-What is modelled: the HR image itself, not its residual to bicubic, as in SRFlow; the artifact
-criterion (> 1.5, < -0.5, non-finite) then reads the flow's output directly, with nothing added
-after the flow that could mask or shift it.
+What is modelled (``target``): by default ("hr") the HR image x itself, as in SRFlow; the
+artifact criterion (> 1.5, < -0.5, non-finite) then reads the flow's output directly. With
+``target="residual"`` (as NCSR and FS-NCSR do) the flow's variable is the residual
+r = x - up(y) to the bicubic upscale up(y) = `data.bicubic_up` of the LR image: an `Offset` layer
+first in the chain, so that
+
+    log p(x | y) = log p_r(x - up(y) | y)      (a shift by a function of y has Jacobian 1),
+
+the same bits per dim, and a sample is x = up(y) + f^-1(z; y). Every caller that runs the layers
+(training, `sample`, `trace`, `apply`, `audits`, the explorer) goes through that one layer; the
+artifact criterion still reads the image x, now up(y) + r with up(y) in [0, 1].
 
 Dequantisation, bits per dim and sampling whole images come from `imageflow.ImageFlow`.
 """
@@ -33,8 +41,9 @@ from torch import Tensor, nn
 
 from .bijections import Spec, make_bijection, spec_name
 from .couplings import Coupling, Injector
+from .data.images import bicubic_up
 from .imageflow import ImageFlow, ImageFlowConfig
-from .transforms import ActNorm, Cond, Features, InvConv1x1, Split, Squeeze
+from .transforms import ActNorm, Cond, Features, InvConv1x1, Offset, Split, Squeeze
 
 __all__ = [
     "ENCODERS",
@@ -43,6 +52,7 @@ __all__ = [
     "Encoder",
     "SRFlow",
     "SRFlowConfig",
+    "TARGETS",
     "build_srflow",
     "encoder_taps",
     "flow_level",
@@ -96,6 +106,9 @@ class RRDB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return x + 0.2 * self.body(x)
 
+
+TARGETS = ("hr", "residual")
+"""What `SRFlowConfig.target` models: "hr" the HR image x (SRFlow), "residual" x - bicubic_up(LR) (NCSR)."""
 
 ENCODERS = ("rdb", "rrdb")
 """Encoder kinds of `SRFlowConfig.encoder`: "rdb" (the course's small one), "rrdb" (SRFlow's)."""
@@ -171,7 +184,8 @@ class SRFlowConfig(ImageFlowConfig):
     `levels`, T = `transitions` and K = `flow_steps` per level, conditioner width `hidden`, encoder `nf`,
     `blocks` and growth `gc`, `cond_channels` per level, the `coupling` bijection's name, the split
     `prior` ("srflow" or "conditional"), `quant` levels, LU-parametrised 1x1 convs, `channels`, and
-    the `encoder` kind ("rdb": RDBs, every block's output used; "rrdb": SRFlow's RRDBs, four tapped)."""
+    the `encoder` kind ("rdb": RDBs, every block's output used; "rrdb": SRFlow's RRDBs, four tapped),
+    and the `target` the flow models (`TARGETS`: "hr" the image, "residual" its residual to bicubic)."""
 
     factor: int = 4
     levels: int = 3
@@ -188,9 +202,12 @@ class SRFlowConfig(ImageFlowConfig):
     lu: bool = True
     channels: int = 3
     encoder: str = "rdb"
+    target: str = "hr"
 
     def __post_init__(self) -> None:
         encoder_taps(self.encoder, 1)  # a clear error for an unknown kind
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.factor < 1 or self.factor & (self.factor - 1):
             raise ValueError(f"factor must be a power of 2, got {self.factor}")
         if self.prior not in ("srflow", "conditional"):
@@ -214,7 +231,7 @@ class SRFlow(ImageFlow):
         encoder = Encoder(
             cfg.factor, cfg.levels, cfg.nf, cfg.blocks, cfg.gc, cfg.cond_channels, cfg.channels, cfg.encoder
         )
-        layers, c = [], cfg.channels
+        layers, c = [Offset()] if cfg.target == "residual" else [], cfg.channels
         for level in range(cfg.levels):
             c *= 4
             layers += flow_level(
@@ -226,6 +243,19 @@ class SRFlow(ImageFlow):
         super().__init__(layers, encoder=encoder)
         self.settings, self.top_channels = cfg, c
         self.config = asdict(cfg)
+
+    @property
+    def target(self) -> str:
+        """What the flow models: "hr" (the image) or "residual" (its residual to bicubic), `TARGETS`."""
+        return self.settings.target
+
+    def condition(self, cond: Tensor | None) -> Cond:
+        """The encoder's features of the LR image; for ``target="residual"`` with the bicubic
+        upscale up(y) as their ``offset`` (what the first layer, `Offset`, subtracts)."""
+        feats = super().condition(cond)
+        if self.target == "hr" or cond is None:
+            return feats
+        return Features(feats, prior_mean=feats.prior_mean, offset=bicubic_up(cond, self.factor))
 
     def latent_shape(self, feats: Cond, num_samples: int) -> tuple[int, ...]:
         h, w = min(feats, key=lambda k: k[0] * k[1])  # the last level's size

@@ -14,6 +14,13 @@ NAME_early; at the end as NAME, with validation metrics in its manifest (`evalua
 (fixed dequantisation noise), and PSNR / SSIM against the truth of the mean of a few samples next to
 the task's baseline (bicubic, histogram equalisation).
 
+Which photos: ``photos`` (``--photos``) names a split of `data.PHOTO_SPLITS`, "course" (the
+chapters' photos, the default) or "wide"; training crops come from its train photos, validation
+from its val photos, and the manifest's training settings name both lists. ``val_every N``
+(``--val-every N``) also records a validation curve, the val bits per dim every N steps and at the
+last step (`validation_bpd`: the same crops and dequantisation noise each time), kept in the state
+and written into the manifest as "curve"; `curve_flattened` reads it.
+
 Where checkpoints go: into the run folder, runs/NAME/checkpoints/ (load them with
 ``load_pretrained(NAME, root=Path("runs/NAME"))``). ``ship=True`` (``--ship``) writes them into the
 shipped folder data/checkpoints/ (or $MINFLOW_DATA/checkpoints/) instead, and only with ``force``
@@ -50,8 +57,7 @@ from torch import Tensor, nn
 
 from . import checkpoints, distributed, toy
 from .data import (
-    TRAIN_PHOTOS,
-    VAL_PHOTOS,
+    PHOTO_SPLITS,
     bicubic_down,
     bicubic_up,
     center_crop,
@@ -60,7 +66,7 @@ from .data import (
     mod_crop,
     random_crops,
 )
-from .data.folders import FolderCrops, StepBatches
+from .data.folders import FolderCrops, StepBatches, image_files
 from .distributed import Dist
 from .imageflow import ImageFlow, ImageFlowConfig
 from .lowlight import LLFlowConfig, equalize
@@ -81,11 +87,13 @@ __all__ = [
     "batch_source",
     "check_run",
     "checkpoint_root",
+    "curve_flattened",
     "evaluate",
     "fit",
     "ship",
     "train_images",
     "train_toy_checkpoint",
+    "validation_bpd",
     "validation_pairs",
     "with_learning_rate",
 ]
@@ -115,7 +123,11 @@ class TrainConfig:
     default), a progress bar, and where the checkpoint goes (`ship`, `force`: see the module docstring).
     `device` ("": cuda when available, else cpu; "cpu", "cuda", "cuda:1"), `data` (an image folder,
     None: the bundled photos) read by `workers` DataLoader processes, and `lr_milestones`: fractions
-    of the steps at each of which the learning rate halves (() : constant)."""
+    of the steps at each of which the learning rate halves (() : constant). `photos` names the photo
+    split (a key of `data.PHOTO_SPLITS`: "course", the chapters' photos, or "wide"): training crops
+    come from its train photos (unless `data` replaces them), validation from its val photos.
+    `val_every` > 0 records a validation curve: the validation bits per dim every `val_every` steps
+    and at the last step (0: no curve; see `fit`)."""
 
     name: str
     steps: int = 1800
@@ -133,12 +145,16 @@ class TrainConfig:
     data: Path | None = None
     workers: int = 0
     lr_milestones: tuple[float, ...] = ()
+    photos: str = "course"
+    val_every: int = 0
 
     def __post_init__(self) -> None:
         checkpoints.check_name(self.name)
         _at_least(1, steps=self.steps, batch=self.batch, crop=self.crop, save_every=self.save_every)
-        _at_least(0, seed=self.seed, threads=self.threads, workers=self.workers)
-        for key in ("steps", "batch", "crop", "save_every", "seed", "threads", "workers"):
+        _at_least(0, seed=self.seed, threads=self.threads, workers=self.workers, val_every=self.val_every)
+        if not isinstance(self.photos, str) or self.photos not in PHOTO_SPLITS:
+            raise ValueError(f"photos must be one of {', '.join(map(repr, PHOTO_SPLITS))}, got {self.photos!r}")
+        for key in ("steps", "batch", "crop", "save_every", "seed", "threads", "workers", "val_every"):
             if not isinstance(getattr(self, key), int):
                 raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
         rate = self.learning_rate
@@ -203,11 +219,13 @@ def with_learning_rate(command: str, learning_rate: float) -> str:
 
 
 class Progress(NamedTuple):
-    """Where a run stands: steps done, training wall seconds, and ``lr_history`` [[from_step, lr], ...]."""
+    """Where a run stands: steps done, training wall seconds, ``lr_history`` [[from_step, lr], ...],
+    and the validation ``curve`` so far ({"step": [...], "val_bpd": [...], "seconds": s}; None: no curve)."""
 
     step: int
     wall: float
     lr_history: list[list]
+    curve: dict | None = None
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -227,8 +245,10 @@ def _clone(obj):
     return obj
 
 
-_ADDED_KEYS = {"srflow": {"encoder": "rdb"}}
+_ADDED_KEYS = {"srflow": {"encoder": "rdb", "target": "hr"}}
 """Builder -> {config key added after runs were saved: the value those runs had}."""
+_HYPER_ADDED = {"photos": "course", "val_every": 0}
+"""Settings a state records only off these values (added later: older runs had them)."""
 
 
 def _resumed_lr_history(
@@ -236,7 +256,7 @@ def _resumed_lr_history(
 ) -> list[list]:
     """The saved run's lr history, after checking that it may go on with these settings (the saved
     config's older keys renamed as for `builder`, `checkpoints.upgrade_config`)."""
-    saved = dict(state["hyper"])
+    saved = _HYPER_ADDED | dict(state["hyper"])
     older = checkpoints.upgrade_config(builder, state["config"])
     older = _ADDED_KEYS.get(builder, {}) | older  # keys added since, at the value older runs had
     history = [list(e) for e in state.get("lr_history") or [[0, saved["lr"]]]]
@@ -245,7 +265,7 @@ def _resumed_lr_history(
         f"{what} {k}: {old.get(k)!r} there, {new.get(k)!r} now"
         for what, old, new in (
             ("config", older, _ADDED_KEYS.get(builder, {}) | config),
-            ("setting", saved, hyper),
+            ("setting", saved, _HYPER_ADDED | hyper),
         )
         for k in sorted(old.keys() | new.keys())
         if old.get(k) != new.get(k)
@@ -310,6 +330,7 @@ def fit(
     command: str | None = None,
     builder: str = "",
     procs: Dist | None = None,
+    validate: Callable[[], float] | None = None,
 ) -> Progress:
     """The resumable training loop shared by SR and low-light training; returns where it ended.
 
@@ -332,6 +353,13 @@ def fit(
     global batch and sliced (`distributed.share`), the model runs wrapped in DDP, the loss is the
     mean over all processes, and all of them stop together on a non-finite one. Rank 0 alone
     prints, shows progress, writes the state and calls `on_step`.
+
+    The validation curve (``cfg.val_every`` > 0): after every ``val_every``-th step and after the
+    last one, rank 0 calls ``validate()`` (a number, e.g. `validation_bpd`; it must draw nothing from
+    `gen` and restore the model's mode) and prints it; the points ({"step", "val_bpd", "seconds"},
+    seconds not counted in the training wall time) are kept in the state, so a resumed run
+    continues its curve. The other ranks wait at the next step's all-reduce. With or without a curve
+    the run takes the same batches and ends with the same weights.
     """
     procs = procs or Dist()
     plain = procs.world == 1 and procs.device.type == "cpu"  # the loop as it always was
@@ -343,6 +371,13 @@ def fit(
         hyper["lr_milestones"] = list(cfg.lr_milestones)
     if cfg.data is not None:
         hyper["data"] = str(cfg.data)
+    if cfg.photos != "course":  # keys added later appear only off their old value: older states resume
+        hyper["photos"] = cfg.photos
+    if cfg.val_every:
+        hyper["val_every"] = cfg.val_every
+    if cfg.val_every and talk and validate is None:
+        raise ValueError("cfg.val_every > 0 needs a validate function")
+    curve = {"step": [], "val_bpd": [], "seconds": 0.0} if cfg.val_every else None
     optim = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
     run = cfg.runs / cfg.name
@@ -355,6 +390,7 @@ def fit(
         optim.load_state_dict(state["optim"])
         gen.set_state(state["generator"])
         step, wall = state["step"], state["wall"]
+        curve = _clone(state.get("curve", curve)) if cfg.val_every else None
         for group in optim.param_groups:
             group["lr"] = cfg.learning_rate
         if cfg.learning_rate < lr_history[-1][1] and step < cfg.steps:
@@ -379,6 +415,7 @@ def fit(
             "config": config,
             "hyper": hyper,
             "lr_history": lr_history,
+            **({"curve": keep(curve)} if curve is not None else {}),
         }
 
     model.train()
@@ -422,15 +459,35 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(bpd=f"{ema:.3f}", refresh=False)
+            if talk and curve is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                t1 = time.perf_counter()
+                value = float(validate())
+                curve["step"].append(step)
+                curve["val_bpd"].append(value)
+                curve["seconds"] += time.perf_counter() - t1
+                print(f"step {step}/{cfg.steps}  val bpd {value:.4f}  ({time.perf_counter() - t1:.1f} s)", flush=True)
             if talk and on_step is not None:
-                on_step(Progress(step, wall, lr_history))
+                on_step(Progress(step, wall, lr_history, curve))
             if talk and (step % cfg.save_every == 0 or step == cfg.steps):
                 _save_state(state_path, snapshot(copy=False))
                 print(f"step {step}/{cfg.steps}  bpd(ema) {ema:.4f}  train wall {wall:.0f} s", flush=True)
     finally:
         if bar is not None:
             bar.close()
-    return Progress(step, wall, lr_history)
+    return Progress(step, wall, lr_history, curve)
+
+
+def curve_flattened(val_bpd: list[float], points: int = 3, tolerance: float = 0.002) -> bool:
+    """Whether a validation curve has flattened: its best value over the last `points` points
+    improves on its best value before them by less than `tolerance` relative to the latter,
+    (min(before) - min(last)) / |min(before)| < tolerance. False while the curve has `points`
+    points or fewer (nothing to compare). Advice for whoever reads the curve; nothing calls it."""
+    _at_least(1, points=points)
+    _at_least(0, tolerance=tolerance)
+    if len(val_bpd) <= points:
+        return False
+    before, last = min(val_bpd[:-points]), min(val_bpd[-points:])
+    return (before - last) / abs(before) < tolerance
 
 
 def ship(
@@ -443,12 +500,14 @@ def ship(
     progress: Progress,
     evaluate: Callable[[], dict],
     root: Path,
+    curve: dict | None = None,
     **training,
 ) -> dict:
     """Validate with ``evaluate()`` and save checkpoint `name` under `root` (see `checkpoint_root`)
     with the record every manifest carries: the command, seed, steps, training and evaluation
     seconds, the metrics, and the training settings (``batch``, ``crop``, ``lr`` (the learning rate),
-    ``threads``, Adam betas, ``lr_history``, plus ``training``). Returns the metrics."""
+    ``threads``, Adam betas, ``lr_history``, plus ``training``), and the validation `curve` when
+    given (manifest key "curve"; older manifests have none). Returns the metrics."""
     t0 = time.perf_counter()
     metrics = evaluate()
     settings = {"batch": cfg.batch, "crop": cfg.crop, "lr": cfg.learning_rate, "threads": cfg.threads}
@@ -462,6 +521,7 @@ def ship(
         "eval_time_s": round(time.perf_counter() - t0, 1),
         "metrics": metrics,
         "training": settings | {"adam_betas": [0.9, 0.99], "lr_history": progress.lr_history, **training},
+        **({"curve": curve} if curve is not None else {}),
     }
     checkpoints.save_checkpoint(model, name, builder=builder, config=config, record=record, root=root)
     return metrics
@@ -526,11 +586,15 @@ LOWLIGHT = Task(
 """Low light: the photo given its `darken` capture, against histogram equalisation (chapter 9)."""
 
 
-def validation_pairs(model: ImageFlow, task: Task, size: int = 0, seed: int = 0) -> list[tuple[str, Tensor, Tensor]]:
-    """(name, x, condition) for each validation photo: whole (or its centre `size` crop), cropped to a
-    size the flow accepts, its condition by the task's degradation (photo i with generator seed + i)."""
+def validation_pairs(
+    model: ImageFlow, task: Task, size: int = 0, seed: int = 0, photos: str = "course"
+) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, x, condition) for each val photo of the split `photos` (`data.PHOTO_SPLITS`): whole (or
+    its centre `size` crop), cropped to a size the flow accepts, its condition by the task's
+    degradation (photo i with generator seed + i)."""
+    names = _split(photos).val
     out = []
-    for i, (name, x) in enumerate(zip(VAL_PHOTOS, load_photos(VAL_PHOTOS))):
+    for i, (name, x) in enumerate(zip(names, load_photos(names))):
         x = mod_crop(center_crop(x, size) if size else x, model.factor * model.lr_multiple)
         out.append((name, x, task.degrade(model, x, torch.Generator().manual_seed(seed + i))))
     return out
@@ -546,6 +610,26 @@ def _example_degrade(task: Task, factor: int, x: Tensor, gen: torch.Generator) -
     return task.degrade(_Factor(factor), x, gen)
 
 
+def _split(photos: str):
+    if photos not in PHOTO_SPLITS:
+        raise ValueError(f"photos must be one of {', '.join(map(repr, PHOTO_SPLITS))}, got {photos!r}")
+    return PHOTO_SPLITS[photos]
+
+
+@torch.no_grad()
+def validation_bpd(model: ImageFlow, pairs: list[tuple[str, Tensor, Tensor]], seed: int = 0) -> float:
+    """The mean bits per dim of `model` (in eval mode, its mode restored) over `pairs` (from
+    `validation_pairs`), each photo's dequantisation noise from a generator seeded `seed`: the
+    ``val_bpd`` that `evaluate` reports for the same pairs and seed, without the samples."""
+    was_training = model.training
+    model.eval()
+    try:
+        values = [_bpd(model, x[None], cond[None], torch.Generator().manual_seed(seed)).item() for _, x, cond in pairs]
+    finally:
+        model.train(was_training)
+    return sum(values) / len(values)
+
+
 def _bpd(model: ImageFlow, x: Tensor, cond: Tensor, gen: torch.Generator) -> Tensor:
     """`ImageFlow.nll_bpd` of CPU tensors x, cond on the model's device, the noise drawn on the CPU."""
     device = next(model.parameters()).device
@@ -556,8 +640,11 @@ def _bpd(model: ImageFlow, x: Tensor, cond: Tensor, gen: torch.Generator) -> Ten
 
 
 @torch.no_grad()
-def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, seed: int = 0) -> dict:
-    """Validation metrics, deterministic for a given seed (dequantisation noise and samples).
+def evaluate(
+    model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, seed: int = 0, photos: str = "course"
+) -> dict:
+    """Validation metrics on the val photos of the split `photos` (`validation_pairs`), deterministic
+    for a given seed (dequantisation noise and samples).
 
     Per photo: bpd; PSNR / SSIM of the mean of `num_samples` samples at the task's temperature
     (clamped to [0, 1] for the metric only) and of the task's baseline; and of the raw samples: max
@@ -566,7 +653,7 @@ def evaluate(model: ImageFlow, task: Task, size: int = 0, num_samples: int = 1, 
     was_training = model.training
     model.eval()
     shave, base, rows = model.factor if task.shave else 0, task.baseline_name, {}
-    for name, x, cond in validation_pairs(model, task, size, seed):
+    for name, x, cond in validation_pairs(model, task, size, seed, photos):
         bpd = _bpd(model, x[None], cond[None], torch.Generator().manual_seed(seed)).item()
         samples = model.sample_images(cond, task.temperature, num_samples, torch.Generator().manual_seed(seed)).cpu()
         mean, baseline = samples.mean(0).clamp(0, 1), task.baseline(model, cond)
@@ -598,7 +685,9 @@ def check_run(
     config: ImageFlowConfig, cfg: TrainConfig, early: int = 0, val_size: int = 0, val_samples: int = 1
 ) -> None:
     """A clear error unless these settings of `train_images` suit each other and the model: the
-    crop and `val_size` (0: whole photos) multiples of what the model accepts, `early` below the steps."""
+    crop and `val_size` (0: whole photos) multiples of what the model accepts, `val_size` within
+    every val photo of the split ``cfg.photos``, `early` below the steps, and an image folder
+    ``cfg.data`` without files named like the split's val or test photos."""
     _at_least(0, early=early, val_size=val_size)
     _at_least(1, val_samples=val_samples)
     multiple = config.factor * config.lr_multiple
@@ -608,6 +697,27 @@ def check_run(
         raise ValueError(f"val_size {val_size} must be 0 (whole photos) or at least {multiple} for this model")
     if early >= cfg.steps:
         raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
+    if val_size:
+        names = PHOTO_SPLITS[cfg.photos].val
+        side, name = min((min(x.shape[-2:]), n) for n, x in zip(names, load_photos(names)))
+        if val_size > side:
+            raise ValueError(
+                f"val_size {val_size} is larger than the {cfg.photos!r} split's val photo {name} ({side} px on its "
+                "short side); choose at most that, or 0 (whole photos)"
+            )
+    if cfg.data is not None:
+        split = PHOTO_SPLITS[cfg.photos]
+        try:
+            stems = {p.stem for p in image_files(cfg.data)}
+        except FileNotFoundError:
+            stems = set()  # said when the run reads the folder (`batch_source`)
+        held_out = sorted(stems & {*split.val, *split.test})
+        if held_out:
+            raise ValueError(
+                f"--data {cfg.data} holds photos the {cfg.photos!r} split holds out for validation or test "
+                f"({', '.join(held_out)}): training on them would make its validation meaningless; "
+                "train on a folder without them, or pick another --photos"
+            )
 
 
 def batch_source(
@@ -616,14 +726,15 @@ def batch_source(
     """``batches(gen)`` for `fit`: this process's share (`distributed.share`) of each step's global
     batch of ``cfg.batch`` crops and their conditions, on the CPU.
 
-    Bundled photos (``cfg.data`` None): every process draws the whole global batch from `gen`
-    (`random_crops`, then the task's degradation) and keeps its rows, so the generators stay in
-    step. An image folder: `FolderCrops` example ``s * batch + i`` is row i of step s (from step
-    `start` on), each process reading only its rows, with ``cfg.workers`` DataLoader workers.
+    Bundled photos (``cfg.data`` None): the train photos of the split ``cfg.photos``; every
+    process draws the whole global batch from `gen` (`random_crops`, then the task's degradation)
+    and keeps its rows, so the generators stay in step. An image folder: `FolderCrops` example
+    ``s * batch + i`` is row i of step s (from step `start` on), each process reading only its rows,
+    with ``cfg.workers`` DataLoader workers.
     """
     rows = distributed.share(procs, cfg.batch)
     if cfg.data is None:
-        images = load_photos(TRAIN_PHOTOS)
+        images = load_photos(_split(cfg.photos).train)
 
         def photos(gen: torch.Generator) -> tuple[Tensor, Tensor]:
             x = random_crops(images, cfg.crop, cfg.batch, gen)
@@ -693,9 +804,15 @@ def _train_images(task, config, cfg, command, early, val_size, val_samples, proc
         batches = batch_source(task, model, cfg, procs, done)
     except (FileNotFoundError, ValueError) as err:
         raise TrainError(str(err)) from None
+    split = PHOTO_SPLITS[cfg.photos]
     training = task.training | {"device": str(procs.device), "processes": procs.world}
     if cfg.data is not None and "data" in training:
         training["data"] = f"{training['data'].split('(')[0]}(crops of {cfg.data})"
+    elif cfg.photos != "course" and "data" in training:
+        training["data"] = f"{training['data'].split('(')[0]}({cfg.photos} train photos crops)"
+    training |= {"photos": cfg.photos, "val_photos": list(split.val)}
+    training |= {"train_photos": list(split.train)} if cfg.data is None else {}
+    pairs = validation_pairs(model, task, val_size, 0, cfg.photos) if cfg.val_every and procs.main else []
 
     def save(name: str, progress: Progress) -> dict:
         metrics = ship(
@@ -706,8 +823,9 @@ def _train_images(task, config, cfg, command, early, val_size, val_samples, proc
             cfg,
             command,
             progress,
-            lambda: evaluate(model, task, val_size, val_samples, seed=0),
+            lambda: evaluate(model, task, val_size, val_samples, seed=0, photos=cfg.photos),
             root,
+            curve=None if progress.curve is None else {"every": cfg.val_every, "val_size": val_size, **progress.curve},
             **training,
         )
         base = task.baseline_name
@@ -725,7 +843,15 @@ def _train_images(task, config, cfg, command, early, val_size, val_samples, proc
             save(f"{cfg.name}_early", progress)
 
     progress = fit(
-        model, batches, cfg, model_config, on_step=save_early, command=command, builder=task.builder, procs=procs
+        model,
+        batches,
+        cfg,
+        model_config,
+        on_step=save_early,
+        command=command,
+        builder=task.builder,
+        procs=procs,
+        validate=(lambda: validation_bpd(model, pairs, seed=0)) if pairs else None,
     )
     return save(cfg.name, progress) if procs.main else {}
 
@@ -740,8 +866,8 @@ def train_toy_checkpoint(config: ToyFlowConfig, cfg: TrainConfig, command: str, 
     on ``cfg.device`` in one process (its batches are drawn on the CPU, the same on every device)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainError("train-toy trains in one process; run it without torchrun")
-    if cfg.data is not None:
-        raise TrainError("the toy draws its own data; --data is for the image tasks")
+    if cfg.data is not None or cfg.photos != "course" or cfg.val_every:
+        raise TrainError("the toy draws its own data; --data, --photos and --val-every are for the image tasks")
     try:
         device = distributed.resolve_device(cfg.device or None)
     except ValueError as err:

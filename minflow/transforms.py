@@ -18,7 +18,7 @@ layers that draw noise (`Split`) use them, the others ignore them, and `Chain` p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ __all__ = [
     "Chain",
     "Features",
     "InvConv1x1",
+    "Offset",
     "Split",
     "Squeeze",
     "StandardNormal",
@@ -47,9 +48,11 @@ class Features(Mapping[Size, Tensor]):
 
     ``features[(h, w)]`` is the (B, C, h, w) map for inputs of that size. ``prior_mean`` is an
     optional tensor shaped like the top latent: the mean mu(y) of its prior (LLFlow's colour map).
+    ``offset`` is an optional tensor shaped like the modelled image: b(y) in x = b(y) + v, when the
+    flow models the residual v (`Offset`; SRFlow's ``target="residual"``: b(y) the bicubic upscale).
     """
 
-    def __init__(self, maps: Mapping[Size, Tensor], prior_mean: Tensor | None = None):
+    def __init__(self, maps: Mapping[Size, Tensor], prior_mean: Tensor | None = None, offset: Tensor | None = None):
         for key, value in maps.items():
             if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, int) for k in key)):
                 raise TypeError(f"Features are keyed by spatial size (H, W), a tuple of two ints; got key {key!r}")
@@ -58,9 +61,16 @@ class Features(Mapping[Size, Tensor]):
                     f"the feature map for size {key} must be a (B, C, {key[0]}, {key[1]}) tensor, "
                     f"got {getattr(value, 'shape', type(value).__name__)}"
                 )
-        if prior_mean is not None and not isinstance(prior_mean, Tensor):
-            raise TypeError(f"prior_mean must be a tensor or None, got {type(prior_mean).__name__}")
-        self._maps, self.prior_mean = dict(maps), prior_mean
+        for name, value in (("prior_mean", prior_mean), ("offset", offset)):
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{name} must be a tensor or None, got {type(value).__name__}")
+        self._maps, self.prior_mean, self.offset = dict(maps), prior_mean, offset
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Features:
+        """These features with `fn` applied to every tensor they hold (maps, prior mean, offset),
+        e.g. ``lambda t: t[:1]`` to keep the first row."""
+        mean, offset = (None if t is None else fn(t) for t in (self.prior_mean, self.offset))
+        return Features({k: fn(v) for k, v in self._maps.items()}, prior_mean=mean, offset=offset)
 
     def __getitem__(self, size: Size) -> Tensor:
         size = tuple(size)
@@ -76,6 +86,7 @@ class Features(Mapping[Size, Tensor]):
 
     def __repr__(self) -> str:
         mean = "" if self.prior_mean is None else f", prior_mean {tuple(self.prior_mean.shape)}"
+        mean += "" if self.offset is None else f", offset {tuple(self.offset.shape)}"
         return f"Features({', '.join(f'{k}: {tuple(v.shape)}' for k, v in self._maps.items())}{mean})"
 
 
@@ -248,6 +259,31 @@ class InvConv1x1(Transform):
         check_tensor(z, "z", (2, 4), self.channels)
         w, logdet = self.weight_and_logdet()
         return self._mix(torch.linalg.inv(w), z), (-logdet * spatial_size(z)).expand(z.shape[0])
+
+
+class Offset(Transform):
+    """x -> v = x - b(y), logdet 0 (a shift by a function of the condition has Jacobian 1); the
+    inverse is x = b(y) + v. b(y) is ``cond.offset`` of `Features`, shaped like x. As a
+    flow's first layer it makes the flow model the residual v, with the density of x unchanged:
+    log p(x | y) = log p_v(x - b(y) | y)."""
+
+    def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
+        return x - self._offset(x, cond), x.new_zeros(x.shape[0])
+
+    def inverse(
+        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
+    ) -> tuple[Tensor, Tensor]:
+        return z + self._offset(z, cond), z.new_zeros(z.shape[0])
+
+    @staticmethod
+    def _offset(x: Tensor, cond: Cond) -> Tensor:
+        offset = cond.offset if isinstance(cond, Features) else None
+        if offset is None or offset.shape != x.shape:
+            raise ValueError(
+                f"Offset needs Features whose offset is shaped like its input {tuple(x.shape)}, got "
+                f"{None if offset is None else tuple(offset.shape)}"
+            )
+        return offset
 
 
 class Squeeze(Transform):

@@ -94,8 +94,8 @@ def one_process_script(script: Path, args: list[str]) -> subprocess.CompletedPro
 
 
 def test_two_processes_take_the_steps_of_one_and_resume_in_one(tmp_path, random_start):
-    common = ["--runs", str(tmp_path), *TINY]
-    check(torchrun(["train-sr", "--name", "two", "--steps", "3", *common], script=random_start))
+    common = ["--runs", str(tmp_path), *TINY, "--val-every", "2"]  # with a validation curve, on rank 0
+    ran = check(torchrun(["train-sr", "--name", "two", "--steps", "3", *common], script=random_start))
     check(one_process_script(random_start, ["train-sr", "--name", "one", "--steps", "3", *common]))
     two, one = weights(tmp_path, "two"), weights(tmp_path, "one")
     start = weights_at_start(random_start, tmp_path)
@@ -110,6 +110,17 @@ def test_two_processes_take_the_steps_of_one_and_resume_in_one(tmp_path, random_
     gap5 = largest_difference(weights(tmp_path, "two"), weights(tmp_path, "five"))
     print(f"resumed in one process to step 5 vs 5 steps in one: largest parameter difference {gap5:.3g}")
     assert gap5 < TOLERANCE
+    # the curve: computed once (rank 0), the points of one process, continued by the resumed run
+    curve_two, curve_one = manifest_curve(tmp_path, "two"), manifest_curve(tmp_path, "one")
+    assert curve_two["step"] == [2, 3, 4, 5] and curve_one["step"] == [2, 3]
+    assert np.allclose(curve_two["val_bpd"][:2], curve_one["val_bpd"], rtol=0, atol=1e-4)
+    assert (ran.stdout + ran.stderr).count("  val bpd ") == 2 and resumed.stdout.count("  val bpd ") == 2
+
+
+def manifest_curve(runs: Path, name: str) -> dict:
+    import json
+
+    return json.loads((runs / name / "checkpoints" / f"{name}.json").read_text())["curve"]
 
 
 def weights_at_start(script: Path, tmp_path: Path) -> dict:

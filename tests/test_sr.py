@@ -266,3 +266,114 @@ def test_config_dataclass_builds_the_same_model_and_checks_itself():
             name not in vars(cls) for name in ("dequantize", "nll_bpd", "sample_images")
         )
     assert LLFlowConfig().lr_multiple == 8 and LLFlowConfig.factor == 1
+
+
+# ----------------------------------------------------------------------------- target="residual"
+
+
+def hr_twin(model: SRFlow) -> SRFlow:
+    """The "hr" flow with the weights of residual-mode `model`: the same layers without the first (`Offset`)."""
+    twin = SRFlow(**(model.config | {"target": "hr"})).double().eval()
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("layers."):
+            index, rest = key[len("layers.") :].split(".", 1)
+            key = f"layers.{int(index) - 1}.{rest}"
+        state[key] = value
+    twin.load_state_dict(state)
+    return twin
+
+
+def test_residual_nll_of_x_is_the_flows_nll_of_the_residual():
+    from minflow.data import bicubic_up
+    from minflow.transforms import Offset
+
+    model = tiny(target="residual")
+    assert isinstance(model.layers[0], Offset) and model.target == "residual" and tiny().target == "hr"
+    twin = hr_twin(model)
+    hr, lr = pair(2, 6, 10)
+    noise = torch.rand(hr.shape, generator=torch.Generator().manual_seed(4), dtype=hr.dtype) - 0.5
+    r = model.dequantize(hr, noise=noise) - bicubic_up(lr, 4)  # by hand: the dequantised HR minus bicubic
+    by_hand = twin.bits_per_dim(r, lr) + math.log2(model.quant)
+    bpd = model.nll_bpd(hr, lr, noise=noise)
+    assert torch.allclose(bpd, by_hand, rtol=0, atol=1e-12)
+    assert (bpd - twin.nll_bpd(hr, lr, noise=noise)).abs().min() > 1e-3  # the image itself scores otherwise
+    z, logdet = model(hr, lr)
+    z_r, logdet_r = twin(hr - bicubic_up(lr, 4), lr)
+    assert torch.allclose(z, z_r, rtol=0, atol=1e-12) and torch.allclose(logdet, logdet_r, rtol=0, atol=1e-10)
+
+
+def test_residual_sample_then_nll_recovers_the_latent():
+    from minflow.data import bicubic_up
+
+    model = tiny(target="residual")
+    _, lr = pair(2, 4, 6)
+    feats = model.condition(lr)
+    z = torch.randn(model.latent_shape(feats, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x, inv_logdet = model.inverse(z, lr, temperature=0.8, generator=torch.Generator().manual_seed(2))
+    twin_x, _ = hr_twin(model).inverse(z, lr, temperature=0.8, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(x, bicubic_up(lr, 4) + twin_x, rtol=0, atol=1e-12)  # x = up(y) + f^-1(z; y)
+    z_back, logdet = model(x, lr)
+    assert (z_back - z).abs().max() < 1e-9 and torch.isfinite(logdet).all()
+
+
+def test_residual_at_temperature_zero_is_bicubic_when_the_flow_maps_zero_to_zero():
+    """A fresh flow keeps its zero-initialised last layers (conditioner outputs, ActNorm and split-prior
+    biases); every other weight is made random. Every layer's inverse then maps 0 to 0 (linear maps,
+    couplings with zero parameters, split means conv(0) = 0), so at T = 0 the residual is 0 and the
+    sample is exactly the bicubic upscale."""
+    from minflow.apply import sampling_pass
+    from minflow.data import bicubic_up
+
+    torch.manual_seed(0)
+    model = SRFlow(**TINY, target="residual").double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().max() > 0 or name.endswith("logs") or name.endswith("prior.weight"):
+                p.add_(0.05 * torch.randn_like(p))
+    lr = torch.rand(2, 3, 4, 6, dtype=torch.float64)
+    up = bicubic_up(lr, 4)
+    assert hr_twin(model).sample(lr, temperature=0.0).abs().max() == 0  # the flow alone: 0 at z = 0
+    assert torch.equal(model.sample(lr, temperature=0.0), up)
+    assert torch.equal(super_resolve(model, lr, temperature=0.0)[:, 0], up)
+    x, _, kept = sampling_pass(model, model.condition(lr[:1]), 3, 0.0, keep=True)
+    assert torch.equal(x, up[:1].expand(3, -1, -1, -1)) and kept[-1][0] == 0 and kept[-2][1].abs().max() == 0
+    out, rows = model.trace(lr, temperature=0.0)
+    assert torch.equal(out, up) and rows[-1]["name"] == "Offset" and rows[-2]["max_abs"] == 0
+    assert (model.sample(lr, temperature=0.7) - up).abs().max() > 1e-3  # T > 0 adds a residual
+
+
+def test_target_is_checked_and_old_manifests_load_as_hr(tmp_path):
+    from minflow import checkpoints
+    from minflow.sr import TARGETS, SRFlowConfig
+
+    assert TARGETS == ("hr", "residual") and SRFlowConfig().target == "hr"
+    with pytest.raises(ValueError, match=r"target must be one of \('hr', 'residual'\), got 'bicubic'"):
+        SRFlowConfig(target="bicubic")
+    model = SRFlow(**TINY)
+    checkpoints.save_checkpoint(model, "old", "srflow", model.config, {"command": "x"}, root=tmp_path)
+    path = tmp_path / "checkpoints" / "old.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["config"]["target"] == "hr"
+    del manifest["config"]["target"]  # as manifests written before the option were
+    manifest["config_sha256"] = checkpoints.config_digest("srflow", manifest["config"])
+    path.write_text(json.dumps(manifest))
+    loaded = load_pretrained("old", root=tmp_path)
+    assert loaded.target == "hr" and loaded.config == model.config
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    for name in [n for n in available() if n.startswith("sr_")]:  # the shipped ones predate the option
+        assert "target" not in checkpoints.read_manifest(name)["config"]
+        assert load_pretrained(name).target == "hr"
+
+
+def test_train_sr_takes_target(monkeypatch, tmp_path):
+    from minflow import cli, train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_images", lambda task, model, *rest, **kw: seen.update(model=model))
+    cli.main(["train-sr", "--name", "x", "--runs", str(tmp_path), "--target", "residual"])
+    assert seen["model"].target == "residual"
+    cli.main(["train-sr", "--name", "x", "--runs", str(tmp_path)])
+    assert seen["model"].target == "hr"
+    with pytest.raises(SystemExit):
+        cli.main(["train-sr", "--name", "x", "--runs", str(tmp_path), "--target", "image"])

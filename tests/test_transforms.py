@@ -409,3 +409,33 @@ def test_param_planes_takes_parameters_apart_in_the_conditioners_layout():
     assert param_planes(rows) == (rows, 1)
     with pytest.raises(ValueError, match=r"x.shape \+ \(2,\)"):
         mf.Affine()(torch.zeros(3), torch.zeros(3, 3))
+
+
+def test_offset_shifts_by_the_conditions_offset_with_logdet_zero():
+    """Offset: v = x - b, x = b + v; round trip exact, logdet 0 = log|det J| (the Jacobian is I)."""
+    x, b = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    feats = mf.Features({(4, 4): torch.zeros(2, 1, 4, 4, dtype=torch.float64)}, offset=b)
+    layer = mf.Offset()
+    v, ld = layer(x, feats)
+    assert torch.equal(v, x - b) and torch.equal(ld, torch.zeros(2, dtype=torch.float64))
+    back, ild = layer.inverse(v, feats, temperature=0.3)
+    assert (back - x).abs().max() < 1e-12 and torch.equal(ild, ld)
+    for i in range(2):
+        one = feats.map(lambda t, i=i: t[i : i + 1])
+        jac = torch.autograd.functional.jacobian(
+            lambda u, one=one: layer(u.view(1, 3, 4, 4), one)[0].flatten(), x[i].flatten()
+        )
+        assert abs(float(torch.linalg.slogdet(jac)[1])) < 1e-12
+    for bad in (None, mf.Features({(4, 4): torch.zeros(2, 1, 4, 4)}), mf.Features({}, offset=b[:, :2])):
+        with pytest.raises(ValueError, match="Offset needs Features whose offset is shaped like"):
+            layer(x, bad)
+
+
+def test_features_map_carries_prior_mean_and_offset():
+    f = mf.Features({(4, 4): torch.ones(2, 3, 4, 4)}, prior_mean=torch.ones(2, 12, 2, 2), offset=torch.ones(2, 3, 8, 8))
+    g = f.map(lambda t: 2 * t[:1])
+    assert g[(4, 4)].shape == (1, 3, 4, 4) and g.prior_mean.shape == (1, 12, 2, 2) and g.offset.shape == (1, 3, 8, 8)
+    assert float(g.offset.max()) == float(g.prior_mean.max()) == float(g[(4, 4)].max()) == 2.0
+    assert mf.Features({}).map(lambda t: t).offset is None and "offset (2, 3, 8, 8)" in repr(f)
+    with pytest.raises(TypeError, match="offset must be a tensor or None"):
+        mf.Features({}, offset=1.0)
