@@ -129,7 +129,8 @@ def test_plot_finite_marks_nonfinite_values_in_a_labelled_strip_not_as_data():
     plt.close(fig)
 
 
-SENTINELS = re.compile(r"(?<![\w.])(1e8|1e\+?38|1e\+?39|1e-7|1e30)(?![\w.])")
+# a number compared with (``x > 1e30``) is a threshold, not a stand-in: only other uses count
+SENTINELS = re.compile(r"(?<![<>]\s)(?<![<>])(?<![\w.])(1e8|1e\+?38|1e\+?39|1e-7|1e30)(?![\w.])")
 CHAPTERS = sorted((ROOT / "chapters").glob("0[1-6]_*.py"))
 
 
@@ -147,3 +148,8 @@ def test_chapters_set_no_font_below_ten_points(chapter):
     small = re.compile(r"fontsize\s*=\s*([0-9.]+)")
     hits = [m.group(0) for m in small.finditer(chapter.read_text()) if float(m.group(1)) < plotting.MIN_FONT_SIZE]
     assert not hits, hits
+
+
+def test_the_sentinel_check_tells_a_stand_in_from_a_threshold():
+    assert SENTINELS.search("y = x.nan_to_num(posinf=1e38)") and SENTINELS.search("ax.set_ylim(1e-7, 1)")
+    assert not SENTINELS.search("assert v > 1e30") and not SENTINELS.search("if f >1e8:")
