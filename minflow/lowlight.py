@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .bijections import Spec, make_bijection, spec_name
 from .imageflow import ImageFlow, ImageFlowConfig
 from .sr import Encoder, flow_level
-from .transforms import Cond, Features, Generator, Squeeze, Transform, zero_layer
+from .transforms import Cond, Features, Offset, Squeeze, zero_layer
 
 __all__ = [
     "LLFlow",
@@ -113,25 +113,11 @@ class LowLightEncoder(nn.Module):
         return Features(feats, prior_mean=squeeze_times(colour, self.levels))
 
 
-class PriorMean(Transform):
-    """z -> z - mu(y), logdet 0: the last layer, so that N(0, I) after it is N(mu, I) before it."""
+class PriorMean(Offset):
+    """z -> z - mu(y), logdet 0: the last layer, so that N(0, I) after it is N(mu, I) before it
+    (`Offset` reading ``prior_mean`` of `Features`)."""
 
-    def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
-        return x - self._mean(x, cond), x.new_zeros(x.shape[0])
-
-    def inverse(
-        self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
-    ) -> tuple[Tensor, Tensor]:
-        return z + self._mean(z, cond), z.new_zeros(z.shape[0])
-
-    @staticmethod
-    def _mean(x: Tensor, cond: Cond) -> Tensor:
-        mean = cond.prior_mean if isinstance(cond, Features) else None
-        if mean is None or mean.shape[1:] != x.shape[1:]:
-            raise ValueError(
-                f"PriorMean needs Features whose prior_mean is shaped like {tuple(x.shape[1:])} per sample"
-            )
-        return mean
+    field = "prior_mean"
 
 
 @dataclass(frozen=True)

@@ -263,27 +263,28 @@ class InvConv1x1(Transform):
 
 class Offset(Transform):
     """x -> v = x - b(y), logdet 0 (a shift by a function of the condition has Jacobian 1); the
-    inverse is x = b(y) + v. b(y) is ``cond.offset`` of `Features`, shaped like x. As a
-    flow's first layer it makes the flow model the residual v, with the density of x unchanged:
-    log p(x | y) = log p_v(x - b(y) | y)."""
+    inverse is x = b(y) + v. b(y) is the `Features` field named by ``field`` ("offset" here),
+    shaped like x or like one sample of it. As a flow's first layer it makes the flow model the
+    residual v, with the density of x unchanged: log p(x | y) = log p_v(x - b(y) | y)."""
+
+    field: str = "offset"
 
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
-        return x - self._offset(x, cond), x.new_zeros(x.shape[0])
+        return x - self._shift(x, cond), x.new_zeros(x.shape[0])
 
     def inverse(
         self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
-        return z + self._offset(z, cond), z.new_zeros(z.shape[0])
+        return z + self._shift(z, cond), z.new_zeros(z.shape[0])
 
-    @staticmethod
-    def _offset(x: Tensor, cond: Cond) -> Tensor:
-        offset = cond.offset if isinstance(cond, Features) else None
-        if offset is None or offset.shape != x.shape:
+    def _shift(self, x: Tensor, cond: Cond) -> Tensor:
+        b = getattr(cond, self.field, None) if isinstance(cond, Features) else None
+        if b is None or b.shape[1:] != x.shape[1:] or b.shape[0] not in (1, x.shape[0]):
             raise ValueError(
-                f"Offset needs Features whose offset is shaped like its input {tuple(x.shape)}, got "
-                f"{None if offset is None else tuple(offset.shape)}"
+                f"{type(self).__name__} needs Features whose {self.field} is shaped like its input "
+                f"{tuple(x.shape)}, got {None if b is None else tuple(b.shape)}"
             )
-        return offset
+        return b
 
 
 class Squeeze(Transform):
