@@ -152,8 +152,7 @@ class TrainConfig:
         checkpoints.check_name(self.name)
         _at_least(1, steps=self.steps, batch=self.batch, crop=self.crop, save_every=self.save_every)
         _at_least(0, seed=self.seed, threads=self.threads, workers=self.workers, val_every=self.val_every)
-        if not isinstance(self.photos, str) or self.photos not in PHOTO_SPLITS:
-            raise ValueError(f"photos must be one of {', '.join(map(repr, PHOTO_SPLITS))}, got {self.photos!r}")
+        _split(self.photos)  # a clear error for an unknown split
         for key in ("steps", "batch", "crop", "save_every", "seed", "threads", "workers", "val_every"):
             if not isinstance(getattr(self, key), int):
                 raise ValueError(f"{key} must be a whole number, got {getattr(self, key)!r}")
@@ -462,10 +461,11 @@ def fit(
             if talk and curve is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                 t1 = time.perf_counter()
                 value = float(validate())
+                seconds = time.perf_counter() - t1
                 curve["step"].append(step)
                 curve["val_bpd"].append(value)
-                curve["seconds"] += time.perf_counter() - t1
-                print(f"step {step}/{cfg.steps}  val bpd {value:.4f}  ({time.perf_counter() - t1:.1f} s)", flush=True)
+                curve["seconds"] += seconds
+                print(f"step {step}/{cfg.steps}  val bpd {value:.4f}  ({seconds:.1f} s)", flush=True)
             if talk and on_step is not None:
                 on_step(Progress(step, wall, lr_history, curve))
             if talk and (step % cfg.save_every == 0 or step == cfg.steps):
@@ -611,7 +611,8 @@ def _example_degrade(task: Task, factor: int, x: Tensor, gen: torch.Generator) -
 
 
 def _split(photos: str):
-    if photos not in PHOTO_SPLITS:
+    """The `data.PHOTO_SPLITS` entry named `photos`, or a clear error naming the choices."""
+    if not isinstance(photos, str) or photos not in PHOTO_SPLITS:
         raise ValueError(f"photos must be one of {', '.join(map(repr, PHOTO_SPLITS))}, got {photos!r}")
     return PHOTO_SPLITS[photos]
 
