@@ -152,14 +152,16 @@ def run_all(driver, url: str, token: str, name: str) -> None:
     WebDriverWait(driver, RUN_TIMEOUT, poll_frequency=2).until(finished)
 
 
-def page_text(driver) -> str:
+def output_text(driver) -> str:
+    """The text of every cell's output area (not the cells' source, which names the widgets it builds)."""
     from selenium.webdriver.common.by import By
 
-    return driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").text
+    return "\n".join(o.text for o in driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-OutputArea"))
 
 
 def assert_rendered(driver) -> None:
-    text = page_text(driver)
+    text = output_text(driver)
+    assert text.strip(), "the notebook shows no output at all"
     assert "Error displaying widget" not in text
     for repr_start in ("VBox(children=", "HBox(children=", "IntSlider(value=", "FloatSlider(value=", "Dropdown("):
         assert repr_start not in text, f"a widget shows as text: {repr_start}"
