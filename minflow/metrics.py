@@ -5,6 +5,7 @@
 - `diversity`: how much samples for one input differ (mean per-pixel standard deviation).
 - `artifact_mask`, `artifact_report`: the paper's per-pixel artifact criterion, and beside it what tells
   an explosion from ordinary sample tails (max |x|, non-finite count, `EXPLOSION` flag).
+- `rate_interval`: a 95 % interval for a rate counted over few samples (k of n).
 
 Everything measures the values it is given: pass *raw* samples to the artifact functions (never a
 clamped copy), and clamped copies to the image-quality metrics if you want them to ignore explosions.
@@ -31,6 +32,7 @@ __all__ = [
     "lr_psnr",
     "min_scale",
     "psnr",
+    "rate_interval",
     "ssim",
 ]
 
@@ -205,3 +207,18 @@ def min_scale(rows: list[dict]) -> float:
     if not scales:
         raise ValueError("no layer in these trace rows reports a scale")
     return nanmin(torch.tensor(scales, dtype=torch.float64)).item()
+
+
+def rate_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a rate of k events in n trials (95 % for z = 1.96):
+
+        (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n),   p = k / n.
+
+    Unlike p -+ z sqrt(p(1-p)/n) it stays inside [0, 1] and is not empty at k = 0: 0 of 60 samples
+    gives (0, 0.060), so "no artifact in 60 samples" only bounds the rate below about 6 %.
+    """
+    if isinstance(k, bool) or isinstance(n, bool) or int(k) != k or int(n) != n or not 0 <= k <= n or n < 1:
+        raise ValueError(f"need counts 0 <= k <= n with n >= 1, got k={k!r}, n={n!r}")
+    p, z2 = k / n, z * z
+    mid, half = p + z2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (mid - half) / (1 + z2 / n)), min(1.0, (mid + half) / (1 + z2 / n))

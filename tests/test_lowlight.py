@@ -312,3 +312,31 @@ def test_shipped_checkpoint_reproduces_validation_bpd(name):
         "python -m minflow.lowlight train",
         lambda m, metrics: train.validation_pairs(m, train.LOWLIGHT, metrics["val_size"], metrics["eval_seed"]),
     )
+
+
+def test_match_mean_gain_and_gamma():
+    from minflow.lowlight import match_mean
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 0.2  # dark: gain 2 stays below the clamp
+    out = match_mean(x, 2 * x.mean((1, 2, 3)), "gain")
+    torch.testing.assert_close(out, 2 * x)
+    target = torch.tensor([0.3, 0.6])
+    out = match_mean(x, target, "gamma")
+    torch.testing.assert_close(out.mean((1, 2, 3)), target, atol=1e-4, rtol=0)
+    # a tone curve keeps the order of values (monotone) and the image in [0, 1]
+    flat_x, flat_o = x[0].flatten(), out[0].flatten()
+    assert torch.equal(flat_x.argsort(), flat_o.argsort()) and out.min() >= 0 and out.max() <= 1
+    assert match_mean(x[0], 0.5, "gamma").shape == x[0].shape  # CHW in, CHW out
+
+
+BAD_MATCH = [(0.0, "gain", "target mean"), (1.2, "gamma", "target mean"), (math.nan, "gain", "target mean"),
+             (0.5, "log", "curve")]  # fmt: skip
+
+
+@pytest.mark.parametrize("mean, curve, match", BAD_MATCH)
+def test_match_mean_refuses_bad_input(mean, curve, match):
+    from minflow.lowlight import match_mean
+
+    with pytest.raises(ValueError, match=match):
+        match_mean(torch.rand(3, 8, 8), mean, curve)

@@ -289,3 +289,30 @@ def test_min_scale_is_one_behaviour_for_the_toy_and_the_images():
     assert math.isnan(metrics.min_scale([{"min_scale": math.nan}, {"name": "ActNorm", "min_scale": None}]))
     with pytest.raises(ValueError, match="no layer"):
         metrics.min_scale([{"name": "ActNorm"}])
+
+
+def test_rate_interval_closed_forms_and_coverage():
+    from math import comb
+
+    from minflow.metrics import rate_interval
+
+    lo, hi = rate_interval(0, 60)  # k = 0: (0, z^2 / (n + z^2))
+    assert lo == 0.0 and hi == pytest.approx(1.96**2 / (60 + 1.96**2))
+    lo, hi = rate_interval(5, 10)  # symmetric about p = 1/2
+    assert lo + hi == pytest.approx(1.0) and lo < 0.5 < hi
+    # the 95 % interval covers the true rate with probability close to 95 % (exact binomial sum)
+    for p, n in [(0.1, 50), (0.3, 20), (0.02, 200)]:
+        cover = sum(
+            comb(n, k) * p**k * (1 - p) ** (n - k)
+            for k in range(n + 1)
+            if rate_interval(k, n)[0] <= p <= rate_interval(k, n)[1]
+        )
+        assert 0.92 < cover < 0.99, (p, n, cover)
+
+
+@pytest.mark.parametrize("k, n", [(-1, 5), (6, 5), (0, 0), (1.5, 4), (True, 3)])
+def test_rate_interval_refuses_bad_counts(k, n):
+    from minflow.metrics import rate_interval
+
+    with pytest.raises(ValueError, match="counts"):
+        rate_interval(k, n)
