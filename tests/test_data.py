@@ -302,6 +302,17 @@ def test_ood_sets_are_deterministic_and_sized_by_the_caller(ood):
             data.ood_sets(size=bad)
 
 
+def test_ood_sets_can_be_made_of_other_validation_photos():
+    val = data.PHOTO_SPLITS["wide"].val[:3]
+    sets = data.ood_sets(factor=2, size=16, photos=val)
+    assert set(sets["reference"]) == set(val)
+    assert {k.split("/")[0] for k in sets["degradation"]} == set(val) and len(sets["degradation"]) == 7 * len(val)
+    assert set(sets["content"]) == set(data.ood_sets(factor=2, size=16)["content"])  # content does not change
+    for bad in ((), ("coffee", "coffee")):
+        with pytest.raises(ValueError, match="distinct photos"):
+            data.ood_sets(photos=bad)
+
+
 # ------------------------------------------------------------------------------------------ DIV2K
 
 

@@ -506,8 +506,11 @@ def synthetic_patterns(size: int) -> dict[str, Tensor]:
     }
 
 
-def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
+def ood_sets(factor: int = 4, size: int = 64, photos: Sequence[str] = VAL_PHOTOS) -> dict[str, dict[str, OODInput]]:
     """Named SR test inputs in four groups (`OOD_GROUPS`); every LR is (3, size, size) in [0, 1].
+
+    `photos` are the validation photos the "reference", "degradation" and inverted "benign" inputs
+    are made of (default: the course's; ``PHOTO_SPLITS["wide"].val`` for a wider measurement).
 
     - "reference": the validation photos with the training degradation (in distribution).
     - "content": images unlike the training photos (an earlier, exploratory affine model exploded on the
@@ -525,13 +528,17 @@ def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
         raise ValueError(f"need an int factor >= 1, got {factor!r}")
     check_size(size, 4)
     hr_size = size * factor
-    hr_of = {n: fit_square(load_photo(n), hr_size, whole=n in ("retina", "cell")) for n in (*VAL_PHOTOS, *OTHER_IMAGES)}
+    photos = tuple(photos)
+    if not photos or len(set(photos)) != len(photos):
+        raise ValueError(f"photos must name one or more distinct photos, got {photos!r}")
+    names = (*photos, *(n for n in OTHER_IMAGES if n not in photos))
+    hr_of = {n: fit_square(load_photo(n), hr_size, whole=n in ("retina", "cell")) for n in names}
 
     def pair(hr: Tensor, why: str) -> OODInput:
         return OODInput(bicubic_down(hr, factor), hr, why)
 
     patterns = synthetic_patterns(size)
-    reference = {p: pair(hr_of[p], "in distribution: validation photo, bicubic LR as in training") for p in VAL_PHOTOS}
+    reference = {p: pair(hr_of[p], "in distribution: validation photo, bicubic LR as in training") for p in photos}
     content = {
         "checkerboard": pair(hr_of["checkerboard"], "photo of a chessboard: flat saturated squares, straight edges"),
         "checker_1px": OODInput(
@@ -555,7 +562,7 @@ def ood_sets(factor: int = 4, size: int = 64) -> dict[str, dict[str, OODInput]]:
         ]
     }
     degradation = {}
-    for seed, p in enumerate(VAL_PHOTOS):
+    for seed, p in enumerate(photos):
         hr = hr_of[p]
         lr = bicubic_down(hr, factor)
         made = {
