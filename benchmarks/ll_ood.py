@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
@@ -59,6 +60,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without in
 import minflow  # noqa: E402
 from minflow import lowlight, metrics, ood  # noqa: E402
 from minflow.checkpoints import load_pretrained  # noqa: E402
+from minflow.couplings import Injector  # noqa: E402
 from minflow.data import PHOTO_SPLITS, LowLightPairs, center_crop, darken, load_photos  # noqa: E402
 from minflow.utils import nanmin  # noqa: E402
 
@@ -70,7 +72,7 @@ KINDS = {  # out-of-distribution darkenings: one parameter far outside DARKEN_RA
 }
 MAHA = ("maha L1", "maha L2", "maha L3", "maha L1 mean-norm.", "maha enc. inputs")
 MAPS = (*MAHA, "green dominance", "saturation")
-SCALARS = ("darkness", "-log s, T=0 pass", "-log s, self-check")
+SCALARS = ("darkness", "-log s, T=0 pass", "-log s, T=0 injectors", "-log s, self-check")
 EVENTS = ("art.", "art. T", "expl.")
 
 
@@ -135,8 +137,9 @@ def colour_maps(dark: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"green dominance": r[:, 1] - torch.maximum(r[:, 0], r[:, 2]), "saturation": (hi - lo) / (hi + 1e-3)}
 
 
-def min_s(rec) -> float:
-    return nanmin(rec.min_scale()).item()
+def min_s(rec, kind: type = nn.Module) -> float:
+    """The smallest scale a recording saw, over the layers of type `kind` (default: all)."""
+    return nanmin(torch.cat([s for layer, s in rec.scales if isinstance(layer, kind)])).item()
 
 
 @torch.no_grad()
@@ -162,6 +165,7 @@ def measure(model, cases: list[dict], scorers, mean: float, samples: int, temper
         s0, sc = min_s(rec0), min_s(check)
         score = {f"{k} {a}": getattr(v, a)().item() for k, v in maps.items() for a in ("mean", "max")}
         score |= {"darkness": -dark.mean().item(), "-log s, T=0 pass": -math.log10(s0)}
+        score["-log s, T=0 injectors"] = -math.log10(min_s(rec0, Injector))
         score["-log s, self-check"] = -math.log10(sc)
         rows.append({
             **{k: c[k] for k in ("photo", "half", "kind", "seed")}, "dark_mean": dark.mean().item(),
@@ -236,6 +240,9 @@ def report(label: str, s: dict, n_photos: int, seeds: int) -> None:
     print(f"  {'kind':<8}{'n':>4}{'art.':>6}{'expl.':>6}{'dark mean':>11}{'L1 score (median)':>19}")
     for k, v in s["kinds"].items():
         print(f"  {k:<8}{v['n']:>4}{v['art.']:>6}{v['expl.']:>6}{v['dark_mean']:>11.4f}{v['l1_mean']:>19.2f}")
+    if not s["art."]:
+        print("  no input has an artifact: nothing to predict")
+        return
     print(f"  {'candidate':<26}{'AUC art.':>9}{'art. T':>8}{'expl.':>7}{'art. A':>8}{'art. B':>8}{'pixel rho':>10}")
     for k, v in s["auc"].items():
         rho = s["pixel_spearman"].get(k.rsplit(" ", 1)[0]) if k.endswith("mean") else None
@@ -251,8 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", help="shipped checkpoint names or train-lowlight run folders")
     p.add_argument("--size", type=int, default=128, help="centre crop of each photo")
-    p.add_argument("--seeds", type=int, default=3, help="darkenings per photo with the training ranges")
-    p.add_argument("--samples", type=int, default=3, help="samples per input at --temperature")
+    p.add_argument("--seeds", type=int, default=4, help="darkenings per photo with the training ranges")
+    p.add_argument("--samples", type=int, default=6, help="samples per input at --temperature")
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--fit-batches", type=int, default=32, help="training-stream batches to fit the scorers on")
     p.add_argument("--threads", type=int, default=1)
