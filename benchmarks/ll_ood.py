@@ -214,7 +214,9 @@ def summarise(rows: list[dict], pixel: dict[str, np.ndarray]) -> dict:
         "l1_vs_brightness": ood.spearman(col("maha L1 mean"), [r["dark_mean"] for r in rows]),
         "kinds": {k: {"n": len(sub), "art.": sum(r["art."] for r in sub), "expl.": sum(r["expl."] for r in sub),
                       "dark_mean": np.mean([r["dark_mean"] for r in sub]),
-                      "l1_mean": np.median(col("maha L1 mean", sub))}
+                      "l1_mean": np.median(col("maha L1 mean", sub)),
+                      "l1_norm_mean": np.median(col("maha L1 mean-norm. mean", sub)),
+                      "inj_scale": 10 ** -np.median(col("-log s, T=0 injectors", sub))}
                   for k in ("train", *KINDS) for sub in [[r for r in rows if r["kind"] == k]]},
         "exploding_photos": sorted({r["photo"] for r in rows if r["expl."]}),
     }  # fmt: skip
@@ -237,9 +239,11 @@ def report(label: str, s: dict, n_photos: int, seeds: int) -> None:
     print(f"  exploding photos: {', '.join(s['exploding_photos']) or 'none'}")
     print(f"  level-1 Mahalanobis: ranks of exploding inputs by mean score {s['expl_ranks_l1_mean']}; "
           f"Spearman(mean score, brightness) {s['l1_vs_brightness']:+.2f}")  # fmt: skip
-    print(f"  {'kind':<8}{'n':>4}{'art.':>6}{'expl.':>6}{'dark mean':>11}{'L1 score (median)':>19}")
+    print(f"  {'kind':<8}{'n':>4}{'art.':>6}{'expl.':>6}{'dark mean':>11}   medians: {'L1 score':>8}"
+          f"{'L1 mean-norm.':>14}{'injector s, T=0':>16}")  # fmt: skip
     for k, v in s["kinds"].items():
-        print(f"  {k:<8}{v['n']:>4}{v['art.']:>6}{v['expl.']:>6}{v['dark_mean']:>11.4f}{v['l1_mean']:>19.2f}")
+        print(f"  {k:<8}{v['n']:>4}{v['art.']:>6}{v['expl.']:>6}{v['dark_mean']:>11.4f}{'':>12}{v['l1_mean']:>8.2f}"
+              f"{v['l1_norm_mean']:>14.2f}{v['inj_scale']:>16.3f}")  # fmt: skip
     if not s["art."]:
         print("  no input has an artifact: nothing to predict")
         return
