@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ll_ood.py ll_affine ll_affine_k3 ll_spline ll_spline_k3 --json out.json
     .venv/bin/python benchmarks/ll_ood.py /work/runs/l_affine --seeds 2 --samples 2       # a run folder
+    .venv/bin/python benchmarks/ll_ood.py ll_affine_k3 --size 256                         # larger crops
 
 Each argument is a shipped checkpoint name or a run folder of ``python -m minflow train-lowlight``.
 
@@ -15,8 +16,8 @@ Per model and input: the T = 0 output and ``--samples`` samples at ``--temperatu
 seed 0): explosions (non-finite or max |x| > 1e3, `metrics.artifact_report`), artifact pixels
 (`metrics.artifact_mask`), the smallest scale of each pass (`minflow.recording`), and the
 smallest scale of a forward pass of the model on its own T = 0 output (the "self-check").
-Event of an input: an artifact pixel in its T = 0 output or in any sample ("art."); explosion of
-any of them ("expl.").
+Events of an input: an artifact pixel in its T = 0 output or in any sample ("art."), in any
+sample ("art. T": what the T = 0 pass must foresee), an explosion of any of them ("expl.").
 
 Candidate predictors, each fitted (where it needs fitting) on ``--fit-batches`` batches of the
 model's training stream (`data.LowLightPairs` with its manifest's photos, crop, batch and seed),
@@ -27,16 +28,19 @@ each an input-level number (mean or max over the pixels of a per-pixel map):
   mean (a scorer input only: the model still samples the original); of `lowlight.encoder_inputs`;
 - colour of the dark input (2x2-averaged): green dominance r_g - max(r_r, r_b) of the colour
   ratio, and saturation (max - min) / max; the darkness -mean(y);
-- -log10 of the smallest scale: of the T = 0 sampling pass and of the self-check.
+- -log10 of the smallest scale: of the T = 0 sampling pass, of its injectors alone (their scale
+  is a function of the dark input only, so this one needs no latent) and of the self-check.
 
-Reported: pixel-level Spearman of each map with the artifact frequency of the 2x2 blocks over the
-samples (chapter 9, section 6), AUC of each candidate for both events over all inputs and per
-half, the ranks (1 = highest) of the exploding inputs by the level-1 mean score, the Spearman
-correlation of that score with the input's brightness, and per kind the event shares and scores.
+Reported: per kind, the event counts and the medians of the level-1 scores and injector scale;
+pixel-level Spearman of each map with the artifact frequency of the 2x2 blocks over the
+samples (chapter 9, section 6), AUC of each candidate for each event over all inputs and of
+"art." per half, the ranks (1 = highest) of the exploding inputs by the level-1 mean score, and the
+Spearman correlation of that score with the input's brightness (its mean).
 One pick is made: the best candidate by "art." AUC on half A, reported on half B, with the
 threshold of largest TPR - FPR on half A and its TPR / FPR on half B. Nothing is trained.
-One thread, default run (17 photos x 7 darkenings, 3 samples): about 2 min per affine model,
-3 per spline model.
+One thread, default run (17 photos x 8 darkenings = 136 inputs, 6 samples each): about 5.5 min
+for the four shipped models on a shared 2-core machine (about 1 min per affine model, 2 per spline
+model); ``--size 256`` costs about 4 times as much.
 """
 
 from __future__ import annotations
