@@ -30,10 +30,11 @@ def test_tiny_run(ll_ood, tmp_path, capsys):
     assert len(rows) == s["inputs"] == 17 * (1 + len(ll_ood.KINDS))
     assert {r["half"] for r in rows} == {"A", "B"} and {r["kind"] for r in rows} == {"train", *ll_ood.KINDS}
     assert s["expl."] == sum(r["expl."] for r in rows) == len(s["expl_ranks_l1_mean"])
-    assert all(r["art."] or not r["expl."] for r in rows)  # an explosion is an artifact
+    assert all(r["art."] or not (r["expl."] or r["art. T"]) for r in rows)  # explosions and sample artifacts count
     assert sum(v["n"] for v in s["kinds"].values()) == len(rows)
     for r in rows:
         assert set(r["score"]) == set(s["auc"])
+        assert r["score"]["-log s, T=0 injectors"] <= r["score"]["-log s, T=0 pass"]  # injectors: some of the layers
         if not r["expl."]:  # the forward pass on the T = 0 output meets the scales its inverse used
             assert math.isclose(r["min_scale_self_check"], r["min_scale_t0"], rel_tol=1e-3)
     lit = [r["dark_mean"] for r in rows if r["kind"] == "lit"]
