@@ -285,14 +285,48 @@ def _rq(x: Tensor, planes: Tensor, pdim: int, s: RQSettings, inverse: bool, ops:
 
 class _Slots:
     """Named buffers of one shape, each an attribute, carved out of one allocation (``store``, one
-    buffer per name along its dim 0): the closed form below reuses them in place instead of
-    allocating a fresh tensor per op."""
+    buffer along its dim 0 per name not in ``shared``): the closed form below reuses them in place
+    instead of allocating a fresh tensor per op.
+
+    ``shared`` maps a name to another name (or to an output tensor) whose buffer it uses: names
+    that are never live at the same time share memory. That matters on a CPU: at the SR flow's
+    sizes one buffer is 0.8 MB, and once the buffers a call touches no longer fit in the cache
+    (about 10 of them here), every op that writes a buffer for the first time waits for memory,
+    about 3x the cost of an op on a buffer still in the cache (benchmarks/README.md).
+    """
 
     NAMES = "w h sa sh e D u sg S q xi ox tt den xi2 nn sl ins t1 t2 t3 t4 t5 t6 t7".split()
 
-    def __init__(self, store: Tensor):
-        for name, buf in zip(self.NAMES, store):
+    def __init__(self, store: Tensor, shared: dict[str, str | Tensor]):
+        for name, buf in zip([n for n in self.NAMES if n not in shared], store):
             setattr(self, name, buf)
+        for name, other in shared.items():
+            while isinstance(other, str) and other in shared:  # a chain: e -> D -> ladj
+                other = shared[other]
+            setattr(self, name, other if isinstance(other, Tensor) else getattr(self, other))
+
+    @classmethod
+    def count(cls, shared: dict[str, str | Tensor]) -> int:
+        """How many buffers ``store`` needs."""
+        return len(cls.NAMES) - len(shared)
+
+
+def _shared_buffers(inverse: bool, ladj: Tensor, coef: Tensor | None) -> dict[str, str | Tensor]:
+    """Which names of `_bounded_in_place` share a buffer on each path (see `_Slots`).
+
+    Without gradient the sigmoids, exp(d) and tanhs are used only once, so they are written where
+    their result goes, D lives in the log-slope's output until the log overwrites it, and the
+    buffers of the map's output stage are reused for the log-slope's. With gradient the slope is
+    written straight into coef[0], its first saved coefficient, and the forward's 1 - 2 xi into u
+    (free between xi and f).
+    """
+    if coef is not None:
+        return {"sl": coef[0]} | ({} if inverse else {"t3": "u"})
+    shared: dict[str, str | Tensor] = {"sa": "w", "sh": "h", "e": "D", "D": ladj, "t5": "D"}
+    if inverse:  # the shift is dead once z = y - t is formed; w, h, u once the output is written
+        return shared | {"t4": "sg", "t6": "sg", "ox": "w", "tt": "h", "den": "u"}
+    # forward: u is free once xi is formed, h once s is; w, sg and t2 once the output is written
+    return shared | {"t6": "t4", "ox": "u", "tt": "h", "xi2": "w", "nn": "sg", "sl": "t2"}
 
 
 def _bounded_in_place(
@@ -414,7 +448,7 @@ def _bounded_in_place(
     ld = torch.mul(xi2, inn, out=b.D).add_(g, alpha=-2)  # L_D = xi^2 / N - 2t / den
     siw = torch.div(sg, w, out=ox)  # sgn / w
     if not inverse:
-        torch.mul(slope, 1, out=coef[0])  # dy/dx, exactly 1 outside the box
+        # coef[0] holds the slope already (its buffer, `_shared_buffers`): dy/dx, exactly 1 outside the box
         f = torch.mul(S, xi2, out=b.u).add_(tt).mul_(idn)  # f = (s xi^2 + t) / den, y's offset over h
         sfs = torch.mul(f, omt, out=b.tt).neg_().add_(xi2).mul_(idn).mul_(S)  # s df/ds
         torch.mul(xi, slope, out=coef[1]).addcmul_(S, sfs).mul_(ka).neg_()  # dy/da
@@ -425,7 +459,7 @@ def _bounded_in_place(
         torch.mul(ls, siw, out=coef[6]).mul_(kh).neg_()  # dL/dh
         torch.mul(ld, dp, out=coef[7])  # dL/dd
     else:
-        torch.reciprocal(slope, out=coef[0])  # dx/dy, exactly 1 outside the box
+        slope.reciprocal_()  # coef[0] (the slope's buffer, `_shared_buffers`): dx/dy, exactly 1 outside the box
         ifx = torch.mul(S, coef[0], out=b.t5)  # 1 / f'(xi), f(xi) = r the root's equation
         fs = torch.mul(r, omt, out=b.tt).neg_().add_(xi2).mul_(idn)  # df/ds at the root
         torch.mul(S, fs, out=coef[1]).mul_(ifx).add_(xi).mul_(ka)  # dx/da
@@ -448,8 +482,9 @@ def _bounded_closed(
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ladj = torch.empty_like(y)
     coef = torch.empty((8 if s.max_shift is None else 9, *x.shape), dtype=x.dtype, device=x.device) if grad else None
-    store = torch.empty((len(_Slots.NAMES), *x.shape), dtype=x.dtype, device=x.device)
-    _bounded_in_place(x, *planes.unbind(pdim), s, inverse, _Slots(store), y, ladj, coef)
+    shared = _shared_buffers(inverse, ladj, coef)
+    store = torch.empty((_Slots.count(shared), *x.shape), dtype=x.dtype, device=x.device)
+    _bounded_in_place(x, *planes.unbind(pdim), s, inverse, _Slots(store, shared), y, ladj, coef)
     return y, ladj, coef
 
 
