@@ -392,24 +392,24 @@ def _bounded_in_place(
         r = torch.div(v, h, out=v).clamp_(0, 1)  # v may leave [0, h] by a rounding error at the bin's ends
         rq = torch.mul(r, q, out=b.t1)
         a_ = torch.add(rq, S, out=b.t2).sub_(1)  # a = s - 1 + r q
-        b_ = rq.neg_().add_(1)  # b = 1 - r q
-        # solve for 1 - xi where a < 0 (see `_rq_bin`); r = 0 unmirrored, r = 1 mirrored
-        mirror = torch.lt(a_, 0, out=b.xi2).mul_(torch.gt(r, 0, out=b.nn))
-        torch.maximum(mirror, torch.eq(r, 1, out=b.nn), out=mirror)
-        b_m = b_.addcmul_(mirror, a_, value=2)  # b + 2a where mirrored
-        r_m = torch.sub(mirror, r, out=b.nn).abs_()  # 1 - r where mirrored, else r (exactly)
-        a_m = a_.abs_()
-        rs = r_m.mul_(S)
-        p = torch.mul(b_m, b_m, out=b.sl).addcmul_(a_m, rs, value=4).sqrt_()
-        p.add_(torch.abs(b_m, out=xi))  # > 0 (a_m = 0 forces b_m = s > 0)
-        # the root without cancellation, 2 s r / p for b >= 0 and p / 2a for b < 0, selected by 0/1
-        # masks before dividing (both branches are finite)
-        pos = torch.ge(b_m, 0, out=b_m)
-        neg = torch.neg(pos, out=xi).add_(1)
-        num = rs.mul_(pos).mul_(2).addcmul_(p, neg)
-        root = num.div_(a_m.mul_(neg).mul_(2).addcmul_(p, pos))
-        torch.sub(mirror, root, out=xi).abs_().clamp_(0, 1)  # 1 - root where mirrored, kept in [0, 1]
-        corr = torch.sub(xi, r, out=b.t2).mul_(w).addcmul_(r, torch.sub(w, h, out=b.nn))  # 0 at the identity
+        b_ = rq.neg_().add_(1)  # b = 1 - r q; a + b = s
+        # the discriminant b^2 + 4 a s r without cancellation: where a < 0, as (b + 2a)^2 + 4 |a| s (1 - r),
+        # the same number (that of the quadratic in 1 - xi, as `_rq_bin` solves it); a sum of positive terms
+        a_neg = torch.lt(a_, 0, out=b.xi2)
+        b_m = torch.addcmul(b_, a_neg, a_, value=2, out=b.nn)  # b + 2a where a < 0
+        r_m = torch.sub(a_neg, r, out=a_neg).abs_()  # 1 - r where a < 0, else r (exactly)
+        a_m = a_.abs_()  # |a|, = a wherever b < 0 (then a = s - b > 0)
+        p = b_m.square_().addcmul_(a_m, r_m.mul_(S), value=4).sqrt_()
+        p.add_(torch.abs(b_, out=b.sl))  # |b| + sqrt(disc) > 0 (b = 0 forces a = s > 0)
+        # the root without cancellation, 2 s r / p for b >= 0 and p / 2a for b < 0 (a > 0 there),
+        # selected by 0/1 masks before dividing (both branches are finite)
+        neg = torch.lt(b_, 0, out=b.sl)
+        pos = torch.ge(b_, 0, out=b_)
+        num = torch.mul(p, neg, out=xi).addcmul_(torch.mul(r, S, out=b.xi2), pos, value=2)
+        num.div_(p.mul_(pos).addcmul_(a_m, neg, value=2)).clamp_(0, 1)  # xi, kept in [0, 1]
+        corr = torch.mul(w, xi, out=b.t2).addcmul_(
+            r, h, value=-1
+        )  # w xi - r h: exactly 0 at the identity (xi = r, w = h)
         torch.addcmul(z, sg, corr, value=-1, out=y)
     else:
         torch.div(v, w, out=xi).clamp_(0, 1)
@@ -424,11 +424,11 @@ def _bounded_in_place(
         den.add_(S)
     xi2 = torch.mul(xi, xi, out=b.xi2)
     nn = torch.mul(xi2, D, out=b.nn).addcmul_(ox, ox).addcmul_(S, tt, value=2)  # N
-    slope = torch.div(S, den, out=b.sl).square_().mul_(nn)  # s^2 N / den^2: dy/dx of the forward map
-    if inverse:
-        torch.log(slope, out=ladj).neg_()
-    else:
-        torch.log(slope, out=ladj)
+    if inverse:  # den^2 / (s^2 N): dx/dy of the inverse map
+        slope = torch.div(den, S, out=b.sl).square_().div_(nn)
+    else:  # s^2 N / den^2: dy/dx of the forward map
+        slope = torch.div(S, den, out=b.sl).square_().mul_(nn)
+    torch.log(slope, out=ladj)
     if coef is None:
         return
     # ---- the partial derivatives for the backward (L: the forward map's log-slope)
@@ -459,7 +459,7 @@ def _bounded_in_place(
         torch.mul(ls, siw, out=coef[6]).mul_(kh).neg_()  # dL/dh
         torch.mul(ld, dp, out=coef[7])  # dL/dd
     else:
-        slope.reciprocal_()  # coef[0] (the slope's buffer, `_shared_buffers`): dx/dy, exactly 1 outside the box
+        # coef[0] holds the inverse's slope already (its buffer, `_shared_buffers`): dx/dy, exactly 1 outside the box
         ifx = torch.mul(S, coef[0], out=b.t5)  # 1 / f'(xi), f(xi) = r the root's equation
         fs = torch.mul(r, omt, out=b.tt).neg_().add_(xi2).mul_(idn)  # df/ds at the root
         torch.mul(S, fs, out=coef[1]).mul_(ifx).add_(xi).mul_(ka)  # dx/da
