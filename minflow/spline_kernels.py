@@ -352,9 +352,12 @@ def _bounded_in_place(
     entering as v = B - sgn u, u = its input clamped into the box. With s = h / w, q = 1 + D - 2s,
     t = xi (1 - xi), den = s + q t: forward, xi = v / w and y = x + sgn w xi (q t + s xi (1 - s)) / den
     + shift, exactly x (+ shift) at the identity and outside the box (where xi = 0); inverse,
-    r = v / h, xi the root of the quadratic in the frame where it cannot cancel (as `_rq_bin`), and
-    x = z - sgn (w (xi - r) + r (w - h)). The log-slope is log(s^2 N / den^2) with
-    N = D xi^2 + 2 s t + (1 - xi)^2, a sum of positive terms.
+    r = v / h and xi the root in [0, 1] of a xi^2 + b xi - s r = 0 with a = s - 1 + r q, b = 1 - r q:
+    xi = 2 s r / (|b| + sqrt(disc)) for b >= 0 and (|b| + sqrt(disc)) / 2a for b < 0 (no
+    cancellation in either), the discriminant disc = b^2 + 4 a s r written, where a < 0, as
+    (b + 2a)^2 + 4 |a| s (1 - r) (equal since a + b = s), a sum of positive terms either way; then
+    x = z - sgn (w xi - r h). The log-slope is log(s^2 N / den^2) with N = D xi^2 + 2 s t + (1 - xi)^2,
+    a sum of positive terms (the inverse's: log(den^2 / (s^2 N))).
 
     ``coef`` (8 or 9, ...) receives what the backward needs: the partial derivatives
     of the output w.r.t. the input and the raw a, h, d, then those of the log-slope (chain rule
