@@ -410,9 +410,8 @@ def _bounded_in_place(
         pos = torch.ge(b_, 0, out=b_)
         num = torch.mul(p, neg, out=xi).addcmul_(torch.mul(r, S, out=b.xi2), pos, value=2)
         num.div_(p.mul_(pos).addcmul_(a_m, neg, value=2)).clamp_(0, 1)  # xi, kept in [0, 1]
-        corr = torch.mul(w, xi, out=b.t2).addcmul_(
-            r, h, value=-1
-        )  # w xi - r h: exactly 0 at the identity (xi = r, w = h)
+        # the correction w xi - r h: exactly 0 at the identity (xi = r, w = h) and outside the box (r = 0)
+        corr = torch.mul(w, xi, out=b.t2).addcmul_(r, h, value=-1)
         torch.addcmul(z, sg, corr, value=-1, out=y)
     else:
         torch.div(v, w, out=xi).clamp_(0, 1)
