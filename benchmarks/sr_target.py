@@ -16,8 +16,9 @@ degraded as in training (`data.bicubic_down`), it measures:
 
 The summary gives, over the photos, mean and worst of T0 - bicubic and the share of photos with
 T0 >= bicubic + 0.5 dB; over the clean samples (no artifact pixel), mean and worst of sample -
-bicubic and of LR-PSNR; and the share of samples with an artifact, with its 95 % interval
-(`metrics.rate_interval`).
+bicubic and of LR-PSNR; the share of samples with an artifact pixel and of exploding samples
+(non-finite or max |x| > 1e3), each with its 95 % interval (`metrics.rate_interval`), and the share
+of artifact pixels over all samples.
 
 With ``--ood`` it also samples the "degradation" and "content" inputs of `data.ood_sets` made of
 the same validation photos (64 x 64 LR, ``--samples`` each at ``--temperature``): the share of
@@ -78,15 +79,17 @@ def in_distribution(model, photos: dict[str, torch.Tensor], samples: int, temper
         hr = mod_crop(photo, f * model.lr_multiple)
         lr = bicubic_down(hr, f)
         xs = model.sample_images(lr, temperature, samples, gen())
-        bad = metrics.artifact_mask(xs).flatten(1).any(1)
+        report = metrics.artifact_report(xs)
         rows[name] = {
             "bpd": model.nll_bpd(hr[None], lr[None], gen()).item(),
             "psnr_t0": metrics.psnr(model.sample_images(lr, 0.0, 1)[0].clamp(0, 1), hr, f),
             "psnr_bicubic": metrics.psnr(bicubic_up(lr, f), hr, f),
             "psnr_samples": [metrics.psnr(x.clamp(0, 1), hr, f) for x in xs],
             "lr_psnr_samples": [metrics.lr_psnr(x, lr, f) for x in xs],
-            "artifact": bad.tolist(),
-            "max_abs": metrics.artifact_report(xs)["summary"]["max_abs"],
+            "artifact": (report["fraction"] > 0).tolist(),
+            "artifact_pixels": report["fraction"].tolist(),
+            "explosion": report["explosion"].tolist(),
+            "max_abs": report["summary"]["max_abs"],
         }
     return rows
 
@@ -99,6 +102,8 @@ def summarise(rows: dict[str, dict]) -> dict:
     k = sum(sum(r["artifact"]) for r in rows.values())
     n = sum(len(r["artifact"]) for r in rows.values())
     lo, hi = metrics.rate_interval(k, n)
+    e = sum(sum(r["explosion"]) for r in rows.values())
+    pixels = [f for r in rows.values() for f in r["artifact_pixels"]]
     return {
         "photos": len(rows),
         "bpd": sum(r["bpd"] for r in rows.values()) / len(rows),
@@ -112,6 +117,9 @@ def summarise(rows: dict[str, dict]) -> dict:
         "artifact_samples": [k, n],
         "artifact_rate": k / n,
         "artifact_interval": [lo, hi],
+        "artifact_pixel_share": sum(pixels) / len(pixels),
+        "explosions": [e, n],
+        "explosion_interval": list(metrics.rate_interval(e, n)),
     }
 
 
@@ -168,7 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"clean samples - bicubic: mean {s['sample_gain_mean']:+.2f} dB, worst {s['sample_gain_worst']:+.2f}; "
               f"LR-PSNR mean {s['lr_psnr_mean']:.1f}, worst {s['lr_psnr_worst']:.1f} dB")  # fmt: skip
         print(f"samples with an artifact: {s['artifact_samples'][0]}/{s['artifact_samples'][1]} "
-              f"({s['artifact_rate']:.1%}, 95 % interval {lo:.1%}-{hi:.1%})")  # fmt: skip
+              f"({s['artifact_rate']:.1%}, 95 % interval {lo:.1%}-{hi:.1%}); pixels with an artifact "
+              f"{s['artifact_pixel_share']:.1e}")  # fmt: skip
+        lo, hi = s["explosion_interval"]
+        print(f"exploding samples (non-finite or max|x| > 1e3): {s['explosions'][0]}/{s['explosions'][1]} "
+              f"({lo:.1%}-{hi:.1%})")  # fmt: skip
         result = {"target": getattr(model, "target", "hr"), "steps": model.manifest.get("steps"),
                   "per_photo": rows, "summary": s}  # fmt: skip
         if args.ood:

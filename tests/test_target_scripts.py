@@ -37,6 +37,7 @@ def test_sr_target_summary_follows_its_rows():
     assert s["t0_gain_mean"] == pytest.approx(sum(gains) / 2) and s["t0_gain_worst"] == min(gains)
     k = sum(sum(r["artifact"]) for r in rows.values())
     assert s["artifact_samples"] == [k, 4] and s["artifact_interval"][0] <= k / 4 <= s["artifact_interval"][1]
+    assert s["explosions"][1] == 4 and s["explosions"][0] <= k and 0 <= s["artifact_pixel_share"] <= 1
     # an exploded sample counts as an artifact and leaves the clean-sample figures
     rows["a"]["artifact"] = [True, True]
     rows["b"]["artifact"] = [True, True]
