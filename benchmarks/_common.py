@@ -1,4 +1,5 @@
-"""Shared timing helpers for the benchmark scripts: side-by-side, interleaved, torch's own timer.
+"""Shared helpers for the benchmark scripts: timing side by side, interleaved, with torch's own
+timer, and `load_model`, the model a script's command line names.
 
 Every script times its candidates in *rounds*: in each round every candidate is measured once
 with `torch.utils.benchmark.Timer.blocked_autorange`, one after the other, so a change in machine
@@ -27,6 +28,19 @@ import torch.utils.benchmark as benchmark
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
     sys.path.insert(0, str(ROOT))
+
+
+def load_model(spec: str):
+    """A shipped checkpoint by name, a run folder of ``python -m minflow train-...`` (its last path
+    part is the checkpoint's name), or FOLDER:NAME for another checkpoint of that run folder (e.g.
+    runs/w_affine:w_affine_early)."""
+    from minflow.checkpoints import load_pretrained
+
+    folder, _, name = spec.partition(":")
+    path = Path(folder)
+    if path.is_dir():
+        return load_pretrained(name or path.name, root=path)
+    return load_pretrained(spec)
 
 
 def machine(clock: str = "cpu") -> str:

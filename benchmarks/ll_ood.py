@@ -61,9 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
     sys.path.insert(0, str(ROOT))
 
+from _common import load_model  # noqa: E402
+
 import minflow  # noqa: E402
 from minflow import lowlight, metrics, ood  # noqa: E402
-from minflow.checkpoints import load_pretrained  # noqa: E402
 from minflow.couplings import Injector  # noqa: E402
 from minflow.data import PHOTO_SPLITS, LowLightPairs, center_crop, darken, load_photos  # noqa: E402
 from minflow.utils import nanmin  # noqa: E402
@@ -78,12 +79,6 @@ MAHA = ("maha L1", "maha L2", "maha L3", "maha L1 mean-norm.", "maha enc. inputs
 MAPS = (*MAHA, "green dominance", "saturation")
 SCALARS = ("darkness", "-log s, T=0 pass", "-log s, T=0 injectors", "-log s, self-check")
 EVENTS = ("art.", "art. T", "expl.")
-
-
-def load(spec: str):
-    """A shipped checkpoint by name, or the checkpoint of run folder `spec` (its last path part is the name)."""
-    path = Path(spec)
-    return load_pretrained(path.name, root=path) if path.is_dir() else load_pretrained(spec)
 
 
 def inputs(size: int, seeds: int) -> list[dict]:
@@ -278,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_photos = len({c["photo"] for c in cases})
     for spec in args.models:
         t = time.perf_counter()
-        model = load(spec).eval()
+        model = load_model(spec).eval()
         scorers, mean = fit_scorers(model, args.fit_batches)
         rows, pixel = measure(model, cases, scorers, mean, args.samples, args.temperature)
         s = summarise(rows, pixel) | {"seconds": time.perf_counter() - t}

@@ -35,18 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
     sys.path.insert(0, str(ROOT))
 
+from _common import load_model  # noqa: E402
+
 import minflow  # noqa: E402
 from minflow import lowlight, metrics  # noqa: E402
-from minflow.checkpoints import load_pretrained  # noqa: E402
 from minflow.data import PHOTO_SPLITS, center_crop, darken, load_photos, mod_crop  # noqa: E402
 
 METHODS = ("model", "model+mean", "hist. eq.", "gain match", "gamma match")
-
-
-def load(spec: str):
-    """A shipped checkpoint by name, or the checkpoint of run folder `spec` (its last path part is the name)."""
-    path = Path(spec)
-    return load_pretrained(path.name, root=path) if path.is_dir() else load_pretrained(spec)
 
 
 def inputs(names: tuple[str, ...], size: int, darkenings: int, multiple: int) -> list[dict]:
@@ -70,9 +65,10 @@ def measure(model, cases: list[dict], samples: int, temperature: float) -> list[
         with minflow.recording() as rec:
             t0 = lowlight.enhance(model, dark)[0]
         xs = lowlight.enhance(model, dark, temperature, samples, torch.Generator().manual_seed(c["seed"]))
+        shown = t0.nan_to_num(0).clamp(0, 1)  # for the metrics only; the artifact flags read t0 itself
         outs = {
-            "model": t0.nan_to_num(0).clamp(0, 1),
-            "model+mean": lowlight.match_mean(t0.nan_to_num(0).clamp(0, 1), mean, "gain"),
+            "model": shown,
+            "model+mean": lowlight.match_mean(shown, mean, "gain"),
             "hist. eq.": lowlight.equalize(dark[None])[0],
             "gain match": lowlight.match_mean(dark, mean, "gain"),
             "gamma match": lowlight.match_mean(dark, mean, "gamma"),
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = PHOTO_SPLITS[args.photos].val
     out, cases = {}, None
     for spec in args.models:
-        model = load(spec).eval()
+        model = load_model(spec).eval()
         cases = cases or inputs(names, args.size, args.darkenings, model.lr_multiple)
         rows = measure(model, cases, args.samples, args.temperature)
         s = summarise(rows, args.samples)

@@ -42,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from anywhere, without installing minflow
     sys.path.insert(0, str(ROOT))
 
+from _common import load_model  # noqa: E402
+
 from minflow import metrics  # noqa: E402
-from minflow.checkpoints import load_pretrained  # noqa: E402
 from minflow.data import PHOTO_SPLITS, bicubic_down, bicubic_up, load_photos, mod_crop, ood_sets  # noqa: E402
 from minflow.sr import SRFlow  # noqa: E402
 
@@ -51,20 +52,15 @@ GAIN = 0.5  # dB over bicubic at T = 0 that a photo must reach to count
 
 
 def load(spec: str):
-    """A shipped checkpoint by name, a run folder (its last path part is the name), FOLDER:NAME for
-    another checkpoint of that run folder (e.g. runs/w_affine:w_affine_early), or FOLDER/state.pt:
-    a run still training, at the step its state was last saved."""
-    if spec.endswith("state.pt"):
-        state = torch.load(spec, map_location="cpu", weights_only=False)  # our own run's state, not a download
-        model = SRFlow(**state["config"])
-        model.load_state_dict(state["model"])
-        model.manifest = {"steps": state["step"]}
-        return model
-    folder, _, name = spec.partition(":")
-    path = Path(folder)
-    if path.is_dir():
-        return load_pretrained(name or path.name, root=path)
-    return load_pretrained(spec)
+    """`_common.load_model`'s specs, or FOLDER/state.pt: a run still training, at the step its state
+    was last saved."""
+    if not spec.endswith("state.pt"):
+        return load_model(spec)
+    state = torch.load(spec, map_location="cpu", weights_only=False)  # our own run's state, not a download
+    model = SRFlow(**state["config"])
+    model.load_state_dict(state["model"])
+    model.manifest = {"steps": state["step"]}
+    return model
 
 
 def gen() -> torch.Generator:

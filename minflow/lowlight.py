@@ -92,12 +92,13 @@ def match_mean(x: Tensor, mean: float | Tensor, curve: str = "gain", iters: int 
     if curve == "gain":
         out = v * (target / v.mean((1, 2, 3)).clamp(min=1e-6)).view(n, 1, 1, 1)
     else:  # mean(v ** g) falls as g rises: bisect log g in [-8, 8]
+        base = v.clamp(min=1e-6)
         lo, hi = torch.full_like(target, -8.0), torch.full_like(target, 8.0)
         for _ in range(iters):
             mid = (lo + hi) / 2
-            brighter = (v.clamp(min=1e-6) ** mid.exp().view(n, 1, 1, 1)).mean((1, 2, 3)) > target
+            brighter = (base ** mid.exp().view(n, 1, 1, 1)).mean((1, 2, 3)) > target
             lo, hi = torch.where(brighter, mid, lo), torch.where(brighter, hi, mid)
-        out = v.clamp(min=1e-6) ** ((lo + hi) / 2).exp().view(n, 1, 1, 1)
+        out = base ** ((lo + hi) / 2).exp().view(n, 1, 1, 1)
     out = out.clamp(0, 1)
     return out[0] if x.dim() == 3 else out
 

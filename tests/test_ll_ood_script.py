@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ll_ood.py"
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def ll_ood():
-    spec = importlib.util.spec_from_file_location("ll_ood", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ll_ood")
 
 
 def test_tiny_run(ll_ood, tmp_path, capsys):

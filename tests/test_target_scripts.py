@@ -3,29 +3,20 @@ every figure they summarise is computed from the rows they measured (smoke tests
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 from minflow.lowlight import LLFlow
 from minflow.sr import SRFlow
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(levels=2, flow_steps=1, hidden=8, nf=8, blocks=1, gc=4, cond_channels=8)
 
 
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sr_target_summary_follows_its_rows():
-    sr_target = script("sr_target")
+    sr_target = load_script("sr_target")
     torch.manual_seed(0)
     model = SRFlow(**TINY, target="residual").eval()
     g = torch.Generator().manual_seed(1)
@@ -46,7 +37,7 @@ def test_sr_target_summary_follows_its_rows():
 
 
 def test_ll_target_summary_follows_its_rows():
-    ll_target = script("ll_target")
+    ll_target = load_script("ll_target")
     torch.manual_seed(0)
     model = LLFlow(**TINY).eval()
     cases = ll_target.inputs(("coffee", "china"), 16, 2, model.lr_multiple)
