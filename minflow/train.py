@@ -698,16 +698,15 @@ def check_run(
         raise ValueError(f"val_size {val_size} must be 0 (whole photos) or at least {multiple} for this model")
     if early >= cfg.steps:
         raise ValueError(f"early {early} must be smaller than steps {cfg.steps}")
+    split = _split(cfg.photos)
     if val_size:
-        names = PHOTO_SPLITS[cfg.photos].val
-        side, name = min((min(x.shape[-2:]), n) for n, x in zip(names, load_photos(names)))
+        side, name = min((min(x.shape[-2:]), n) for n, x in zip(split.val, load_photos(split.val)))
         if val_size > side:
             raise ValueError(
                 f"val_size {val_size} is larger than the {cfg.photos!r} split's val photo {name} ({side} px on its "
                 "short side); choose at most that, or 0 (whole photos)"
             )
     if cfg.data is not None:
-        split = PHOTO_SPLITS[cfg.photos]
         try:
             stems = {p.stem for p in image_files(cfg.data)}
         except FileNotFoundError:
@@ -805,7 +804,7 @@ def _train_images(task, config, cfg, command, early, val_size, val_samples, proc
         batches = batch_source(task, model, cfg, procs, done)
     except (FileNotFoundError, ValueError) as err:
         raise TrainError(str(err)) from None
-    split = PHOTO_SPLITS[cfg.photos]
+    split = _split(cfg.photos)
     training = task.training | {"device": str(procs.device), "processes": procs.world}
     if cfg.data is not None and "data" in training:
         training["data"] = f"{training['data'].split('(')[0]}(crops of {cfg.data})"
