@@ -215,9 +215,12 @@ def test_nonfinite_guard(tmp_path, monkeypatch):
 def test_shipped_checkpoint_reproduces_validation_bpd(name):
     from minflow.train import SR, validation_pairs
 
-    check_shipped_checkpoint(
-        name, "srflow", "python -m minflow.train", lambda m, metrics: validation_pairs(m, SR, metrics["val_size"])
-    )
+    def pairs(model, metrics):  # on the photo split it was trained with (manifests before splits: "course")
+        return validation_pairs(
+            model, SR, metrics["val_size"], photos=model.manifest["training"].get("photos", "course")
+        )
+
+    check_shipped_checkpoint(name, "srflow", "python -m minflow", pairs)
 
 
 @pytest.mark.skipif("sr_affine" not in available(), reason="sr_affine checkpoint not shipped yet")
@@ -361,9 +364,8 @@ def test_target_is_checked_and_old_manifests_load_as_hr(tmp_path):
     loaded = load_pretrained("old", root=tmp_path)
     assert loaded.target == "hr" and loaded.config == model.config
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
-    for name in [n for n in available() if n.startswith("sr_")]:  # the shipped ones predate the option
-        assert "target" not in checkpoints.read_manifest(name)["config"]
-        assert load_pretrained(name).target == "hr"
+    for name in [n for n in available() if n.startswith("sr_")]:  # shipped: the target their manifest names
+        assert load_pretrained(name).target == checkpoints.read_manifest(name)["config"].get("target", "hr")
 
 
 def test_train_sr_takes_target(monkeypatch, tmp_path):
