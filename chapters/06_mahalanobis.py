@@ -138,7 +138,7 @@ toy_score = toy_scorer.score(ys)
 print(f"{len(ys)} conditions, score from {toy_score.min():.2f} to {toy_score.max():.0f}")
 assert len(ys) == 480 and ((toy_score - ys.norm(dim=1)).abs() < 0.02 + 0.02 * ys.norm(dim=1)).all()  # "very nearly |y|"
 
-N_TOY = mf.pick(500, 200)  # samples per condition
+N_TOY = mf.pick(300, 200)  # samples per condition
 OUTLIER_U = 2.0  # |u|_inf beyond this: outside the support blown up 2x
 
 
