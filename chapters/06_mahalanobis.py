@@ -257,6 +257,7 @@ assert sr_affine.encoder.scales[LEVEL] == 1.0  # level 1 works on the LR grid (4
 train = sr_affine.manifest["training"]
 split = data.PHOTO_SPLITS[train["photos"]]  # the split the checkpoint says it was trained on
 assert train["photos"] == "wide" and tuple(train["train_photos"]) == split.train and tuple(train["val_photos"]) == split.val
+assert len(split.train) == 52 and len(split.val) == 13  # the counts the text gives
 tic = time.perf_counter()
 train_photos = data.load_photos(split.train)
 print(f"split {train['photos']!r}: {len(split.train)} training photos (loaded in {time.perf_counter() - tic:.1f} s), "
@@ -326,6 +327,7 @@ inputs = {name: (group, item) for group, items in sets.items() for name, item in
 names = list(inputs)
 assert all(item.lr.shape[-2:] == (LR_SIZE, LR_SIZE) and (item.hr is None or item.hr.shape[-2:] == (4 * LR_SIZE,) * 2) for _, item in inputs.values())
 print({g: len(items) for g, items in sets.items()}, f"{len(inputs)} inputs")
+assert len(inputs) == 126  # the count the text gives
 N_SR = 3  # samples per input, in both modes (at least 3: the MAD of two samples is always 0)
 TEMPERATURE = 0.9
 CHUNK = 48  # conditions per sampling call: many small inputs share one pass
@@ -771,8 +773,8 @@ if sr_spline is not None:
 # Split's own draws, carry z₁ far beyond the latent's range (the numbers above); the read-out
 # extrapolates linearly, and the exponential turns a large log σ into a huge σ. This is the
 # argument of section 5 with exp in place of the sigmoid: there is no floor, the growth is
-# unbounded. Chapter 8 follows the same chain and bounds the spline's shift and derivative
-# (`FullyBoundedSpline`), so that the split prior never reads values that large.
+# unbounded. Chapter 8 follows the same chain on harder inputs, and bounds the spline's shift and
+# derivative (`FullyBoundedSpline`).
 
 # %% [markdown]
 # ## 5. Why a distant feature vector drives s to its floor
@@ -993,8 +995,8 @@ if spline_stats is None:
 # large score is necessary for the scale to collapse but not sufficient: whether it collapses
 # depends on the direction in which the features are far, as the fan in section 5 shows. The score
 # is a warning light, not a diagnosis. The cure is to take every data-dependent multiplier off the
-# sampling path: the coupling's slope (chapter 7's spline), and, as this chapter's close look shows,
-# the unbounded shift and the split prior's scale too (chapter 8).
+# sampling path: the coupling's slope (chapter 7's spline) and, as this chapter's close look shows,
+# the unbounded shift that carries the split prior's input out of range (chapter 8 bounds it).
 
 # %% [markdown]
 # ## 7. An explorer for your own inputs
