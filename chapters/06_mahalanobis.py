@@ -61,7 +61,7 @@ from matplotlib.colors import LogNorm
 from tqdm.auto import tqdm
 
 import minflow as mf
-from minflow import data, metrics, ood, report, sr, toy
+from minflow import data, metrics, ood, report, toy
 from minflow.checkpoints import data_dir, load_pretrained
 from minflow.plotting import COLORS, SEED_MARKERS, nonfinite_strip, plot_finite, seed_style, style
 
