@@ -258,6 +258,7 @@ train = sr_affine.manifest["training"]
 split = data.PHOTO_SPLITS[train["photos"]]  # the split the checkpoint says it was trained on
 assert train["photos"] == "wide" and tuple(train["train_photos"]) == split.train and tuple(train["val_photos"]) == split.val
 assert len(split.train) == 52 and len(split.val) == 13  # the counts the text gives
+assert sr_affine.manifest["config"]["target"] == "residual"  # the flow models HR - bicubic(LR)
 tic = time.perf_counter()
 train_photos = data.load_photos(split.train)
 print(f"split {train['photos']!r}: {len(split.train)} training photos (loaded in {time.perf_counter() - tic:.1f} s), "
