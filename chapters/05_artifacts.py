@@ -104,7 +104,7 @@ print(f"device={device}, quick={QUICK}")
 #   version of what `model.trace` reports): sampling divides by it, and its floor is 10⁻⁴.
 #
 # Shares of samples come with a 95 % interval (`metrics.rate_interval`, Wilson's): with a few
-# dozen samples, "0 of 104" only says the rate is below a few per cent.
+# dozen samples, seeing no event only says that the rate is below a few per cent.
 #
 # Why beside the criterion? One pixel beyond 1.5 fires the per-pixel criterion; the tails of a
 # healthy model do that now and then. A sample at 10³⁰, or full of NaN, is a different kind of
@@ -264,7 +264,7 @@ assert by_T[0.9]["max|x|"] > by_T[0.7]["max|x|"], "at T = 0.9 the samples leave 
 # largest values leave [0, 1] further (the figure's top dots; whether one of them crosses 10³
 # depends on the draw).
 #
-# Two cautions. "0 of 104" bounds the rate per *crop*, a small window: a whole photo holds many
+# Two cautions. "No explosion" bounds the rate per *crop*, a small window: a whole photo holds many
 # times more pixels, so the chance that a sample of it holds a speck, or worse, is many times
 # larger (section 10 samples a whole photo; `benchmarks/sr_target.py` measures on all 13 whole
 # photos). And a share of samples says nothing about how large an artifact is: that is what max
@@ -330,7 +330,7 @@ plt.show()
 detailed = max(PHOTOS, key=lambda p: hf_energy(inputs[("reference", p)].hr))  # the crop with the most fine detail of its own
 ZOOM = slice(LR_SIZE, 3 * LR_SIZE)  # the central half of the crop, enlarged
 fig, axes = plt.subplots(2, 5, figsize=(17, 7.6))
-for row, (photo, why) in zip(axes, ((detailed, "the crop with the most detail of its own"), (invented, "the crop whose samples add the most detail at T = 0.7"))):
+for row, (photo, why) in zip(axes, ((detailed, "most detail\nof its own"), (invented, "most detail\nadded at T = 0.7"))):
     inp = inputs[("reference", photo)]
     panels = [("bicubic", data.bicubic_up(inp.lr, FACTOR))] + [(f"T = {T:g}", ref[T][("reference", photo)]["x"][0]) for T in (0.0, 0.7, 0.9)] + [("HR (truth)", inp.hr)]
     for ax, (title, x) in zip(row, panels):
@@ -338,7 +338,7 @@ for row, (photo, why) in zip(axes, ((detailed, "the crop with the most detail of
         ax.imshow(x[:, ZOOM, ZOOM].permute(1, 2, 0), interpolation="nearest")
         ax.set_title(f"{title}: HF {hf_energy(x) / hf_energy(inp.hr):.2f} x HR's", fontsize=11)
         ax.set_xticks([]), ax.set_yticks([])
-    row[0].set_ylabel(f"{photo}\n({why})", fontsize=11)
+    row[0].set_ylabel(f"{photo}\n({why})", fontsize=12)
 fig.suptitle("the centre of two crops, enlarged (first sample at each T; HF: high-frequency energy of the whole crop)")
 plt.tight_layout()
 plt.show()
@@ -743,8 +743,11 @@ print(f"first layer with a scale ({path_b[1]['name']} {path_b[1]['index']}): s =
 assert s_bad < 1e-3 < 0.1 < s_ok, "the exploding path passes a scale near the floor, the clean one does not"
 assert max(p["value"] for p in path_o) < 100, "the clean pass stays within tens at this pixel"
 assert s_first[0] < s_first[1], "already the first coupling uses a smaller scale on the degraded input"
+split_jump = max(path_b[j]["value"] / path_b[j - 1]["value"] for j, p in enumerate(path_b) if p["name"] == "Split")
+print(f"largest factor by which a split raised |value| at the pixel on the degraded path: {split_jump:.3g}")
 if device.type == "cpu":  # the traced sample is the CPU generator's; a GPU draws other latents
     assert first_small["name"] == "Coupling" and s_inj_bad > 0.01, "the first scale below 0.01 is a coupling's; the injectors stay above it"
+    assert split_jump > 1e3, "a split, drawing its half, raises the value by orders of magnitude"
 
 # %% [markdown]
 # Both passes start from the same latent numbers, yet they part at the very first layer with a
@@ -756,8 +759,8 @@ if device.type == "cpu":  # the traced sample is the CPU generator's; a GPU draw
 # our run the first scale below 0.01 is a coupling's, while the injectors, whose scales read the
 # condition alone, stay above it (printed above). Once the value is in the thousands, the
 # couplings sit at the floor 10⁻⁴, each multiplying by up to 10⁴, and a split prior, which reads
-# those values, gives the half it draws a standard deviation so large that the next layers
-# overflow. The clean pass never comes near that: its values stay within tens all the way, and
+# those values, draws its half with a standard deviation that raises the value by orders of
+# magnitude (the factor is printed), until the next layers overflow. The clean pass never comes near that: its values stay within tens all the way, and
 # its smallest scale at this pixel is above 0.1. The condition starts the explosion; the
 # couplings, fed values they never saw in training, finish it.
 
@@ -857,7 +860,7 @@ if device.type == "cpu":  # the recorded evaluation ran on a CPU: there the reru
 # - from there the couplings sit at the floor 10⁻⁴, as in section 9.
 #
 # It is a tail event of the model's own distribution: the other samples of the same photo stay in
-# range, and no crop of section 3 came near 10³ at this temperature. But a rare event per pixel
+# range, and no crop of section 3 exploded at this temperature. But a rare event per pixel
 # becomes likely on a whole photo (its pixel count is printed above), and its size is unbounded:
 # the split prior's exp(log σ) has no ceiling. The claim we can defend for in-distribution photos at
 # T = 0.7 is therefore not "no explosion", but "rare, and rarer at lower temperature".
@@ -878,9 +881,10 @@ if device.type == "cpu":  # the recorded evaluation ran on a CPU: there the reru
 #   ones hardly ever. Some odd inputs are harmless; which ones depends on the model.
 # - Temperature is a dial, not a cure: some degraded inputs explode even at T = 0.
 # - The weakness grows with training: the early snapshot (almost) never explodes.
-# - An explosion starts where a scale is tiny: on a degraded input, one an injector sets from the
-#   condition alone; on the whole photo, the split prior's standard deviation, fed by growing
-#   values. Couplings at the floor 10⁻⁴, fed huge values, finish both.
+# - An explosion builds up layer by layer. On a degraded input the condition makes the couplings'
+#   scales smaller from the first layer on, and each coupling amplifies what the last one handed
+#   it; on the whole photo, couplings grow a value to hundreds and a split prior, reading it,
+#   draws with an astronomical standard deviation. Couplings at the floor 10⁻⁴ finish both.
 #
 # Chapter 6 turns "the condition is out of distribution" into a number computed from the encoder's
 # features, and checks that it predicts where the artifacts appear.
