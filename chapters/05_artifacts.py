@@ -378,6 +378,7 @@ assert texture[0.0, detailed][1] < texture[0.9, detailed][1] < 1, "on the most d
 
 # %%
 T_MAIN = 0.7
+assert T_MAIN == final.manifest["metrics"]["temperature"], "the temperature of the training run's evaluation"
 main = {**ref[T_MAIN], **run_all(final, OOD_KEYS, T_MAIN, N_OOD, desc=f"final, T={T_MAIN}")}
 groups_main = report.group_summary(main, sets)
 GROUP_COLUMNS = [("group", "group", ""), ("inputs", "inputs", "d"), ("samples", "samples", "d"), ("artifact px", "artifact_fraction", ".2e"),
