@@ -118,7 +118,7 @@ for m in (early, final):
 
 FACTOR, LR_SIZE = 4, 24
 PHOTOS = data.PHOTO_SPLITS["wide"].val
-assert list(PHOTOS) == final.manifest["training"]["val_photos"], "the photos the training run held out for validation"
+assert list(PHOTOS) == final.manifest["training"]["val_photos"] and len(PHOTOS) == 13, "the 13 photos the training run held out for validation"
 N_REF, N_OOD = mf.pick(6, 4), mf.pick(2, 1)
 BATCH = 32
 sets = data.ood_sets(FACTOR, LR_SIZE, photos=PHOTOS)
@@ -389,6 +389,7 @@ for g in sets:
     print(f"  {g:<12} exploded {share(*count({k: r for k, r in main.items() if k[0] == g}, 'explosion'))}")
 
 KINDS = list(dict.fromkeys(k[1].split("/")[1] for k in DEG_KEYS))  # the seven degradations, in set order
+assert len(KINDS) == 7 and len(DEG_KEYS) == 7 * len(PHOTOS), "every photo has the seven degradations"
 
 
 def columns_of(keys):
