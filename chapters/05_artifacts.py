@@ -745,7 +745,7 @@ print(f"first layer with a scale ({path_b[1]['name']} {path_b[1]['index']}): s =
 assert s_bad < 1e-3 < 0.1 < s_ok, "the exploding path passes a scale near the floor, the clean one does not"
 assert max(p["value"] for p in path_o) < 100, "the clean pass stays within tens at this pixel"
 assert s_first[0] < s_first[1], "already the first coupling uses a smaller scale on the degraded input"
-split_jump = max(path_b[j]["value"] / path_b[j - 1]["value"] for j, p in enumerate(path_b) if p["name"] == "Split")
+split_jump = max(path_b[j]["value"] / path_b[j - 1]["value"] for j, p in enumerate(path_b) if p["name"] == "Split" and math.isfinite(path_b[j - 1]["value"]))
 print(f"largest factor by which a split raised |value| at the pixel on the degraded path: {split_jump:.3g}")
 if device.type == "cpu":  # the traced sample is the CPU generator's; a GPU draws other latents
     assert first_small["name"] == "Coupling" and s_inj_bad > 0.01, "the first scale below 0.01 is a coupling's; the injectors stay above it"
