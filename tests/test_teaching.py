@@ -278,3 +278,30 @@ def test_learner_facing_text_speaks_of_the_course_and_the_paper(path):
     text = path.read_text()
     for pattern in [r"(?i)\bissue \d", r"(?i)\bpilot\b", r"(?i)pre-registered", r"(?i)fixed before", r"\bFAILS\b"]:
         assert not re.search(pattern, text), f"{path.name}: {pattern}"
+
+
+def test_readme_checkpoint_table_matches_the_manifests():
+    """Each row of README's shipped-checkpoint table says what that checkpoint's manifest says:
+    steps, training wall time, validation bits per dim and the command."""
+    from minflow import checkpoints
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| name | model | steps | train wall | val bpd | command |") :].split("\n\n")[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| `(sr|ll)_\w+` \|", line)]
+    shipped = {n for n in checkpoints.available() if n.startswith(("sr_", "ll_"))}
+    assert {re.match(r"\| `(\w+)`", row).group(1) for row in rows} == shipped, (
+        "one row per shipped SR / low-light checkpoint"
+    )
+    for row in rows:
+        name, _, steps, wall, bpd, command = (cell.strip() for cell in row.strip("|").split("|"))
+        manifest = checkpoints.read_manifest(name.strip("`"))
+        assert int(steps) == manifest["steps"], name
+        assert wall == f"{manifest['wall_time_s']:.0f} s", name
+        assert bpd == f"{manifest['metrics']['val_bpd']:.3f}", name
+        new_form = manifest["command"]  # the README writes the older command forms as today's
+        for old, new in (
+            ("python -m minflow.train ", "python -m minflow train-sr "),
+            ("python -m minflow.lowlight train ", "python -m minflow train-lowlight "),
+        ):
+            new_form = new_form.replace(old, new)
+        assert command == f"`{new_form}`", name
