@@ -413,10 +413,11 @@ plt.show()
 # %% [markdown]
 # ### 2c. The fully bounded spline, trained
 #
-# Chapter 7 (section 3c) bounded the spline's two unbounded outputs, d and t, on the toy. On SR we trained a
-# third model with `FullyBoundedSpline` in every injector and coupling (`--coupling
+# Chapter 7 (section 3c) bounded the spline's two unbounded outputs, d and t, on the toy. On SR we
+# trained a third model with `FullyBoundedSpline` in every injector and coupling (`--coupling
 # fully_bounded_spline`), with the same command, seed and number of steps as the other two. First
-# the same questions as in 2a and 2b: quality in distribution, and artifacts on every valid input.
+# the same questions as in 2a and 2b: quality in distribution, and artifacts on every valid input;
+# then the split priors on the input that broke the paper's spline.
 
 # %%
 sr["spline_full"] = load_pretrained("sr_spline_full", device=device)
@@ -426,35 +427,45 @@ assert man["steps"] == sr["spline"].manifest["steps"] and man["seed"] == sr["spl
 quality["spline_full"] = sr_quality(sr["spline_full"])
 ood["spline_full"] = sr_ood(sr["spline_full"], "spline_full")
 group_rate["spline_full"], group_expl["spline_full"] = per_group(ood["spline_full"], "rate"), per_group(ood["spline_full"], "explosions")
-rows = [[k, cell(quality[k]["bpd"], ".3f"), cell(quality[k]["psnr_mean"], ".2f"), cell(quality[k]["lr_psnr"], ".2f"),
+rows = [[k, cell(quality[k]["bpd"], ".3f"), cell(quality[k]["t0"], "+.2f"), cell(quality[k]["sample"], "+.2f"), cell(quality[k]["lr_psnr"], ".1f"),
          max(r["max_abs"] if r["nonfinite"] == 0 else math.inf for r in ood[k].values())] for k in sr]  # fmt: skip
-print(format_rows(["model", "bpd", "PSNR of mean", "LR-PSNR", "max|x|, all valid inputs"], rows))
+print(format_rows(["model", "bpd", "T=0 - bicubic", "sample - bicubic", "LR-PSNR", "max|x|, all valid inputs"], rows))
 group_plot(list(sr))
-gap_full = quality["spline_full"]["psnr_mean"] - quality["affine"]["psnr_mean"]
+gap_full = quality["spline_full"]["t0"] - quality["affine"]["t0"]
 tenth_full = {g: group_rate["spline_full"][g] <= group_rate["affine"][g] / 10 for g in OOD_GROUPS}
-print(f"fully bounded - affine: {gap_full:+.2f} dB (PSNR of mean); rate <= affine / 10:", {g: "yes" if ok else "no" for g, ok in tenth_full.items()})
+print(f"fully bounded - affine: {gap_full:+.2f} dB (T = 0 PSNR); rate <= affine / 10:", {g: "yes" if ok else "no" for g, ok in tenth_full.items()})
+full_log_std = []
+hooks = [layer.prior.register_forward_hook(lambda mod, inp, out: full_log_std.append(out[:, 1::2].max().item()))
+         for layer in sr["spline_full"].layers if isinstance(layer, mf.Split)]  # fmt: skip
+lr_broken = inputs[worst_broken[0]][worst_broken[1]].lr
+sample_sr(sr["spline_full"], lr_broken, N_SR, 0.9)
+for h in hooks:
+    h.remove()
+print(f"{'/'.join(worst_broken)}: split priors' largest log σ, fully bounded " + ", ".join(f"{v:+.2f}" for v in full_log_std)
+      + "; paper's spline " + ", ".join(f"{v:+.2f}" for v in passes[worst_broken]["log_std"]))
 
 # %%
 for key, r in ood["spline_full"].items():
     assert r["nonfinite"] == 0 and r["max_abs"] < 10, f"spline_full on {key}: max|x| {r['max_abs']:.3g}"
 assert gap_full >= -0.5, f"the fully bounded spline model is {-gap_full:.2f} dB worse in distribution"
-assert all(tenth_full.values())
-assert max(r["max_abs"] for r in ood["spline_full"].values()) < 2.5, "the text: its largest value is about 2"
-checker_rates = {k: ood[k][("content", "checker_1px")]["rate"] for k in ("spline", "spline_full")}
+assert all(tenth_full.values()), "the text: at most a tenth of the affine rate in every group"
+assert max(full_log_std) < max(passes[worst_broken]["log_std"]) - 2, "the text: its split priors stay calm where the paper's spline's did not"
 qs, qf = quality["spline"], quality["spline_full"]
-assert abs(qf["bpd"] - qs["bpd"]) < 0.1 and abs(qf["psnr_mean"] - qs["psnr_mean"]) < 0.1 and qf["lr_psnr"] > qs["lr_psnr"] - 0.1, "the text: it matches the paper's spline"
-
-assert 0 < checker_rates["spline_full"] < checker_rates["spline"], "the text: the ringing is still there, a bit weaker"
+assert abs(qf["bpd"] - qs["bpd"]) < 0.1 and abs(qf["t0"] - qs["t0"]) < 0.2 and qf["lr_psnr"] > qs["lr_psnr"] - 1, "the text: it matches the paper's spline"
 
 # %% [markdown]
-# Bounding d and t costs nothing here. The fully bounded model matches the paper's spline in
-# distribution (bits per dim and PSNR within a tenth, LR-PSNR no lower), so it too is *better* than
-# the affine model. Out of distribution it is, if anything, a little tamer: its largest value over
-# all valid inputs is about 2, nothing is non-finite, and its artifact rate is at most a tenth of
-# the affine model's in *every* group, the content group included, where the paper's spline missed
-# the bound because of the 1-pixel checkerboard (the ringing is still there, a bit weaker). The two
-# spline models' training wall times in the manifests were measured on a shared machine under
-# different loads; `benchmarks/bench_coupling.py` compares the step costs fairly.
+# Bounding d and t costs nothing in distribution: the fully bounded model matches the paper's
+# spline (bits per dim within a tenth, the T = 0 PSNR within 0.2 dB), and like it beats bicubic at
+# T = 0. Out of distribution it is what the paper's spline was meant to be: nothing non-finite,
+# max |x| below 10 on every valid input, and an artifact rate at most a tenth of the affine
+# model's in *every* group. On the input that broke the paper's spline, its split priors' log σ
+# stays near its in-distribution values (the line above the cell). The split prior is the same
+# layer in both models; what changed is its input. With every shift bounded, the kept half that
+# reaches the prior stays in a range the prior was trained on. So bounding the couplings' shift
+# protected a scale elsewhere on the sampling path, but only indirectly: nothing bounds the prior
+# itself, which section 4 makes visible. The two spline models' training wall times in the
+# manifests were measured on a shared machine under different loads; `benchmarks/bench_coupling.py`
+# compares the step costs fairly.
 
 # %% [markdown]
 # ## 3. Beyond valid images: the paper's spline, and the fully bounded one
