@@ -238,6 +238,18 @@ def test_ood_sets_are_valid_deterministic_and_out_of_range():
         data.lowlight_ood_sets(4)
 
 
+def test_ood_sets_on_other_photos():
+    photos = data.PHOTO_SPLITS["wide"].val[:3]
+    sets = data.lowlight_ood_sets(16, photos=photos)
+    assert tuple(sets) == data.LL_GROUPS
+    for g in ("reference", *data.OOD_DARKEN):
+        assert tuple(sets[g]) == photos
+    assert set(sets["content"]) == set(data.lowlight_ood_sets(16)["content"])
+    for bad in ((), ("coffee", "coffee"), ("retina",)):
+        with pytest.raises(ValueError, match="photos"):
+            data.lowlight_ood_sets(16, photos=bad)
+
+
 # ----------------------------------------------------------------------------- training
 
 

@@ -178,13 +178,16 @@ OOD_DARKEN = {  # `darken` overrides per out-of-distribution group (training ran
 }
 
 
-def lowlight_ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
+def lowlight_ood_sets(size: int = 128, photos: Sequence[str] | None = None) -> dict[str, dict[str, LowLightInput]]:
     """Named (dark, normal) test pairs in the groups `LL_GROUPS`, each (3, size, size) in [0, 1].
 
-    - "reference": the validation photos and the unseen test photo, darkened with the training
-      ranges (in distribution).
-    - "darker", "brighter", "noise", "cast": the validation photos darkened with one parameter
-      far outside its training range (`OOD_DARKEN`), the others drawn from the training ranges.
+    `photos` are the photos of the reference and out-of-distribution groups (default: the course's
+    validation photos, and its test photo in "reference"; ``PHOTO_SPLITS["wide"].val`` for a wider
+    measurement).
+
+    - "reference": the photos darkened with the training ranges (in distribution).
+    - "darker", "brighter", "noise", "cast": the photos darkened with one parameter far outside
+      its training range (`OOD_DARKEN`), the others drawn from the training ranges.
     - "content": the non-photographic images (`OTHER_IMAGES`) and `synthetic_patterns`,
       darkened with the training ranges.
     Photos are centre crops at native scale (`fit_square`; retina and cell whole). Deterministic:
@@ -197,10 +200,15 @@ def lowlight_ood_sets(size: int = 128) -> dict[str, dict[str, LowLightInput]]:
         normal = fit_square(load_photo(name), size, whole=name in ("retina", "cell"))
         return LowLightInput(darken(normal, torch.Generator().manual_seed(next(seeds)), **ranges)[0], normal, why)
 
-    photos = (*VAL_PHOTOS, *TEST_PHOTOS)
-    out = {"reference": {n: make(n, "in distribution: training darkening of a photo not trained on") for n in photos}}
+    if photos is None:
+        reference, others = (*VAL_PHOTOS, *TEST_PHOTOS), VAL_PHOTOS
+    else:
+        reference = others = tuple(photos)
+        if not reference or len(set(reference)) != len(reference) or set(reference) & set(OTHER_IMAGES):
+            raise ValueError(f"photos must name one or more distinct photos (not {OTHER_IMAGES}), got {photos!r}")
+    out = {"reference": {n: make(n, "in distribution: training darkening of a photo not trained on") for n in reference}}
     for group, (ranges, why) in OOD_DARKEN.items():
-        out[group] = {n: make(n, why, **ranges) for n in VAL_PHOTOS}
+        out[group] = {n: make(n, why, **ranges) for n in others}
     out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
     for name, normal in synthetic_patterns(size).items():
         dark = darken(normal, torch.Generator().manual_seed(next(seeds)))[0]
