@@ -206,7 +206,8 @@ def lowlight_ood_sets(size: int = 128, photos: Sequence[str] | None = None) -> d
         reference = others = tuple(photos)
         if not reference or len(set(reference)) != len(reference) or set(reference) & set(OTHER_IMAGES):
             raise ValueError(f"photos must name one or more distinct photos (not {OTHER_IMAGES}), got {photos!r}")
-    out = {"reference": {n: make(n, "in distribution: training darkening of a photo not trained on") for n in reference}}
+    why = "in distribution: training darkening of a photo not trained on"
+    out = {"reference": {n: make(n, why) for n in reference}}
     for group, (ranges, why) in OOD_DARKEN.items():
         out[group] = {n: make(n, why, **ranges) for n in others}
     out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
