@@ -32,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "BUILDERS",
+    "MANIFEST_KEYS",
     "RENAMED_KEYS",
     "available",
     "build",
@@ -104,6 +105,8 @@ def data_dir() -> Path:
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 REQUIRED = {"builder": str, "config": dict, "sha256": str, "config_sha256": str}  # manifest keys loading needs
+# the keys `save_checkpoint` writes itself; a record (command, seed, metrics, ...) may not set them
+MANIFEST_KEYS = frozenset({"name", *REQUIRED, "bytes", "torch", "machine", "created"})
 
 
 def check_name(name: str) -> str:
@@ -150,7 +153,7 @@ def save_checkpoint(
         config = dataclasses.asdict(config)
     config = json.loads(json.dumps(config))  # as it will be read back (tuples become lists)
     digest = config_digest(builder, config)
-    reserved = {"name", *REQUIRED, "bytes", "torch", "machine", "created"} & set(record)
+    reserved = MANIFEST_KEYS & set(record)
     if reserved:
         raise ValueError(f"record must not set the manifest's own keys {sorted(reserved)}")
     pt.parent.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,12 @@ from minflow.checkpoints import available, load_pretrained
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_script(name: str):
-    """benchmarks/NAME.py as a module, as it runs from the command line (its folder on sys.path,
-    for the scripts' shared `_common`)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+def load_script(name: str, folder: Path = BENCHMARKS):
+    """folder/NAME.py (default benchmarks/) as a module, as it runs from the command line (its
+    folder on sys.path, for the benchmark scripts' shared `_common`)."""
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

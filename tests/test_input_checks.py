@@ -13,6 +13,7 @@ import torch
 import minflow as mf
 from minflow import data
 from minflow.checkpoints import (
+    MANIFEST_KEYS,
     config_digest,
     data_dir,
     load_pretrained,
@@ -210,6 +211,9 @@ def test_save_checkpoint_records_the_config_digest(tmp_path):
     with pytest.raises(ValueError, match=r"manifest's own keys \['config', 'sha256'\]"):
         save_checkpoint(_build(), "u", "test-input-checks", {}, RECORD | {"sha256": "0", "config": {}}, root=tmp_path)
     assert not (tmp_path / "checkpoints" / "u.pt").exists()
+    # MANIFEST_KEYS names exactly what save_checkpoint adds to the record
+    assert set(manifest) == MANIFEST_KEYS | set(RECORD)
+    assert not MANIFEST_KEYS & set(RECORD)
 
 
 def test_reformatted_manifest_still_loads(tmp_path):

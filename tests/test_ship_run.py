@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
+from helpers import load_script
 
 from minflow import checkpoints
 from minflow.sr import SRFlowConfig
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "ship_run.py"
-spec = importlib.util.spec_from_file_location("ship_run", TOOL)
-ship_run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ship_run)
+ship_run = load_script("ship_run", Path(__file__).resolve().parent.parent / "tools")
 
 RUN_COMMAND = (
     "python -m minflow train-sr --name w --coupling affine --steps 6 --runs /tmp/some/runs --no-progress --early 3"

@@ -46,8 +46,7 @@ def ship_run(run: Path, run_name: str, name: str) -> Path:
     state, manifest = checkpoints.load_state(run_name, root=run)
     model = checkpoints.build(manifest["builder"], manifest["config"])
     model.load_state_dict(state)
-    keep = {"name", *checkpoints.REQUIRED, "bytes", "torch", "machine", "created"}
-    record = {k: v for k, v in manifest.items() if k not in keep}
+    record = {k: v for k, v in manifest.items() if k not in checkpoints.MANIFEST_KEYS}
     record["command"] = shipped_command(manifest["command"], name)
     return checkpoints.save_checkpoint(model, name, manifest["builder"], manifest["config"], record)
 
