@@ -192,7 +192,7 @@ fig, ax = plt.subplots(figsize=(8, 4))
 flat = {}
 for k, m in ll.items():
     curve = m.manifest["curve"]
-    ax.plot(curve["steps"], curve["val_bpd"], "o-", ms=4, color=COLORS[k], label=k)
+    ax.plot(curve["step"], curve["val_bpd"], "o-", ms=4, color=COLORS[k], label=k)
     flat[k] = mf.train.curve_flattened(curve["val_bpd"], 4, 0.005)
 ax.set(xlabel="optimiser step", ylabel="validation bits per dim", title="validation curves (13 photos, fixed noise)")
 ax.legend(fontsize=10)
