@@ -276,6 +276,7 @@ for name, photo in zip(VAL, data.load_photos(VAL)):
     for seed in range(N_DARK):
         cases.append({"photo": name, "seed": seed, "clean": clean, "dark": data.darken(clean, torch.Generator().manual_seed(seed))[0]})
 psnr = {k: [] for k in (*ll, *BASELINES)}
+psnr_mean_given = {k: [] for k in ll}  # the model's output brought to the clean mean by one gain, as the baselines are
 bpd = {k: [] for k in ll}
 outputs = {k: [] for k in ll}
 for c in tqdm(cases, desc="validation inputs"):
@@ -284,6 +285,7 @@ for c in tqdm(cases, desc="validation inputs"):
         x0 = run(m, dark, 0.0, 1)[0][0].clamp(0, 1)
         outputs[k].append(x0)
         psnr[k].append(metrics.psnr(x0, clean))
+        psnr_mean_given[k].append(metrics.psnr(lowlight.match_mean(x0, clean.mean(), "gain"), clean))
         with torch.no_grad():
             bpd[k].append(m.nll_bpd(clean[None].to(device), dark[None].to(device), torch.Generator(device).manual_seed(0)).item())
     base = {"hist. eq.": lowlight.equalize(dark[None])[0], "gain match": lowlight.match_mean(dark, clean.mean(), "gain"),
@@ -303,6 +305,9 @@ mean_psnr = {k: statistics.mean(v) for k, v in psnr.items()}
 gap = mean_psnr["spline"] - mean_psnr["affine"]
 lead = [a - b for a, b in zip(psnr["spline"], psnr["affine"])]
 print(f"spline - affine: {gap:+.2f} dB on average, from {min(lead):+.2f} to {max(lead):+.2f} dB per input")
+for k in ll:
+    print(f"{k}, brought to the clean mean by a gain: mean {statistics.mean(psnr_mean_given[k]):.2f} dB, worst {min(psnr_mean_given[k]):.2f} dB; "
+          f"the 20 dB aim (mean, without the clean mean): {'reached' if mean_psnr[k] >= 20 else 'missed'}")
 
 # %%
 order = sorted(range(n_cases), key=lambda i: psnr["spline"][i])
@@ -320,11 +325,34 @@ for row, (label, i) in zip(axes, picks.items()):
 fig.suptitle("T = 0 enhancements of validation inputs (the gamma match is given the truth's mean)")
 plt.show()
 
-# %% [markdown]
-# TODO-PROSE-4
-
 # %%
-# TODO-ASSERT-4
+for k in ll:
+    assert mean_psnr[k] > mean_psnr["gamma match"] + 2 and mean_psnr[k] > max(mean_psnr[b] for b in BASELINES), "the text: every baseline beaten, the gamma match by over 2 dB"
+    assert beats[k] > 0.75 * n_cases, "the text: on more than three inputs in four"
+    assert abs(mean_psnr[k] - 20) < 0.5, "the text: both within half a decibel of the 20 dB aim"
+    given, worst_given = statistics.mean(psnr_mean_given[k]), min(psnr_mean_given[k])
+    assert given > mean_psnr[k] + 1 and worst_given > min(psnr[k]) + 3, "the text: given the mean, a few dB more, and far more on the worst input"
+assert min(psnr["spline"]) < min(psnr["gamma match"]) and min(psnr["affine"]) < min(psnr["gamma match"]), "the text: the worst inputs are worse than the gamma match's"
+assert abs(gap) <= 0.5 and min(lead) < 0 < max(lead), "the text: within 0.5 dB on average, either way per input"
+assert statistics.mean(bpd["affine"]) < statistics.mean(bpd["spline"])
+
+# %% [markdown]
+# Both models beat every baseline on average, the gamma match by more than two decibels, and on
+# more than three inputs in four (the table). The course aimed at 20 dB: both models are within
+# half a decibel of it, and the line under the table says which reaches it.
+#
+# The worst inputs tell a lesson about the baselines. Each model's worst PSNR is *below* the gamma
+# match's worst, because the baselines are handed the clean photo's mean brightness and the models
+# are not. Handed the same (their output brought to the clean mean by one gain), the models gain
+# over a decibel on average, and their worst input rises by several: most of what a model gets
+# wrong on its hardest inputs is the overall brightness, which a dark photo alone does not fix (a
+# dim scene and a short exposure look alike). Evaluations that grant a low-light model the true
+# mean are answering an easier question.
+#
+# We expected the spline model within 0.5 dB of the affine one, and it is, on average; per input
+# the difference swings both ways (the printed range). As in chapter 8, likelihood and the picture
+# need not agree: the affine model has the lower bits per dim. Neither model is anywhere near
+# LLFlow's published quality, which takes real image pairs and a much larger model.
 
 # %% [markdown]
 # ## 5. Out of distribution: artifacts
@@ -657,7 +685,20 @@ print(format_rows(head, rows, transpose=True))  # one column per method, one row
 # %% [markdown]
 # ## Summary
 #
-# TODO-SUMMARY
+# - LLFlow's task fits the course's machinery unchanged: an encoder of the dark image (log
+#   intensity, colour ratio, histogram-equalised copy), a flow without splits and a prior mean from
+#   a predicted colour map; LLFlow's T = 0 enhancement is one inverse pass from that mean.
+# - Over the 13 validation photos, both couplings beat histogram equalisation and the mean-matched
+#   gain and gamma curves by a wide margin, near the 20 dB aim, without being told the brightness
+#   the baselines are given; what they miss on their worst inputs is mostly that brightness.
+# - At this scale the low-light affine model does not explode on our inputs. Its failures are
+#   artifact pixels, in most out-of-distribution groups and now and then in distribution, and
+#   more of them with three conditional steps per level than with one: depth compounds the
+#   stretch. The spline model has no artifact pixel anywhere, at either depth.
+# - The Mahalanobis score of the encoder features, chapter 6's warning, is weak here: it mostly
+#   measures how dark and how noisy an input is, and the darkest inputs never break. The model's
+#   own smallest injector scale in its T = 0 pass flags the inputs that do, before any sample is
+#   drawn.
 
 # %% [markdown]
 # ## Exercises
