@@ -194,7 +194,7 @@ for k, m in ll.items():
     curve = m.manifest["curve"]
     ax.plot(curve["step"], curve["val_bpd"], "o-", ms=4, color=COLORS[k], label=k)
     flat[k] = mf.train.curve_flattened(curve["val_bpd"], 4, 0.005)
-ax.set(xlabel="optimiser step", ylabel="validation bits per dim", title="validation curves (13 photos, fixed noise)")
+ax.set(xlabel="optimiser step", ylabel="validation bits per dim", title=f"validation curves ({len(train['val_photos'])} photos, fixed noise)")
 ax.legend(fontsize=10)
 plt.tight_layout()
 plt.show()
