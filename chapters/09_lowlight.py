@@ -266,7 +266,7 @@ def run(model, dark, temperature, n, seed=0):
     t0 = time.perf_counter()
     with torch.no_grad(), mf.recording() as rec:
         x = lowlight.enhance(model, dark.to(device), temperature, n, torch.Generator(device).manual_seed(seed)).cpu()
-    injector = min(s.min().item() for layer, s in rec.scales if isinstance(layer, mf.Injector))
+    injector = torch.cat([s for layer, s in rec.scales if isinstance(layer, mf.Injector)]).nan_to_num(0.0).min().item()  # NaN: the worst
     return x, rec.min_scale().cpu(), injector, (time.perf_counter() - t0) / n
 
 
