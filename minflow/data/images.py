@@ -506,6 +506,16 @@ def synthetic_patterns(size: int) -> dict[str, Tensor]:
     }
 
 
+def _distinct_photos(photos: Sequence[str], exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """`photos` as a tuple, or a clear error unless it names one or more distinct photos, none of
+    them in `exclude` (the test-input builders' check of their `photos` argument)."""
+    photos = tuple(photos)
+    if not photos or len(set(photos)) != len(photos) or set(photos) & set(exclude):
+        not_these = f" (not {tuple(exclude)})" if exclude else ""
+        raise ValueError(f"photos must name one or more distinct photos{not_these}, got {photos!r}")
+    return photos
+
+
 def ood_sets(factor: int = 4, size: int = 64, photos: Sequence[str] = VAL_PHOTOS) -> dict[str, dict[str, OODInput]]:
     """Named SR test inputs in four groups (`OOD_GROUPS`); every LR is (3, size, size) in [0, 1].
 
@@ -528,9 +538,7 @@ def ood_sets(factor: int = 4, size: int = 64, photos: Sequence[str] = VAL_PHOTOS
         raise ValueError(f"need an int factor >= 1, got {factor!r}")
     check_size(size, 4)
     hr_size = size * factor
-    photos = tuple(photos)
-    if not photos or len(set(photos)) != len(photos):
-        raise ValueError(f"photos must name one or more distinct photos, got {photos!r}")
+    photos = _distinct_photos(photos)
     names = (*photos, *(n for n in OTHER_IMAGES if n not in photos))
     hr_of = {n: fit_square(load_photo(n), hr_size, whole=n in ("retina", "cell")) for n in names}
 

@@ -22,6 +22,7 @@ from .images import (
     OTHER_IMAGES,
     TEST_PHOTOS,
     VAL_PHOTOS,
+    _distinct_photos,
     _require,
     check_size,
     fit_square,
@@ -203,11 +204,9 @@ def lowlight_ood_sets(size: int = 128, photos: Sequence[str] | None = None) -> d
     if photos is None:
         reference, others = (*VAL_PHOTOS, *TEST_PHOTOS), VAL_PHOTOS
     else:
-        reference = others = tuple(photos)
-        if not reference or len(set(reference)) != len(reference) or set(reference) & set(OTHER_IMAGES):
-            raise ValueError(f"photos must name one or more distinct photos (not {OTHER_IMAGES}), got {photos!r}")
-    why = "in distribution: training darkening of a photo not trained on"
-    out = {"reference": {n: make(n, why) for n in reference}}
+        reference = others = _distinct_photos(photos, exclude=OTHER_IMAGES)
+    in_distribution = "in distribution: training darkening of a photo not trained on"
+    out = {"reference": {n: make(n, in_distribution) for n in reference}}
     for group, (ranges, why) in OOD_DARKEN.items():
         out[group] = {n: make(n, why, **ranges) for n in others}
     out["content"] = {n: make(n, "not a photo of a scene, training darkening") for n in OTHER_IMAGES}
