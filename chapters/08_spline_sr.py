@@ -46,6 +46,7 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, str(course))
 
 # %%
+import contextlib
 import math
 import os
 import statistics
@@ -315,20 +316,28 @@ assert group_expl["affine"]["degradation"] > 0, "the affine model was expected t
 # numbers on a validation photo.
 
 # %%
+@contextlib.contextmanager
+def split_log_std(model):
+    """Inside the block, the list of the largest log σ each split prior of `model` uses, in call order
+    (a forward hook on each prior's convolution, whose odd output channels are log σ)."""
+    seen = []
+    hooks = [layer.prior.register_forward_hook(lambda mod, inp, out: seen.append(out[:, 1::2].max().item()))
+             for layer in model.layers if isinstance(layer, mf.Split)]  # fmt: skip
+    try:
+        yield seen
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 worst_broken = max(broken, key=lambda key: broken[key]["nonfinite"] * 1e12 + broken[key]["max_abs"])
-prior_log_std = []
-hooks = [layer.prior.register_forward_hook(lambda mod, inp, out: prior_log_std.append(out[:, 1::2].max().item()))
-         for layer in sr["spline"].layers if isinstance(layer, mf.Split)]  # fmt: skip
 passes = {}
 for key in (("reference", "coffee"), worst_broken):
-    prior_log_std.clear()
     lr_key = inputs[key[0]][key[1]].lr
-    with torch.no_grad(), mf.recording(rows=True) as rec:
+    with torch.no_grad(), mf.recording(rows=True) as rec, split_log_std(sr["spline"]) as prior_log_std:
         sr["spline"].sample(lr_key[None].expand(N_SR, -1, -1, -1).contiguous().to(device), temperature=0.9,
                             generator=torch.Generator(device).manual_seed(0))
-    passes[key] = dict(rows=rec.rows, log_std=list(prior_log_std))
-for h in hooks:
-    h.remove()
+    passes[key] = dict(rows=rec.rows, log_std=prior_log_std)
 
 fig, ax = plt.subplots(figsize=(11, 4))
 for key, color in zip(passes, (COLORS["data"], COLORS["spline"])):
@@ -434,13 +443,9 @@ group_plot(list(sr))
 gap_full = quality["spline_full"]["t0"] - quality["affine"]["t0"]
 tenth_full = {g: group_rate["spline_full"][g] <= group_rate["affine"][g] / 10 for g in OOD_GROUPS}
 print(f"fully bounded - affine: {gap_full:+.2f} dB (T = 0 PSNR); rate <= affine / 10:", {g: "yes" if ok else "no" for g, ok in tenth_full.items()})
-full_log_std = []
-hooks = [layer.prior.register_forward_hook(lambda mod, inp, out: full_log_std.append(out[:, 1::2].max().item()))
-         for layer in sr["spline_full"].layers if isinstance(layer, mf.Split)]  # fmt: skip
 lr_broken = inputs[worst_broken[0]][worst_broken[1]].lr
-sample_sr(sr["spline_full"], lr_broken, N_SR, 0.9)
-for h in hooks:
-    h.remove()
+with split_log_std(sr["spline_full"]) as full_log_std:
+    sample_sr(sr["spline_full"], lr_broken, N_SR, 0.9)
 print(f"{'/'.join(worst_broken)}: split priors' largest log σ, fully bounded " + ", ".join(f"{v:+.2f}" for v in full_log_std)
       + "; paper's spline " + ", ".join(f"{v:+.2f}" for v in passes[worst_broken]["log_std"]))
 
@@ -600,22 +605,17 @@ assert splits16[0] > 1e6 and first_split < rows16.index(first_bad) and first_bad
 sr_cp = load_pretrained("sr_spline_full_cprior", device=device)
 assert sr_cp.manifest["config"] == sr["spline_full"].manifest["config"] | {"prior": "conditional"}
 assert sr_cp.manifest["steps"] == sr["spline_full"].manifest["steps"] and sr_cp.manifest["seed"] == sr["spline_full"].manifest["seed"]
-prior_log_std = []
-hooks = [layer.prior.register_forward_hook(lambda mod, inp, out: prior_log_std.append(out[:, 1::2].max().item()))
-         for layer in sr_cp.layers if isinstance(layer, mf.Split)]  # fmt: skip
 all_inputs = {**{(g, n): inp.lr for g, group in inputs.items() for n, inp in group.items()},
               **{("extreme", n): v for n, v in EXTREME.items() if n != "coffee as is"}}  # (that one is reference/coffee)
 prior_path = {}
 N_CP = 2  # samples per input here: where sigma grows is a property of the input; two samples show what it does to them
 for key, lr_x in tqdm(all_inputs.items(), desc="conditional prior"):
-    prior_log_std.clear()
-    raw, smin, sec = sample_sr(sr_cp, lr_x, N_CP, 0.9)
+    with split_log_std(sr_cp) as prior_log_std:
+        raw, smin, sec = sample_sr(sr_cp, lr_x, N_CP, 0.9)
     log10_sigma = max(prior_log_std) / math.log(10)  # as a power of ten: exp would overflow
     base = ood["spline_full"].get(key) or extreme[(key[1], "spline, fully bounded")]
     rep = metrics.artifact_report(raw, smin)
     prior_path[key] = {"cprior": rep["summary"] | {"sec": sec, "rate": rep["fraction"].mean().item()}, "log10_sigma": log10_sigma, "base": base}
-for h in hooks:
-    h.remove()
 keys = list(prior_path)
 fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(15, 7.5), sharex=True)
 ax0.set(yscale="log", ylim=(0.5, 1e4), ylabel="max |x| (raw samples)", title=f"fully bounded spline couplings, two priors; T = 0.9, {N_CP} / {N_SR} samples per input")
