@@ -3,9 +3,10 @@
     log p(x | y) = log N(f(x; g(y)); 0, I) + sum_layers log|det J_layer|
 
 where g is an optional encoder of the condition y (identity when absent) and f the chain of
-transforms. Sampling runs the chain backwards from z ~ N(0, T^2 I) (T finite and >= 0), passing
-the same sampling keywords (temperature, generator) to every layer's inverse: `Split` layers draw
-their half at the same temperature T.
+transforms. Sampling encodes each distinct condition once (n samples of one input: one pass of
+g), then runs the chain backwards from z ~ N(0, T^2 I) (T finite and >= 0), passing the same
+sampling keywords (temperature, generator) to every layer's inverse: `Split` layers draw their
+half at the same temperature T.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from . import diagnostics
-from .transforms import Cond, Generator, StandardNormal, Transform, leaves
+from .transforms import Cond, Features, Generator, StandardNormal, Transform, leaves
 from .utils import check_temperature
 
 __all__ = ["ConditionalFlow", "format_trace"]
@@ -93,8 +94,19 @@ class ConditionalFlow(nn.Module):
                 rec.output(index, layer, z)
         return z, logdet
 
+    def _condition_once(self, cond: Tensor | None) -> Cond:
+        """`condition(cond)` with each distinct row of cond encoded once: several samples of one
+        input (its rows repeated) pay for one encoder pass, and the features are gathered back."""
+        if not isinstance(cond, Tensor) or self.encoder is None or len(cond) < 2 or cond.device.type == "mps":
+            return self.condition(cond)  # (MPS: no torch.unique over a dimension in some versions)
+        rows, index = torch.unique(cond, dim=0, return_inverse=True)
+        if len(rows) == len(cond):
+            return self.condition(cond)
+        feats = self.condition(rows)
+        return feats.map(lambda t: t[index]) if isinstance(feats, Features) else feats[index]
+
     def _start(self, cond, num_samples, temperature, z, generator):
-        feats = self.condition(cond)
+        feats = self._condition_once(cond)
         if z is None:
             n = self._batch(cond, num_samples)
             device = next(self.parameters()).device if cond is None else cond.device

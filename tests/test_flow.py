@@ -270,3 +270,28 @@ def test_noise_comes_from_the_generators_device(monkeypatch):
     a = transforms.randn((3, 2), device="cpu", generator=g)
     assert drawn[-1] == g.device and a.device.type == "cpu"
     assert torch.equal(transforms.randn((3, 2), generator=torch.Generator().manual_seed(0)), a)
+
+
+@pytest.mark.parametrize("task", ["sr", "lowlight"])
+def test_sampling_encodes_each_distinct_condition_once(task):
+    """Rows of cond that repeat (several samples of one input) go through the encoder once; the
+    samples equal those drawn with every row encoded."""
+    from minflow.lowlight import LLFlow
+    from minflow.sr import SRFlow
+
+    torch.manual_seed(0)
+    small = dict(levels=2, flow_steps=1, hidden=8, nf=8, blocks=1, gc=4, cond_channels=8)
+    model, size = (SRFlow(**small), 4) if task == "sr" else (LLFlow(**small), 8)
+    model = model.double().eval()
+    randomize_zero_layers(model, 0.05)
+    a, b = torch.rand(2, 1, 3, size, size, dtype=torch.float64)
+    cond = torch.cat([a, b, a, a, b])
+    seen = []
+    model.encoder.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    with torch.no_grad():
+        x = model.sample(cond, temperature=0.8, generator=torch.Generator().manual_seed(1))
+        model._condition_once = model.condition  # every row encoded
+        x_all = model.sample(cond, temperature=0.8, generator=torch.Generator().manual_seed(1))
+    assert seen == [2, 5]  # two distinct rows, then all five
+    assert torch.allclose(x, x_all, rtol=0, atol=1e-10)
+    assert not torch.allclose(x[0], x[2])  # the same condition, other latents
