@@ -425,7 +425,7 @@ def train(flow, data, steps, batch_size=512, lr=2e-3, desc="training"):
     return losses
 
 
-steps = mf.pick(3000, 500)
+steps = mf.pick(1500, 500)
 flow = make_flow("sigmoid")
 losses = train(flow, x_train, steps)
 

@@ -168,7 +168,7 @@ print("in distribution, every model matches the data's spread (within 2x) and ra
 # first, y = 100 · (1, 1)/√2, and a coarse ring of 16 directions at |y| = 100, gave:
 
 # %%
-N_OOD = mf.pick(1000, 200)
+N_OOD = mf.pick(400, 200)
 pre = {s: toy.diagnose(m, tuple(toy.FIRST_OOD_RADIUS * v for v in toy.OOD_DIRECTION), n=N_OOD, n_jac=0) for s, m in models.items()}
 ring16 = {s: toy.ring(m, radius=100.0, n_directions=16, n=N_OOD) for s, m in models.items()}
 rows = [{"seed": s, "pre": pre[s]["spread"] / in_spread[s], "s": pre[s]["min_scale"], "r16": toy.worst(ring16[s])["spread"] / in_spread[s]} for s in SEEDS]

@@ -257,8 +257,19 @@ class InvConv1x1(Transform):
         self, z: Tensor, cond: Cond = None, *, temperature: float = 1.0, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
         check_tensor(z, "z", (2, 4), self.channels)
+        w_inv, logdet = self.inverse_weight_and_logdet()
+        return self._mix(w_inv, z), (-logdet * spatial_size(z)).expand(z.shape[0])
+
+    def inverse_weight_and_logdet(self) -> tuple[Tensor, Tensor]:
+        """W^-1 and log|det W|. Without autograd (sampling), W^-1 is kept and reused while W is
+        unchanged (compared value for value: W is small, inverting it is the cost)."""
         w, logdet = self.weight_and_logdet()
-        return self._mix(torch.linalg.inv(w), z), (-logdet * spatial_size(z)).expand(z.shape[0])
+        if torch.is_grad_enabled() and w.requires_grad:
+            return torch.linalg.inv(w), logdet
+        kept = getattr(self, "_inverse", None)
+        if kept is None or kept[0].dtype != w.dtype or kept[0].device != w.device or not torch.equal(kept[0], w):
+            kept = self._inverse = (w.detach().clone(), torch.linalg.inv(w.detach()))
+        return kept[1], logdet
 
 
 class Offset(Transform):

@@ -441,3 +441,23 @@ def test_features_map_carries_prior_mean_and_offset():
     assert mf.Features({}).map(lambda t: t).offset is None and "offset (2, 3, 8, 8)" in repr(f)
     with pytest.raises(TypeError, match="offset must be a tensor or None"):
         mf.Features({}, offset=1.0)
+
+
+@pytest.mark.parametrize("lu", [False, True])
+def test_invconv_reuses_its_inverse_only_while_the_weight_is_unchanged(lu):
+    """Sampling reuses W^-1; any change of W (an optimiser step, a loaded state, an edit through
+    .data, which bumps no version) is seen, and with autograd the inverse is differentiable."""
+    torch.manual_seed(0)
+    layer = mf.InvConv1x1(4, lu=lu).double()
+    z = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        x1 = layer.inverse(z)[0]
+        assert torch.equal(layer.inverse(z)[0], x1)
+        for p in layer.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+        x2 = layer.inverse(z)[0]
+    assert not torch.allclose(x1, x2)
+    assert torch.allclose(layer(x2)[0], z, atol=1e-12)
+    x3 = layer.inverse(z)[0]  # autograd on: a fresh, differentiable inverse
+    x3.sum().backward()
+    assert torch.equal(x3.detach(), x2) and all(p.grad is not None for p in layer.parameters())
