@@ -276,7 +276,7 @@ plt.show()
 
 # %%
 SEEDS = [0, 1, 2, 3, 4]
-N_IN, N_OOD, N_JAC = mf.pick((1000, 300, 16), (400, 100, 8))  # N_OOD: samples per ring direction
+N_IN, N_OOD, N_JAC = mf.pick((1000, 200, 16), (400, 100, 8))  # N_OOD: samples per ring direction
 RING_RADII = (10.0, 100.0, toy.FAR_OOD_RADIUS)  # the toy's "OOD sets": rings of 360 directions
 
 

@@ -218,7 +218,7 @@ print("in distribution the spline model costs no PSNR, and its samples are close
 # %%
 sets = data.ood_sets(FACTOR)  # made of the course's two photos coffee and china (both validation photos)
 reference = sets["reference"]
-N_SR = 3  # samples per input and model: 3 models x 27 inputs x N_SR samples is most of this chapter's time
+N_SR = mf.pick(3, 2)  # samples per input and model: 3 models x 27 inputs x N_SR samples is most of this chapter's time
 inputs = sets
 print(f"{sum(len(g) for g in inputs.values())} inputs in {len(inputs)} groups, {N_SR} samples each at T = 0.9")
 
