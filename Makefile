@@ -57,7 +57,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(LAB_ARGS)
 
 test: lint
-	$(TEST_ENV) $(PY) -m pytest tests chapters --nbval-lax --nbval-cell-timeout=900 $(XDIST) $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest chapters tests --nbval-lax --nbval-cell-timeout=900 $(XDIST) $(PYTEST_ARGS)
 
 # ruff: lint and formatting of the package, tests, tools and benchmarks (settings in pyproject.toml)
 lint: $(STAMP)
