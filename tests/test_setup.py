@@ -54,7 +54,10 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^TEST_ENV := MINFLOW_QUICK=1 ", makefile, re.M), "the test run is in quick mode"
-    assert re.search(r"^test:.*\n\t\$\(TEST_ENV\) .* chapters --nbval-lax", makefile, re.M)
+    run = re.search(r"^test:.*\n\t\$\(TEST_ENV\) \$\(PY\) -m pytest (.*)$", makefile, re.M)
+    assert run and {"tests", "chapters", "--nbval-lax"} <= set(run[1].split()), (
+        "unit tests and every chapter under nbval"
+    )
 
 
 def test_chapter_pairs_are_in_step():
