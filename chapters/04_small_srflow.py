@@ -47,7 +47,6 @@ if "google.colab" in sys.modules:
     sys.path.insert(0, str(course))
 
 # %%
-import os
 import statistics
 
 import matplotlib.pyplot as plt
@@ -63,8 +62,8 @@ style()
 device = mf.get_device()  # cuda when available, else cpu
 QUICK = mf.quick_mode()  # MINFLOW_QUICK=1 (set by `make test`) trains fewer live steps
 gen = mf.seed_everything(0)  # the one place this chapter seeds; every sample below uses a fixed generator
-if device.type == "cpu":  # small convolutions: on a few shared cores, extra threads mostly wait on each other
-    torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
+if device.type == "cpu":  # torch starts with OMP_NUM_THREADS threads if set, else one per core; at most 4 here
+    torch.set_num_threads(min(4, torch.get_num_threads()))
 print(f"device={device}, quick={QUICK}")
 
 # %% [markdown]

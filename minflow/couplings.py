@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import diagnostics
 from .bijections import SCALES, Affine, Bijection, check_bijection
-from .transforms import Cond, Generator, Transform, cond_for, zero_layer
+from .transforms import Cond, Features, Generator, Transform, cond_for, zero_layer
 from .utils import check_cond, check_tensor
 
 __all__ = ["SCALES", "Affine", "Coupling", "ElementwiseLayer", "Injector", "conditioner", "conv_net", "mlp"]
@@ -87,7 +87,9 @@ class ElementwiseLayer(Transform):
         """(B, channels_b * n_params, ...) from the network -> (B, channels_b, ..., n_params)."""
         c = cond_for(cond, a) if self.cond_channels else None
         check_cond(a, c, self.cond_channels)
-        raw = self.net(self._net_input(a, c))
+        return self._per_element(self.net(self._net_input(a, c)), b)
+
+    def _per_element(self, raw: Tensor, b: Tensor) -> Tensor:
         n = self.bijection.n_params
         return raw.reshape(raw.shape[0], b.shape[1], n, *raw.shape[2:]).movedim(2, -1)
 
@@ -186,3 +188,13 @@ class Injector(ElementwiseLayer):
 
     def _net_input(self, a: Tensor, c: Tensor | None) -> Tensor:
         return c
+
+    def _params(self, a: Tensor, b: Tensor, cond: Cond) -> Tensor:
+        """As for any layer; but when the rows of `Features` repeat a few distinct ones (n samples
+        of one input), the network runs once per distinct row and its output is gathered."""
+        shared = cond.distinct if isinstance(cond, Features) else None
+        if shared is None:
+            return super()._params(a, b, cond)
+        check_cond(a, cond_for(cond, a), self.cond_channels)
+        feats, index = shared
+        return self._per_element(self.net(cond_for(feats, a))[index], b)

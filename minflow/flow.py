@@ -96,14 +96,15 @@ class ConditionalFlow(nn.Module):
 
     def _condition_once(self, cond: Tensor | None) -> Cond:
         """`condition(cond)` with each distinct row of cond encoded once: several samples of one
-        input (its rows repeated) pay for one encoder pass, and the features are gathered back."""
+        input (its rows repeated) pay for one encoder pass, and the features are gathered back
+        (`Features.gather`, which lets each injector's conditioner run once per distinct row too)."""
         if not isinstance(cond, Tensor) or self.encoder is None or len(cond) < 2 or cond.device.type == "mps":
             return self.condition(cond)  # (MPS: no torch.unique over a dimension in some versions)
         rows, index = torch.unique(cond, dim=0, return_inverse=True)
         if len(rows) == len(cond):
             return self.condition(cond)
         feats = self.condition(rows)
-        return feats.map(lambda t: t[index]) if isinstance(feats, Features) else feats[index]
+        return feats.gather(index) if isinstance(feats, Features) else feats[index]
 
     def _start(self, cond, num_samples, temperature, z, generator):
         feats = self._condition_once(cond)

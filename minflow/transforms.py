@@ -50,6 +50,9 @@ class Features(Mapping[Size, Tensor]):
     optional tensor shaped like the top latent: the mean mu(y) of its prior (LLFlow's colour map).
     ``offset`` is an optional tensor shaped like the modelled image: b(y) in x = b(y) + v, when the
     flow models the residual v (`Offset`; SRFlow's ``target="residual"``: b(y) the bicubic upscale).
+    ``distinct`` is None, or ``(features, index)`` when these rows repeat a few distinct ones (from
+    `gather`): row i is row ``index[i]`` of ``features``. A layer whose output depends on the
+    condition alone (an `Injector`) can then compute it once per distinct row.
     """
 
     def __init__(self, maps: Mapping[Size, Tensor], prior_mean: Tensor | None = None, offset: Tensor | None = None):
@@ -65,12 +68,19 @@ class Features(Mapping[Size, Tensor]):
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"{name} must be a tensor or None, got {type(value).__name__}")
         self._maps, self.prior_mean, self.offset = dict(maps), prior_mean, offset
+        self.distinct: tuple[Features, Tensor] | None = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Features:
         """These features with `fn` applied to every tensor they hold (maps, prior mean, offset),
         e.g. ``lambda t: t[:1]`` to keep the first row."""
         mean, offset = (None if t is None else fn(t) for t in (self.prior_mean, self.offset))
         return Features({k: fn(v) for k, v in self._maps.items()}, prior_mean=mean, offset=offset)
+
+    def gather(self, index: Tensor) -> Features:
+        """Features whose row i is row ``index[i]`` of these, which they keep as `distinct`."""
+        out = self.map(lambda t: t[index])
+        out.distinct = (self, index)
+        return out
 
     def __getitem__(self, size: Size) -> Tensor:
         size = tuple(size)

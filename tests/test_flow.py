@@ -274,8 +274,8 @@ def test_noise_comes_from_the_generators_device(monkeypatch):
 
 @pytest.mark.parametrize("task", ["sr", "lowlight"])
 def test_sampling_encodes_each_distinct_condition_once(task):
-    """Rows of cond that repeat (several samples of one input) go through the encoder once; the
-    samples equal those drawn with every row encoded."""
+    """Rows of cond that repeat (several samples of one input) go through the encoder once, and
+    through each injector's network once; the samples equal those drawn with every row encoded."""
     from minflow.lowlight import LLFlow
     from minflow.sr import SRFlow
 
@@ -286,12 +286,16 @@ def test_sampling_encodes_each_distinct_condition_once(task):
     randomize_zero_layers(model, 0.05)
     a, b = torch.rand(2, 1, 3, size, size, dtype=torch.float64)
     cond = torch.cat([a, b, a, a, b])
-    seen = []
+    seen, injected = [], []
     model.encoder.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    injectors = [layer for layer in model.layers if isinstance(layer, mf.Injector)]
+    for layer in injectors:
+        layer.net.register_forward_hook(lambda mod, inp, out: injected.append(len(inp[0])))
     with torch.no_grad():
         x = model.sample(cond, temperature=0.8, generator=torch.Generator().manual_seed(1))
         model._condition_once = model.condition  # every row encoded
         x_all = model.sample(cond, temperature=0.8, generator=torch.Generator().manual_seed(1))
     assert seen == [2, 5]  # two distinct rows, then all five
+    assert injectors and injected == [2] * len(injectors) + [5] * len(injectors)  # the injectors' networks too
     assert torch.allclose(x, x_all, rtol=0, atol=1e-10)
     assert not torch.allclose(x[0], x[2])  # the same condition, other latents

@@ -443,6 +443,29 @@ def test_features_map_carries_prior_mean_and_offset():
         mf.Features({}, offset=1.0)
 
 
+def test_an_injector_on_gathered_features_runs_its_network_once_per_distinct_row():
+    """`Features.gather` repeats rows; an injector on them runs its network on the distinct rows
+    only, with the same output and log-det, both ways, as on the repeated features themselves."""
+    torch.manual_seed(0)
+    layer = mf.Injector(4, 3, mf.BoundedSpline(), kind="conv", hidden=8).double()
+    randomize_zero_layers(layer, 0.5)
+    distinct = mf.Features({(4, 4): torch.randn(2, 3, 4, 4, dtype=torch.float64)}, offset=torch.zeros(2, 4, 4, 4))
+    index = torch.tensor([1, 0, 1, 1])
+    feats = distinct.gather(index)
+    assert feats.distinct[0] is distinct and torch.equal(feats[(4, 4)], distinct[(4, 4)][index])
+    assert feats.offset.shape == (4, 4, 4, 4) and feats.map(lambda t: t).distinct is None  # a map forgets them
+    plain = mf.Features({(4, 4): feats[(4, 4)]})
+    seen = []
+    layer.net.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    x = torch.randn(4, 4, 4, 4, dtype=torch.float64)
+    for way in (layer.forward, layer.inverse):
+        (y, ld), (y_ref, ld_ref) = way(x, feats), way(x, plain)
+        assert torch.allclose(y, y_ref, rtol=0, atol=1e-12) and torch.allclose(ld, ld_ref, rtol=0, atol=1e-12)
+    assert seen == [2, 4, 2, 4]
+    with pytest.raises(ValueError):
+        layer(x[:3], feats)  # the batch is checked against the gathered rows
+
+
 @pytest.mark.parametrize("lu", [False, True])
 def test_invconv_reuses_its_inverse_only_while_the_weight_is_unchanged(lu):
     """Sampling reuses W^-1; any change of W (an optimiser step, a loaded state, an edit through
