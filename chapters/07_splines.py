@@ -770,7 +770,7 @@ def with_conditional_prior(flow, seed):
     x, y = toy.sample_toy(20_000, g, device)
     with torch.no_grad():
         z_flow, _ = flow(x, y)
-    opt = torch.optim.Adam(prior.parameters(), lr=1e-3)
+    opt = mf.adam(prior.parameters(), lr=1e-3)
     for _ in range(PRIOR_STEPS):
         idx = torch.randint(len(z_flow), (512,), generator=g).to(device)
         z, logdet = prior(z_flow[idx], y[idx])

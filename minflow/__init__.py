@@ -25,7 +25,7 @@ from .transforms import (
     Transform,
     gaussian_log_prob,
 )
-from .utils import get_device, pick, quick_mode, seed_everything
+from .utils import adam, get_device, pick, quick_mode, seed_everything
 
 LAZY = (
     "apply",
@@ -118,6 +118,7 @@ __all__ = [
     "conv_net",
     "format_trace",
     "gaussian_log_prob",
+    "adam",
     "get_device",
     "mlp",
     "pick",

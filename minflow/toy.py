@@ -42,7 +42,7 @@ from .diagnostics import recording
 from .flow import ConditionalFlow
 from .metrics import min_scale
 from .transforms import ActNorm, InvConv1x1
-from .utils import check_temperature
+from .utils import adam, check_temperature
 
 __all__ = [
     "A",
@@ -214,7 +214,7 @@ def train_toy(
     """
     device = flow_device(flow)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(flow.parameters(), lr=learning_rate)
+    opt = adam(flow.parameters(), lr=learning_rate)
     flow.train()
     bar = range(steps)
     if progress:

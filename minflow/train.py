@@ -73,7 +73,7 @@ from .lowlight import LLFlowConfig, equalize
 from .metrics import psnr, ssim
 from .sr import SRFlowConfig
 from .toy import ToyFlowConfig
-from .utils import seed_everything
+from .utils import adam, seed_everything
 
 __all__ = [
     "LOWLIGHT",
@@ -377,7 +377,7 @@ def fit(
     if cfg.val_every and talk and validate is None:
         raise ValueError("cfg.val_every > 0 needs a validate function")
     curve = {"step": [], "val_bpd": [], "seconds": 0.0} if cfg.val_every else None
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99))
+    optim = adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed)
     run = cfg.runs / cfg.name
     run.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import randomize_zero_layers
 
+import minflow as mf
 from minflow import cli, toy
 from minflow.checkpoints import available, builder, data_dir, load_pretrained, read_manifest
 
@@ -312,3 +313,27 @@ def test_ring_matches_diagnose_and_worst():
         assert o["max_abs"] == pytest.approx(d["max_abs"], rel=1e-9)
     w = toy.worst(out)
     assert w["spread"] == max(o["spread"] for o in out)
+
+
+def test_adam_is_fused_on_the_cpu_and_makes_adams_update():
+    """`mf.adam` picks torch's fused kernel for CPU parameters; its steps match the default Adam's
+    (float64, to rounding), and an explicit choice of implementation is kept."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2).double()
+    b = torch.nn.Linear(3, 2).double()
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    fused = mf.adam(a.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.9, 0.99))
+    assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    x = torch.randn(16, 3, dtype=torch.float64)
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-12)
+    assert (a.weight - start).abs().min() > 1e-3  # five steps moved every weight
+    assert not mf.adam(a.parameters(), fused=False).defaults["fused"]
+    assert mf.adam([{"params": list(a.parameters()), "lr": 0.1}]).defaults["fused"] is True
