@@ -38,7 +38,7 @@ import minflow.spline_kernels as spline_kernels
 import minflow.splines as splines
 from minflow.couplings import Affine, Coupling, ElementwiseLayer, Injector
 from minflow.sr import SRFlow
-from minflow.utils import param_planes
+from minflow.utils import adam, param_planes
 
 TARGET = 1.2
 
@@ -91,7 +91,7 @@ def layer_fns(kind: str, layer_cls, batch: int, size: int) -> dict:
     c, cc = 12, 32
     layer = layer_cls(c, cc, bijection(kind), kind="conv", hidden=32)
     randomize_zero_layers(layer)
-    opt = torch.optim.Adam(layer.parameters(), lr=1e-4)
+    opt = adam(layer.parameters(), lr=1e-4)  # what training uses
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, c, size, size, generator=g)
     cond = torch.randn(batch, cc, size, size, generator=g)
@@ -121,7 +121,7 @@ def flow_fns(kind: str, batch: int, hr_size: int) -> dict:
     if kind in BACKENDS:
         splines.set_backend(model, BACKENDS[kind])
     randomize_zero_layers(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.9, 0.99))
+    opt = adam(model.parameters(), lr=1e-5, betas=(0.9, 0.99))  # what train-sr uses
     g = torch.Generator().manual_seed(1)
     hr = F.interpolate(
         torch.rand(batch, 3, hr_size // 8, hr_size // 8, generator=g),
