@@ -29,7 +29,11 @@ def adam(params, lr: float = 1e-3, **kwargs) -> torch.optim.Adam:
     device (`FUSED_ADAM_DEVICES`): one pass over every parameter per step, where the default on a CPU
     runs about ten small operations per parameter tensor, most of a toy flow's optimiser step. The
     update is Adam's either way (to float rounding); ``fused=False`` in kwargs keeps the default."""
-    params = list(params)
+
+    def listed(ps) -> list:  # torch takes a tensor, or any iterable of them (read once)
+        return [ps] if isinstance(ps, torch.Tensor) else list(ps)
+
+    params = [{**g, "params": listed(g["params"])} if isinstance(g, dict) else g for g in listed(params)]
     tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
     if "fused" not in kwargs and "foreach" not in kwargs and tensors:
         kwargs["fused"] = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in tensors) or None

@@ -336,4 +336,5 @@ def test_adam_is_fused_on_the_cpu_and_makes_adams_update():
         assert torch.allclose(p, q, rtol=0, atol=1e-12)
     assert (a.weight - start).abs().min() > 1e-3  # five steps moved every weight
     assert not mf.adam(a.parameters(), fused=False).defaults["fused"]
-    assert mf.adam([{"params": list(a.parameters()), "lr": 0.1}]).defaults["fused"] is True
+    grouped = mf.adam([{"params": a.parameters(), "lr": 0.1}])  # a group's params may be a generator
+    assert grouped.defaults["fused"] is True and len(grouped.param_groups[0]["params"]) == 2
