@@ -408,7 +408,7 @@ def make_flow(scale="sigmoid"):
 
 def train(flow, data, steps, batch_size=512, lr=2e-3, desc="training"):
     """Maximise the mean log-likelihood with Adam; returns the loss (mean -log p) per step."""
-    optimizer = mf.adam(flow.parameters(), lr=lr)  # torch.optim.Adam, with its fused kernel on a CPU or GPU
+    optimizer = mf.adam(flow.parameters(), lr=lr)  # torch.optim.Adam, with its fused kernel on a CPU or CUDA GPU
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     flow.train()
     losses = []
